@@ -1,0 +1,25 @@
+# The README's two commands: `make toy` (the whole study on toy data) and `make test` (the test suite).
+VENV ?= .venv
+PYTHON ?= python3
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: toy test install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+resources/toy/toy_dataset.json: | $(VENV)/.installed
+	python -m workflow_scripts make-toy-data --out resources/toy
+
+toy: $(VENV)/.installed resources/toy/toy_dataset.json
+	snakemake --profile profiles/local --configfile config/toy.yaml
+	snakemake --configfile config/toy.yaml --report results/report.html
+	@echo "Done. Results: results/ (metrics: results/metrics/summary.tsv). Report: results/report.html"
+
+test: $(VENV)/.installed
+	python -m pytest

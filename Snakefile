@@ -1,0 +1,43 @@
+# nnU-Net CT lesion segmentation: QC -> nnU-Net datasets and plans -> 5-fold training of each configuration
+# -> out-of-fold and test predictions -> ensemble on probabilities -> anatomy refinement -> metrics and report.
+# Run: snakemake --profile profiles/local --configfile config/toy.yaml   (see README.md)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+report: "rules/report/workflow.rst"
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    case=_alternatives(TRAIN_CASES + TEST_CASES),
+    configuration=_alternatives(CONFIGURATIONS),
+    split="oof|test",
+    fold=r"\d+",
+    stage=_alternatives(STAGES),
+
+
+include: "rules/qc.smk"
+include: "rules/dataset.smk"
+include: "rules/train.smk"
+include: "rules/predict.smk"
+include: "rules/ensemble.smk"
+include: "rules/refine.smk"
+include: "rules/evaluate.smk"
+
+
+onsuccess:
+    print(
+        "Workflow finished. Results: results/ (metrics: results/metrics/summary.tsv, QC: results/qc/qc_table.tsv).\n"
+        "Report: snakemake --configfile <your config> --report results/report.html"
+    )
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

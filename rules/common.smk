@@ -1,0 +1,119 @@
+# Config validation, case lists, wildcard constraints and the input and parameter helpers of every rule.
+import json
+import os
+import re
+import sys
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, workflow.basedir)  # jobs import the installed package (pip install -e .)
+from workflow_scripts.config import ConfigError, discover_cases, rule_resources, validate_config
+from workflow_scripts.nnunet_dataset import class_label_values
+
+
+
+def _load_config():
+    raw = config or yaml.safe_load(open(os.path.join(workflow.basedir, "config", "config.yaml")))
+    try:
+        validated = validate_config(raw, base=os.getcwd())
+        train = discover_cases(validated["data"]["images_tr"], validated["data"]["case_pattern"])
+        test = discover_cases(validated["data"]["images_ts"], validated["data"]["case_pattern"])
+    except ConfigError as err:
+        raise WorkflowError(str(err))
+    clash = set(validated["configurations"]) & {"ensemble", "refined"}
+    if clash:
+        raise WorkflowError(f"configuration names {sorted(clash)} are reserved for ensemble stages")
+    return validated, train, test
+
+
+CONFIG, TRAIN_CASES, TEST_CASES = _load_config()
+CONFIGURATIONS = list(CONFIG["configurations"])
+# New cases are always segmented; they are evaluated only when reference labels are given.
+EVALUATED_SPLITS = ["oof", "test"] if CONFIG["data"].get("labels_ts") else ["oof"]
+STAGES = CONFIGURATIONS + ["ensemble", "refined"]
+NNUNET_ROOT = "results/nnunet"
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+def cases(split):
+    return TRAIN_CASES if split == "oof" else TEST_CASES
+
+
+def images_dir(split):
+    return CONFIG["data"]["images_tr"] if split == "oof" else CONFIG["data"]["images_ts"]
+
+
+def reference_dir(split):
+    return CONFIG["data"]["labels_tr"] if split == "oof" else CONFIG["data"]["labels_ts"]
+
+
+def configuration(name):
+    return CONFIG["configurations"][name]
+
+
+def as_json(value):
+    return json.dumps(value, separators=(",", ":"))
+
+
+def channel_labels(name):
+    """Source label value of each output channel of a configuration."""
+    return class_label_values(configuration(name)["label_mapping"])
+
+
+def stage_classes(stage):
+    """Classes a stage predicts ({name: label}); a configuration only its own."""
+    lesions = {n: v for n, v in CONFIG["labels"].items() if v != 0}
+    if stage in CONFIGURATIONS:
+        values = set(channel_labels(stage))
+        return {n: v for n, v in lesions.items() if v in values}
+    return lesions
+
+
+def resources_of(rule_name):
+    """Memory, runtime and a GPU (where the config asks for one) from compute.resources."""
+    r = rule_resources(CONFIG, rule_name)
+    return {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": 1 if r["gpu"] else 0}
+
+
+def threads_of(rule_name):
+    return rule_resources(CONFIG, rule_name)["threads"]
+
+
+def training_summaries(name):
+    return expand("results/training/{configuration}/fold_{fold}.json", configuration=name,
+                  fold=configuration(name)["folds"])
+
+
+def prediction(split, stage, case, ext="nii.gz"):
+    return f"results/predictions/{split}/{stage}/{case}.{ext}"
+
+
+def anatomy_map(case):
+    if CONFIG["anatomy"]["source"] == "precomputed":
+        return os.path.join(CONFIG["anatomy"]["precomputed_dir"], f"{case}.nii.gz")
+    return f"results/anatomy/{case}.nii.gz"
+
+
+def ensemble_inputs(w):
+    members = [prediction(w.split, m, w.case, "npz") for m in CONFIG["ensemble"]["members"]]
+    fusions = [prediction(w.split, f["configuration"], w.case, "npz") for f in CONFIG["ensemble"]["fusions"]]
+    return {"members": members, "fusions": fusions, "image": f"{images_dir(w.split)}/{w.case}.nii.gz"}
+
+
+def fusion_spec(w):
+    return as_json([
+        {"path": prediction(w.split, f["configuration"], w.case, "npz"), "into": CONFIG["labels"][f["into"]],
+         "strategy": f["strategy"]}
+        for f in CONFIG["ensemble"]["fusions"]
+    ])
+
+
+def all_targets():
+    targets = ["results/qc/qc_table.tsv", "results/metrics/summary.tsv", "results/metrics/dice.png"]
+    targets += expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES)
+    targets += [prediction("test", "refined", case) for case in TEST_CASES]
+    return targets

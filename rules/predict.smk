@@ -1,0 +1,52 @@
+# Per configuration: out-of-fold probabilities from the folds' validation, and new cases with all folds.
+
+
+rule gather_oof:
+    input:
+        lambda w: training_summaries(w.configuration),
+    output:
+        expand("results/predictions/oof/{{configuration}}/{case}.{ext}", case=TRAIN_CASES, ext=["npz", "nii.gz"]),
+    params:
+        channel_labels=lambda w: as_json(channel_labels(w.configuration)),
+        cases=" ".join(TRAIN_CASES),
+        images_dir=CONFIG["data"]["images_tr"],
+    log:
+        "logs/gather_oof/{configuration}.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts gather-oof --training-summaries {input} --class-label-values {params.channel_labels:q} "
+        "--images-dir {params.images_dir} --cases {params.cases} "
+        "--out-dir results/predictions/oof/{wildcards.configuration} > {log} 2>&1"
+
+
+rule predict_test:
+    input:
+        summaries=lambda w: training_summaries(w.configuration),
+        images=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["images_ts"], case=TEST_CASES),
+    output:
+        expand("results/predictions/test/{{configuration}}/{case}.{ext}", case=TEST_CASES, ext=["npz", "nii.gz"]),
+    params:
+        nnunet_root=NNUNET_ROOT,
+        images_dir=lambda w, input: os.path.dirname(input.images[0]),
+        folds=lambda w: " ".join(str(f) for f in configuration(w.configuration)["folds"]),
+        channel_labels=lambda w: as_json(channel_labels(w.configuration)),
+        cases=" ".join(TEST_CASES),
+        device=CONFIG["compute"]["device"],
+        step=CONFIG["prediction"]["tile_step_size"],
+        mirroring="--use-mirroring" if CONFIG["prediction"]["use_mirroring"] else "--no-use-mirroring",
+    threads: threads_of("predict_test")
+    resources:
+        **resources_of("predict_test"),
+    log:
+        "logs/predict_test/{configuration}.log",
+    benchmark:
+        "benchmarks/predict_test/{configuration}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} --training-summaries {input.summaries} "
+        "--folds {params.folds} --cases {params.cases} --images-dir {params.images_dir} "
+        "--class-label-values {params.channel_labels:q} --device {params.device} "
+        "--tile-step-size {params.step} {params.mirroring} "
+        "--out-dir results/predictions/test/{wildcards.configuration} > {log} 2>&1"

@@ -1,0 +1,35 @@
+# Quality control of every input case, then one table; the run stops naming each case with an error.
+
+
+rule qc_case:
+    input:
+        image=lambda w: f"{images_dir('oof' if w.case in TRAIN_CASES else 'test')}/{w.case}.nii.gz",
+    output:
+        "results/qc/cases/{case}.tsv",
+    params:
+        label=lambda w: (
+            f"--label {CONFIG['data']['labels_tr']}/{w.case}.nii.gz"
+            if w.case in TRAIN_CASES
+            else (f"--label {CONFIG['data']['labels_ts']}/{w.case}.nii.gz" if CONFIG["data"].get("labels_ts") else "")
+        ),
+        label_values=" ".join(str(v) for v in CONFIG["labels"].values()),
+    log:
+        "logs/qc_case/{case}.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts qc-case --case {wildcards.case} --image {input.image} {params.label} "
+        "--label-values {params.label_values} --out {output} > {log} 2>&1"
+
+
+rule qc_report:
+    input:
+        expand("results/qc/cases/{case}.tsv", case=TRAIN_CASES + TEST_CASES),
+    output:
+        report("results/qc/qc_table.tsv", caption="report/qc.rst", category="Quality control"),
+    log:
+        "logs/qc_report.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts qc-aggregate --out {output} {input} > {log} 2>&1 || (cat {log} >&2; exit 1)"

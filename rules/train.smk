@@ -1,0 +1,28 @@
+# One nnU-Net training per (configuration, fold); resumes from its latest checkpoint when rerun.
+
+
+rule train_fold:
+    input:
+        "results/datasets/{configuration}/plans_summary.json",
+    output:
+        "results/training/{configuration}/fold_{fold}.json",
+    params:
+        nnunet_root=NNUNET_ROOT,
+        trainer=lambda w: configuration(w.configuration)["trainer"],
+        settings=lambda w: as_json(configuration(w.configuration).get("trainer_settings", {})),
+        device=CONFIG["compute"]["device"],
+        augmentation_workers=CONFIG["compute"]["augmentation_workers"],
+    threads: threads_of("train_fold")
+    resources:
+        **resources_of("train_fold"),
+    log:
+        "logs/train_fold/{configuration}/fold_{fold}.log",
+    benchmark:
+        "benchmarks/train_fold/{configuration}/fold_{fold}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root} --threads {threads} "
+        "--augmentation-workers {params.augmentation_workers} --plans-summary {input} "
+        "--trainer {params.trainer} --fold {wildcards.fold} --settings {params.settings:q} "
+        "--device {params.device} --out {output} > {log} 2>&1"

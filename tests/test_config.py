@@ -1,0 +1,57 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_scripts.config import ConfigError, discover_cases, rule_resources, validate_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_toy_config_is_valid_and_gets_defaults(toy_config):
+    config = validate_config(toy_config)
+    assert config["ensemble"]["fusions"][0]["strategy"] == "mean"
+    assert config["data"]["case_pattern"]  # default filled
+    assert "case_pattern" not in toy_config["data"], "validation must not mutate its input"
+    assert list(config["configurations"]) == ["resenc_multiclass", "isotropic_multiclass", "metastasis_only"]
+
+
+def test_real_template_is_valid_once_its_folders_exist(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key in ("images_tr", "labels_tr", "images_ts"):
+        (tmp_path / config["data"][key]).mkdir(parents=True)
+    validated = validate_config(config, base=tmp_path)
+    assert "trainer_settings" not in validated["configurations"]["resenc_multiclass"], "real config keeps defaults"
+    assert "plans_overrides" not in validated["configurations"]["resenc_multiclass"]
+    assert rule_resources(validated, "train_fold")["gpu"] is True
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c.update(bogus=1), "unknown key"),
+    (lambda c: c["splits"].update(n_folds="five"), "splits.n_folds: 'five' is not of type 'integer'"),
+    (lambda c: c["configurations"]["resenc_multiclass"].update(trainer_settings={"num_epoch": 3}),
+     "configurations.resenc_multiclass.trainer_settings: unknown key"),
+    (lambda c: c["data"].update(images_tr="/does/not/exist"), "data.images_tr: folder '/does/not/exist' does not exist"),
+    (lambda c: c["ensemble"]["members"].update(nope=1.0), "ensemble.members: 'nope' is not a configuration"),
+    (lambda c: c["ensemble"]["members"].update(metastasis_only=1.0), "'metastasis_only' does not predict every label"),
+    (lambda c: c["configurations"]["metastasis_only"].update(dataset_id=501), "501 is also used by"),
+    (lambda c: c["configurations"]["metastasis_only"].update(label_mapping={"background": [0], "metastasis": [2]}),
+     "must use every label"),
+    (lambda c: c["configurations"]["metastasis_only"].update(folds=[0, 1]), "need every fold"),
+])
+def test_config_errors_name_the_key(toy_config, edit, expected):
+    config = copy.deepcopy(toy_config)
+    edit(config)
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert expected in str(err.value)
+
+
+def test_discover_cases_rejects_bad_names(tmp_path):
+    (tmp_path / "case_1.nii.gz").touch()
+    (tmp_path / "case 2.nii.gz").touch()
+    with pytest.raises(ConfigError, match="case 2"):
+        discover_cases(tmp_path, r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    (tmp_path / "case 2.nii.gz").unlink()
+    assert discover_cases(tmp_path, r"^[A-Za-z0-9][A-Za-z0-9_-]*$") == ["case_1"]

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from workflow_scripts.ensemble import average_members, ensemble_case, fuse_class
+from workflow_scripts.io import read_probabilities, write_probabilities
+
+
+def random_probabilities(rng, channels, shape=(4, 5, 6)):
+    p = rng.random((channels, *shape)).astype(np.float32)
+    return p / p.sum(axis=0, keepdims=True)
+
+
+def test_weighted_average(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = random_probabilities(rng, 3), random_probabilities(rng, 3)
+    write_probabilities(tmp_path / "a.npz", a, [0, 1, 2])
+    write_probabilities(tmp_path / "b.npz", b, [0, 1, 2])
+    mean, labels = average_members([tmp_path / "a.npz", tmp_path / "b.npz"], [3.0, 1.0])
+    a16, b16 = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(mean, (3 * a16 + b16) / 4, rtol=1e-6)
+    assert labels == [0, 1, 2]
+    write_probabilities(tmp_path / "c.npz", random_probabilities(rng, 2), [0, 2])
+    with pytest.raises(ValueError, match="share one label set"):
+        average_members([tmp_path / "a.npz", tmp_path / "c.npz"], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("strategy", ["mean", "max"])
+def test_fusion_replaces_one_class_and_keeps_a_distribution(strategy):
+    rng = np.random.default_rng(1)
+    full, partial = random_probabilities(rng, 3), random_probabilities(rng, 2)
+    fused = fuse_class(full, [0, 1, 2], partial, [0, 2], into=2, strategy=strategy)
+    expected = (full[2] + partial[1]) / 2 if strategy == "mean" else np.maximum(full[2], partial[1])
+    np.testing.assert_allclose(fused[2], expected, rtol=1e-6)
+    np.testing.assert_allclose(fused.sum(axis=0), 1.0, rtol=1e-5)
+    # The other classes keep their ratio.
+    np.testing.assert_allclose(fused[0] / fused[1], full[0] / full[1], rtol=1e-4)
+
+
+def test_fusion_where_the_ensemble_was_certain():
+    full = np.zeros((3, 1, 1, 2), dtype=np.float32)
+    full[2] = 1.0
+    partial = np.zeros((2, 1, 1, 2), dtype=np.float32)
+    partial[0] = 1.0  # the partial model says: no metastasis
+    fused = fuse_class(full, [0, 1, 2], partial, [0, 2], into=2, strategy="mean")
+    np.testing.assert_allclose(fused[:, 0, 0, 0], [0.5, 0.0, 0.5])
+
+
+def test_ensemble_case_writes_labels_on_the_image_grid(tmp_path):
+    reference = sitk.Image(6, 5, 4, sitk.sitkInt16)
+    reference.SetSpacing((0.8, 0.8, 2.5))
+    sitk.WriteImage(reference, str(tmp_path / "image.nii.gz"))
+    member = np.zeros((3, 4, 5, 6), dtype=np.float32)
+    member[0] = 1.0
+    member[:, 0, 0, 0] = [0.1, 0.6, 0.3]  # primary
+    member[:, 1, 1, 1] = [0.45, 0.1, 0.45]  # metastasis only after fusion
+    write_probabilities(tmp_path / "m.npz", member, [0, 1, 2])
+    partial = np.zeros((2, 4, 5, 6), dtype=np.float32)
+    partial[0] = 1.0
+    partial[:, 1, 1, 1] = [0.1, 0.9]
+    write_probabilities(tmp_path / "p.npz", partial, [0, 2])
+    ensemble_case([tmp_path / "m.npz"], [1.0], [{"path": tmp_path / "p.npz", "into": 2, "strategy": "mean"}],
+                  tmp_path / "image.nii.gz", tmp_path / "out", "c")
+    seg = sitk.ReadImage(str(tmp_path / "out" / "c.nii.gz"))
+    assert np.allclose(seg.GetSpacing(), reference.GetSpacing())
+    array = sitk.GetArrayFromImage(seg)
+    assert array[0, 0, 0] == 1 and array[1, 1, 1] == 2 and array.sum() == 3
+    probabilities, labels = read_probabilities(tmp_path / "out" / "c.npz")
+    assert labels == [0, 1, 2] and probabilities.shape == (3, 4, 5, 6)

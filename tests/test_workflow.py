@@ -1,0 +1,187 @@
+"""The workflow as a user runs it: trainer lookup, lint, dry runs per rule and profile, and the toy smoke DAG."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TOY_CONFIG = REPO / "config" / "toy.yaml"
+PROFILES = {"local": REPO / "profiles" / "local", "slurm": REPO / "profiles" / "slurm"}
+
+
+def run(args, cwd, timeout=3000, check=True):
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # rules call this env's python
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def snakemake(workdir, *args, check=True, timeout=3000):
+    return run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                *map(str, args)], cwd=workdir, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def toy_workdir(tmp_path_factory):
+    """A fresh working directory holding only the toy data, as after the README's first step."""
+    workdir = tmp_path_factory.mktemp("workdir")
+    run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=workdir)
+    return workdir
+
+
+def test_nnunet_finds_trainers_by_name():
+    """nnU-Net imports every trainer module (timm -> torchvision) to find a class: torch and torchvision match."""
+    code = ("from workflow_scripts.training import find_trainer_class\n"
+            "for name in ('nnUNetTrainer', 'nnUNetTrainerNoMirroring', 'nnUNetTrainer_5epochs'):\n"
+            "    print(find_trainer_class(name).__name__)\n")
+    result = run([sys.executable, "-c", code], cwd=REPO)
+    assert result.stdout.split() == ["nnUNetTrainer", "nnUNetTrainerNoMirroring", "nnUNetTrainer_5epochs"]
+
+
+def test_lint_is_clean(toy_workdir):
+    result = snakemake(toy_workdir, "--lint", "--configfile", TOY_CONFIG)
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def list_rules(workdir):
+    result = snakemake(workdir, "--list-rules", "--configfile", TOY_CONFIG)
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_dry_run_default_target_and_every_rule(toy_workdir, profile):
+    rules = list_rules(toy_workdir)
+    assert {"qc_case", "make_splits", "plan_and_preprocess", "train_fold", "predict_test", "ensemble_case",
+            "refine_case", "evaluate_stage", "summarize_metrics"} <= set(rules)
+    result = snakemake(toy_workdir, "-n", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG)
+    assert "train_fold                15" in result.stdout, result.stdout[-3000:]
+    for rule in rules:
+        if rule in ("all", "segment_anatomy"):
+            continue
+        result = snakemake(toy_workdir, "-n", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG,
+                           "--until", rule)
+        assert f"\n{rule} " in result.stdout, f"--until {rule} plans no {rule} job:\n{result.stdout[-2000:]}"
+
+
+def test_dry_run_with_totalsegmentator_anatomy(toy_workdir, tmp_path):
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["anatomy"] = {"source": "totalsegmentator", "totalseg_home": "totalseg_home", "task": "total"}
+    config["compute"]["resources"]["segment_anatomy"] = {"threads": 1, "mem_mb": 8000, "runtime": 30, "gpu": True}
+    path = tmp_path / "totalseg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(toy_workdir, "-n", "--profile", PROFILES["slurm"], "--configfile", path,
+                       "--until", "segment_anatomy")
+    assert "segment_anatomy           15" in result.stdout
+    assert "gpu=1" in result.stdout
+
+
+def test_config_error_stops_with_one_clear_message(toy_workdir, tmp_path):
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["configurations"]["resenc_multiclass"]["trainr"] = "nnUNetTrainer"
+    config["data"]["labels_tr"] = "nowhere/labelsTr"
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(toy_workdir, "-n", "--configfile", path, check=False)
+    assert result.returncode != 0
+    assert "configurations.resenc_multiclass: unknown key" in result.stderr
+    assert "'trainr' was unexpected" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The smoke DAG: every stage of the real workflow on the toy data, then the report.
+
+@pytest.fixture(scope="module")
+def smoke_run(toy_workdir):
+    snakemake(toy_workdir, "--profile", PROFILES["local"], "--configfile", TOY_CONFIG, "--cores", "2",
+              timeout=2400)
+    snakemake(toy_workdir, "--configfile", TOY_CONFIG, "--report", "report.html", timeout=600)
+    return toy_workdir
+
+
+def test_every_fold_of_every_configuration_trained_and_learned(smoke_run):
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    train_cases = sorted(p.name[: -len(".nii.gz")] for p in (smoke_run / "resources/toy/imagesTr").glob("*.nii.gz"))
+    splits = json.loads((smoke_run / "results/splits/splits_final.json").read_text())
+    for name, conf in config["configurations"].items():
+        validated = []
+        for fold in range(5):
+            summary = json.loads((smoke_run / f"results/training/{name}/fold_{fold}.json").read_text())
+            assert summary["epochs"] == conf["trainer_settings"]["num_epochs"]
+            assert summary["validation_cases"] == splits[fold]["val"], "the shared split was used"
+            assert Path(summary["output_folder"], "checkpoint_final.pth").exists()
+            # Learning, not just shapes: the loss falls well below where it started.
+            assert np.mean(summary["train_losses"][-3:]) < summary["train_losses"][0] - 0.3, summary["train_losses"]
+            validated += summary["validation_cases"]
+        assert sorted(validated) == train_cases
+        splits_copy = smoke_run / f"results/nnunet/nnUNet_preprocessed/Dataset{conf['dataset_id']}_{name}/splits_final.json"
+        assert json.loads(splits_copy.read_text()) == splits
+
+
+def test_configurations_are_planned_as_configured(smoke_run):
+    resenc = json.loads((smoke_run / "results/datasets/resenc_multiclass/plans_summary.json").read_text())
+    iso = json.loads((smoke_run / "results/datasets/isotropic_multiclass/plans_summary.json").read_text())
+    assert resenc["plans_identifier"] == "nnUNetResEncUNetMPlans" and "ResidualEncoderUNet" in resenc["network"]
+    assert len(set(np.round(iso["spacing"], 4))) == 1, f"isotropic spacing expected, got {iso['spacing']}"
+    assert len(set(np.round(resenc["spacing"], 4))) == 2
+    raw = smoke_run / "results/nnunet/nnUNet_raw/Dataset503_metastasis_only/labelsTr"
+    values = set()
+    for path in raw.glob("*.nii.gz"):
+        values |= set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).tolist())
+    assert values == {0, 1}
+
+
+def test_predictions_of_every_stage_exist_on_the_input_grid(smoke_run):
+    for split, folder in (("oof", "imagesTr"), ("test", "imagesTs")):
+        cases = sorted(p.name[: -len(".nii.gz")] for p in (smoke_run / f"resources/toy/{folder}").glob("*.nii.gz"))
+        for stage in ("resenc_multiclass", "isotropic_multiclass", "metastasis_only", "ensemble", "refined"):
+            for case in cases:
+                seg = sitk.ReadImage(str(smoke_run / f"results/predictions/{split}/{stage}/{case}.nii.gz"))
+                image = sitk.ReadImage(str(smoke_run / f"resources/toy/{folder}/{case}.nii.gz"))
+                assert seg.GetSize() == image.GetSize()
+                assert np.allclose(seg.GetSpacing(), image.GetSpacing())
+        with np.load(smoke_run / f"results/predictions/{split}/metastasis_only/{cases[0]}.npz") as data:
+            assert list(data["labels"]) == [0, 2]
+        with np.load(smoke_run / f"results/predictions/{split}/ensemble/{cases[0]}.npz") as data:
+            assert list(data["labels"]) == [0, 1, 2]
+            np.testing.assert_allclose(data["probabilities"].astype(np.float32).sum(axis=0), 1.0, atol=1e-2)
+        removed = pd.read_csv(smoke_run / f"results/refinement/{split}/{cases[0]}.tsv", sep="\t")
+        assert list(removed.columns)[:3] == ["case", "rule", "label"]
+
+
+def test_toy_ensemble_segments_held_out_cases(smoke_run):
+    """Dice floor on the 3 held-out cases.
+
+    The primary tumour is one 2,000-3,000 voxel blob in a 295,000-voxel volume (a chance-level mask scores
+    about 0.01), and every configuration reaches a pseudo-Dice around 0.7-0.9 in 300 iterations. A floor of
+    0.5 for the ensemble's primary tumour therefore fails when training, prediction, ensembling or the
+    label bookkeeping breaks, yet leaves room for CPU nondeterminism. Metastases (300-1,500 voxels) are
+    learnt less reliably in this budget, so they get a lower floor (0.2) on the metastasis-only model's
+    contribution through the ensemble.
+    """
+    summary = pd.read_csv(smoke_run / "results/metrics/summary.tsv", sep="\t")
+    stages = set(summary["stage"])
+    assert stages == {"resenc_multiclass", "isotropic_multiclass", "metastasis_only", "ensemble", "refined"}
+    assert set(summary["split"]) == {"oof", "test"}
+    test = summary[summary["split"] == "test"].set_index(["stage", "class"])["mean"]
+    assert test[("ensemble", "primary")] >= 0.5, summary.to_string()
+    assert test[("ensemble", "metastasis")] >= 0.2, summary.to_string()
+    assert test[("refined", "primary")] >= 0.5, summary.to_string()
+    per_case = pd.read_csv(smoke_run / "results/metrics/test/metastasis_only.tsv", sep="\t")
+    assert set(per_case["class"]) == {"metastasis"}, "a partial model is scored on its own class only"
+
+
+def test_report_renders_with_every_stage(smoke_run):
+    html = (smoke_run / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000
+    for needle in ("qc_table.tsv", "summary.tsv", "dice.png", "train_fold"):
+        assert needle in html, needle

@@ -1,0 +1,281 @@
+"""Command line of the workflow: ``python -m workflow_scripts <verb> ...``, one verb per rule.
+
+Structured values (label mappings, settings, rules) are passed as JSON strings. nnU-Net verbs configure
+nnU-Net's folders and pools for their own process before nnU-Net is imported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _json(text: str):
+    return json.loads(text)
+
+
+def _nnunet(args, augmentation_workers: int | None = None) -> None:
+    from workflow_scripts.nnunet_env import configure_nnunet
+
+    workers = args.augmentation_workers if augmentation_workers is None else augmentation_workers
+    configure_nnunet(args.nnunet_root, args.threads, workers)
+
+
+def cmd_make_toy_data(args):
+    from workflow_scripts.toy_data import generate_toy_dataset
+
+    cases = generate_toy_dataset(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    print(f"toy data: {len(cases['train'])} training and {len(cases['test'])} test cases in {args.out}")
+
+
+def cmd_qc_case(args):
+    from workflow_scripts.qc import write_case_qc
+
+    write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None, args.label_values,
+                  Path(args.out))
+
+
+def cmd_qc_aggregate(args):
+    from workflow_scripts.qc import QCError, aggregate_qc
+
+    try:
+        table = aggregate_qc([Path(p) for p in args.tables], Path(args.out))
+    except QCError as err:
+        sys.exit(str(err))
+    print(f"QC passed: {table['case'].nunique()} cases, {len(table)} checks")
+
+
+def cmd_make_splits(args):
+    from workflow_scripts.splits import write_splits
+
+    splits = write_splits(args.cases, Path(args.labels_dir), _json(args.labels), args.n_folds, args.seed,
+                          Path(args.out))
+    for k, fold in enumerate(splits):
+        print(f"fold {k}: {len(fold['train'])} train, {len(fold['val'])} val: {', '.join(fold['val'])}")
+
+
+def cmd_convert_dataset(args):
+    from workflow_scripts.nnunet_dataset import convert_dataset
+
+    summary = convert_dataset(args.cases, Path(args.images_dir), Path(args.labels_dir),
+                              Path(args.nnunet_root) / "nnUNet_raw", args.dataset_id, args.name,
+                              _json(args.label_mapping), Path(args.out))
+    print(f"wrote {summary['folder']} with {len(summary['cases'])} cases")
+
+
+def cmd_plan_and_preprocess(args):
+    _nnunet(args, augmentation_workers=args.threads)  # the planner sizes torch threads by this value
+    from workflow_scripts.planning import plan_and_preprocess
+
+    summary = plan_and_preprocess(args.dataset_id, args.planner, _json(args.target_spacing),
+                                  _json(args.plans_overrides), Path(args.splits), args.threads, Path(args.out))
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_train_fold(args):
+    _nnunet(args)
+    from workflow_scripts.training import train_fold
+
+    from workflow_scripts.io import read_json
+
+    plans = read_json(args.plans_summary)
+    summary = train_fold(plans["dataset"], plans["plans_identifier"], args.trainer, args.fold,
+                         _json(args.settings), args.device, Path(args.out))
+    print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")
+
+
+def cmd_gather_oof(args):
+    from workflow_scripts.prediction import gather_out_of_fold
+
+    cases = gather_out_of_fold([Path(p) for p in args.training_summaries], _json(args.class_label_values),
+                               Path(args.images_dir), Path(args.out_dir))
+    expected = set(args.cases)
+    if set(cases) != expected:
+        sys.exit(f"out-of-fold predictions cover {sorted(set(cases))}, expected {sorted(expected)}")
+
+
+def cmd_predict(args):
+    _nnunet(args)
+    from workflow_scripts.io import read_json
+    from workflow_scripts.prediction import predict_cases
+
+    fold_summary = read_json(args.training_summaries[0])
+    predict_cases(Path(fold_summary["output_folder"]).parent, args.folds, args.cases, Path(args.images_dir),
+                  _json(args.class_label_values), args.device, args.tile_step_size, args.use_mirroring,
+                  Path(args.out_dir))
+
+
+def cmd_ensemble_case(args):
+    from workflow_scripts.ensemble import ensemble_case
+
+    ensemble_case([Path(p) for p in args.members], args.weights, _json(args.fusions), Path(args.image),
+                  Path(args.out_dir), args.case)
+
+
+def cmd_segment_anatomy(args):
+    from workflow_scripts.anatomy import segment_anatomy
+
+    segment_anatomy(Path(args.image), Path(args.out), Path(args.home), args.task, args.fast,
+                    _json(args.roi_subset), args.device, args.threads)
+
+
+def cmd_refine_case(args):
+    from workflow_scripts.refinement import refine_case
+
+    removed = refine_case(args.case, Path(args.segmentation), Path(args.anatomy) if args.anatomy else None,
+                          Path(args.image), _json(args.rules), args.task, Path(args.out), Path(args.removed))
+    print(f"{args.case}: removed {len(removed)} component(s)")
+
+
+def cmd_evaluate_stage(args):
+    from workflow_scripts.evaluation import evaluate_stage
+    from workflow_scripts.io import write_table
+
+    table = evaluate_stage(args.split, args.stage, args.cases, Path(args.prediction_dir),
+                           Path(args.reference_dir), _json(args.classes),
+                           1.0 if args.both_empty == "one" else float("nan"))
+    write_table(table, Path(args.out))
+
+
+def cmd_summarize_metrics(args):
+    from workflow_scripts.evaluation import write_summary
+
+    summary = write_summary([Path(p) for p in args.tables], Path(args.out), Path(args.figure))
+    print(summary.to_string(index=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workflow_scripts", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    def verb(name, func, nnunet=False):
+        p = verbs.add_parser(name)
+        p.set_defaults(func=func)
+        if nnunet:
+            p.add_argument("--nnunet-root", required=True)
+            p.add_argument("--threads", type=int, default=1)
+            p.add_argument("--augmentation-workers", type=int, default=0)
+        return p
+
+    p = verb("make-toy-data", cmd_make_toy_data)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=12)
+    p.add_argument("--n-test", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = verb("qc-case", cmd_qc_case)
+    p.add_argument("--case", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--label")
+    p.add_argument("--label-values", type=int, nargs="+", required=True)
+    p.add_argument("--out", required=True)
+
+    p = verb("qc-aggregate", cmd_qc_aggregate)
+    p.add_argument("--out", required=True)
+    p.add_argument("tables", nargs="+")
+
+    p = verb("make-splits", cmd_make_splits)
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--labels-dir", required=True)
+    p.add_argument("--labels", required=True, help="JSON {name: value}")
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = verb("convert-dataset", cmd_convert_dataset)
+    p.add_argument("--nnunet-root", required=True)
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--images-dir", required=True)
+    p.add_argument("--labels-dir", required=True)
+    p.add_argument("--dataset-id", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--label-mapping", required=True, help="JSON {class: [source labels]}")
+    p.add_argument("--out", required=True)
+
+    p = verb("plan-and-preprocess", cmd_plan_and_preprocess, nnunet=True)
+    p.add_argument("--dataset-id", type=int, required=True)
+    p.add_argument("--planner", required=True)
+    p.add_argument("--target-spacing", default="null", help="JSON: null, \"isotropic\" or [z, y, x]")
+    p.add_argument("--plans-overrides", default="{}", help="JSON")
+    p.add_argument("--splits", required=True)
+    p.add_argument("--out", required=True)
+
+    p = verb("train-fold", cmd_train_fold, nnunet=True)
+    p.add_argument("--plans-summary", required=True, help="JSON written by plan-and-preprocess")
+    p.add_argument("--trainer", required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--settings", default="{}", help="JSON trainer settings")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+
+    p = verb("gather-oof", cmd_gather_oof)
+    p.add_argument("--training-summaries", nargs="+", required=True)
+    p.add_argument("--class-label-values", required=True, help="JSON list")
+    p.add_argument("--images-dir", required=True)
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = verb("predict", cmd_predict, nnunet=True)
+    p.add_argument("--training-summaries", nargs="+", required=True, help="JSON written by train-fold")
+    p.add_argument("--folds", type=int, nargs="+", required=True)
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--images-dir", required=True)
+    p.add_argument("--class-label-values", required=True, help="JSON list")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tile-step-size", type=float, default=0.5)
+    p.add_argument("--use-mirroring", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = verb("ensemble-case", cmd_ensemble_case)
+    p.add_argument("--case", required=True)
+    p.add_argument("--members", nargs="+", required=True)
+    p.add_argument("--weights", type=float, nargs="+", required=True)
+    p.add_argument("--fusions", default="[]", help="JSON list of {path, into, strategy}")
+    p.add_argument("--image", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = verb("segment-anatomy", cmd_segment_anatomy)
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--home", required=True)
+    p.add_argument("--task", default="total")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--roi-subset", default="null", help="JSON list or null")
+    p.add_argument("--device", default="gpu")
+    p.add_argument("--threads", type=int, default=1)
+
+    p = verb("refine-case", cmd_refine_case)
+    p.add_argument("--case", required=True)
+    p.add_argument("--segmentation", required=True)
+    p.add_argument("--anatomy")
+    p.add_argument("--image", required=True)
+    p.add_argument("--rules", required=True, help="JSON list of rules")
+    p.add_argument("--task", default="total")
+    p.add_argument("--out", required=True)
+    p.add_argument("--removed", required=True)
+
+    p = verb("evaluate-stage", cmd_evaluate_stage)
+    p.add_argument("--split", required=True)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--prediction-dir", required=True)
+    p.add_argument("--reference-dir", required=True)
+    p.add_argument("--classes", required=True, help="JSON {name: label}")
+    p.add_argument("--both-empty", choices=["one", "nan"], default="one")
+    p.add_argument("--out", required=True)
+
+    p = verb("summarize-metrics", cmd_summarize_metrics)
+    p.add_argument("--out", required=True)
+    p.add_argument("--figure", required=True)
+    p.add_argument("tables", nargs="+")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":  # nnU-Net's spawn pools re-import the main module
+    main()

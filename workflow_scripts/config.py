@@ -1,0 +1,135 @@
+"""Configuration: schema validation, cross-checks, and the case lists derived from the input folders."""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+IMAGE_SUFFIX = ".nii.gz"
+
+DEFAULT_RESOURCES = {
+    "default": {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": False},
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the fix."""
+
+
+def _fill_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_config(config: dict, base: str | Path = ".") -> dict:
+    """Return a validated copy of ``config`` with defaults filled; raise ``ConfigError`` with one message.
+
+    ``base`` is the folder relative input paths are resolved against (the working directory of the run).
+    """
+    config = copy.deepcopy(config)
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+            message = error.message
+            if error.validator == "additionalProperties":
+                message = f"unknown key: {message}"
+            lines.append(f"  {key}: {message}")
+        raise ConfigError("invalid configuration (see config/README.md):\n" + "\n".join(lines))
+    _cross_check(config, Path(base))
+    return config
+
+
+def _cross_check(config: dict, base: Path) -> None:
+    problems = []
+    data = config["data"]
+    for key in ("images_tr", "labels_tr", "images_ts", "labels_ts"):
+        if data.get(key) and not (base / data[key]).is_dir():
+            problems.append(f"data.{key}: folder '{data[key]}' does not exist")
+    labels = config["labels"]
+    if sorted(labels.values())[0] != 0 or list(labels.values())[0] != 0:
+        problems.append("labels: the first label must be the background with value 0")
+    n_folds = config["splits"]["n_folds"]
+    ids = {}
+    for name, conf in config["configurations"].items():
+        sources = [v for values in conf["label_mapping"].values() for v in values]
+        if sorted(sources) != sorted(labels.values()):
+            problems.append(f"configurations.{name}.label_mapping: must use every label {sorted(labels.values())} "
+                            f"exactly once, got {sorted(sources)}")
+        if sorted(conf["folds"]) != list(range(n_folds)):
+            problems.append(f"configurations.{name}.folds: cross-validation stages need every fold "
+                            f"{list(range(n_folds))} (splits.n_folds)")
+        if conf["dataset_id"] in ids:
+            problems.append(f"configurations.{name}.dataset_id: {conf['dataset_id']} is also used by "
+                            f"{ids[conf['dataset_id']]}")
+        ids[conf["dataset_id"]] = name
+    ensemble = config["ensemble"]
+    for member in ensemble["members"]:
+        if member not in config["configurations"]:
+            problems.append(f"ensemble.members: '{member}' is not a configuration")
+        elif list(config["configurations"][member]["label_mapping"]) != list(labels):
+            problems.append(f"ensemble.members: '{member}' does not predict every label; fuse it instead")
+    for fusion in ensemble["fusions"]:
+        if fusion["configuration"] not in config["configurations"]:
+            problems.append(f"ensemble.fusions: '{fusion['configuration']}' is not a configuration")
+        elif fusion["into"] not in config["configurations"][fusion["configuration"]]["label_mapping"]:
+            problems.append(f"ensemble.fusions: '{fusion['configuration']}' has no class '{fusion['into']}'")
+        if fusion["into"] not in labels:
+            problems.append(f"ensemble.fusions: '{fusion['into']}' is not in labels")
+    anatomy = config["anatomy"]
+    if anatomy["source"] == "precomputed":
+        folder = anatomy.get("precomputed_dir")
+        if not folder or not (base / folder).is_dir():
+            problems.append(f"anatomy.precomputed_dir: folder '{folder}' does not exist (needed by "
+                            "anatomy.source: precomputed)")
+    elif not anatomy.get("totalseg_home"):
+        problems.append("anatomy.totalseg_home: needed by anatomy.source: totalsegmentator (the folder holding "
+                        "TotalSegmentator's weights; runs are offline)")
+    for rule in config["refinement"]["rules"]:
+        needed = {"drop_inside": ["structures"], "drop_smaller_than": ["min_volume_mm3"]}.get(rule["kind"], [])
+        for key in needed:
+            if key not in rule:
+                problems.append(f"refinement.rules.{rule['name']}: kind {rule['kind']} needs '{key}'")
+    if problems:
+        raise ConfigError("invalid configuration (see config/README.md):\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def load_config(path: str | Path, base: str | Path = ".") -> dict:
+    return validate_config(yaml.safe_load(Path(path).read_text()), base)
+
+
+def discover_cases(folder: str | Path, pattern: str) -> list[str]:
+    """Case ids of the ``<case>.nii.gz`` files in ``folder``; a name off ``pattern`` is an error."""
+    folder = Path(folder)
+    names = sorted(p.name[: -len(IMAGE_SUFFIX)] for p in folder.glob(f"*{IMAGE_SUFFIX}"))
+    bad = [n for n in names if not re.match(pattern, n)]
+    if bad:
+        raise ConfigError(f"case ids {bad} in {folder} do not match data.case_pattern '{pattern}'; rename the "
+                          "files or change the pattern")
+    if not names:
+        raise ConfigError(f"no '*{IMAGE_SUFFIX}' images in {folder}")
+    return names
+
+
+def rule_resources(config: dict, rule: str) -> dict:
+    """Threads, memory, runtime and GPU of a rule: its own entry over 'default' over built-in defaults."""
+    resources = dict(DEFAULT_RESOURCES["default"])
+    configured = config["compute"].get("resources", {})
+    resources.update(configured.get("default", {}))
+    resources.update(configured.get(rule, {}))
+    return resources

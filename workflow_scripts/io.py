@@ -1,0 +1,83 @@
+"""Reading and writing volumes; every write goes to a temporary name and is renamed when complete."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def _split_suffix(path: Path) -> tuple[str, str]:
+    name = path.name
+    for suffix in (".nii.gz", ".tsv.gz"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return path.stem, path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A killed job therefore never leaves a file that looks finished.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem, suffix = _split_suffix(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
+def write_table(df, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    return sitk.ReadImage(str(path))
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def array_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """An image holding ``array`` (z, y, x) on the grid of ``reference``."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def write_probabilities(path: str | os.PathLike, probabilities: np.ndarray, labels: list[int]) -> None:
+    """Class probabilities (C, z, y, x) as float16, with the label value each channel stands for."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probabilities=probabilities.astype(np.float16),
+                                labels=np.asarray(labels, dtype=np.int16))
+
+
+def read_probabilities(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
+    with np.load(path) as data:
+        return data["probabilities"].astype(np.float32), [int(v) for v in data["labels"]]

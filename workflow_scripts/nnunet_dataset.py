@@ -1,0 +1,73 @@
+"""Conversion of the input cases into an nnU-Net raw dataset, one per configuration."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from workflow_scripts.io import array_like, read_image, write_image, write_json
+
+CHANNEL_SUFFIX = "_0000"
+
+
+def label_lookup(label_mapping: dict[str, list[int]], max_source: int = 255) -> np.ndarray:
+    """A table mapping each source label value to the index of its class in ``label_mapping`` (dict order)."""
+    table = np.zeros(max_source + 1, dtype=np.uint8)
+    for index, values in enumerate(label_mapping.values()):
+        table[list(values)] = index
+    return table
+
+
+def class_label_values(label_mapping: dict[str, list[int]]) -> list[int]:
+    """The source label each output channel stands for: 0 for the first (background) class, else its one value."""
+    values = []
+    for index, (name, sources) in enumerate(label_mapping.items()):
+        if index == 0:
+            values.append(0)
+        elif len(sources) == 1:
+            values.append(int(sources[0]))
+        else:
+            raise ValueError(f"class '{name}' merges labels {sources}; only the background class may merge labels")
+    return values
+
+
+def remap_label(label: sitk.Image, label_mapping: dict[str, list[int]]) -> sitk.Image:
+    array = sitk.GetArrayViewFromImage(label)
+    known = np.unique(array)
+    mapped = {v for values in label_mapping.values() for v in values}
+    unknown = sorted(int(v) for v in known if int(v) not in mapped)
+    if unknown:
+        raise ValueError(f"label values {unknown} are not in the label mapping {label_mapping}")
+    return array_like(label_lookup(label_mapping)[array], label)
+
+
+def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_root: Path, dataset_id: int,
+                    name: str, label_mapping: dict[str, list[int]], summary_path: Path) -> dict:
+    """Write ``raw_root/DatasetNNN_name`` (images linked, labels remapped) and a summary JSON."""
+    from workflow_scripts.nnunet_env import dataset_name
+
+    folder = Path(raw_root) / dataset_name(dataset_id, name)
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        link = folder / "imagesTr" / f"{case}{CHANNEL_SUFFIX}.nii.gz"
+        target = (Path(images_dir) / f"{case}.nii.gz").resolve()
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(target, link)
+        label = read_image(Path(labels_dir) / f"{case}.nii.gz")
+        write_image(remap_label(label, label_mapping), folder / "labelsTr" / f"{case}.nii.gz")
+    dataset_json = {
+        "channel_names": {"0": "CT"},
+        "labels": {class_name: index for index, class_name in enumerate(label_mapping)},
+        "numTraining": len(cases),
+        "file_ending": ".nii.gz",
+        "label_mapping_from_source": label_mapping,
+    }
+    write_json(dataset_json, folder / "dataset.json")
+    summary = {"dataset": folder.name, "folder": str(folder), "cases": list(cases),
+               "labels": dataset_json["labels"], "class_label_values": class_label_values(label_mapping)}
+    write_json(summary, summary_path)
+    return summary

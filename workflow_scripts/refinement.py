@@ -1,0 +1,115 @@
+"""Anatomy-based refinement: lesion components removed by rules written as config data.
+
+Rule kinds (each may name ``labels``, the lesion labels it applies to; default all non-zero labels):
+- ``drop_inside``: remove components with at least ``min_fraction`` of their voxels inside the anatomy
+  structures matching ``structures`` (TotalSegmentator class names, shell patterns such as ``vertebrae_*``);
+- ``drop_outside_body``: remove components with at least ``min_fraction`` outside the body, the body being the
+  largest connected region above ``body_hu`` with its holes filled slice by slice;
+- ``drop_smaller_than``: remove components below ``min_volume_mm3``.
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from workflow_scripts.io import array_like, read_image, write_image, write_table
+
+RULE_KINDS = ("drop_inside", "drop_outside_body", "drop_smaller_than")
+REMOVED_COLUMNS = ["case", "rule", "label", "component", "voxels", "volume_mm3", "fraction"]
+_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def anatomy_class_ids(task: str = "total") -> dict[str, int]:
+    """TotalSegmentator's class names and ids for ``task`` (imported lazily: only refinement needs it)."""
+    from totalsegmentator.map_to_binary import class_map
+
+    return {name: int(i) for i, name in class_map[task].items()}
+
+
+def structure_ids(patterns: list[str], class_ids: dict[str, int]) -> list[int]:
+    ids = sorted({i for name, i in class_ids.items() for p in patterns if fnmatch.fnmatchcase(name, p)})
+    if not ids:
+        raise ValueError(f"no anatomy class matches {patterns}; names are TotalSegmentator class names "
+                         "such as 'liver', 'vertebrae_L3', 'hip_left'")
+    return ids
+
+
+def body_mask(image: np.ndarray, body_hu: float) -> np.ndarray:
+    """The largest connected region above ``body_hu``, holes (bowel gas, lungs) filled slice by slice."""
+    mask = image > body_hu
+    components, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    body = components == int(np.argmax(sizes))
+    return np.stack([ndimage.binary_fill_holes(s) for s in body])
+
+
+def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarray | None,
+           spacing_xyz: tuple[float, float, float], rules: list[dict], class_ids: dict[str, int] | None,
+           case: str = "") -> tuple[np.ndarray, pd.DataFrame]:
+    """Apply ``rules`` in order; returns the refined label map and one row per removed component."""
+    refined = segmentation.copy()
+    voxel_mm3 = float(np.prod(spacing_xyz))
+    removed = []
+    for rule in rules:
+        kind = rule["kind"]
+        if kind not in RULE_KINDS:
+            raise ValueError(f"unknown refinement rule kind '{kind}'; choose one of {RULE_KINDS}")
+        if kind == "drop_inside":
+            if anatomy is None:
+                raise ValueError(f"rule '{rule['name']}' needs an anatomy map for case {case}")
+            region = np.isin(anatomy, structure_ids(rule["structures"], class_ids))
+        elif kind == "drop_outside_body":
+            if image is None:
+                raise ValueError(f"rule '{rule['name']}' needs the CT image for case {case}")
+            region = ~body_mask(image, rule.get("body_hu", -500.0))
+        labels = rule.get("labels") or [int(v) for v in np.unique(refined) if v != 0]
+        for label in labels:
+            components, n = ndimage.label(refined == label, structure=_CONNECTIVITY_26)
+            if n == 0:
+                continue
+            index = np.arange(1, n + 1)
+            voxels = ndimage.sum_labels(np.ones_like(components), components, index)
+            if kind == "drop_smaller_than":
+                fraction = np.zeros(n)
+                drop = voxels * voxel_mm3 < rule["min_volume_mm3"]
+            else:
+                fraction = ndimage.sum_labels(region, components, index) / voxels
+                drop = fraction >= rule.get("min_fraction", 0.5)
+            for c in index[drop]:
+                refined[components == c] = 0
+                removed.append({"case": case, "rule": rule["name"], "label": int(label), "component": int(c),
+                                "voxels": int(voxels[c - 1]), "volume_mm3": float(voxels[c - 1] * voxel_mm3),
+                                "fraction": float(fraction[c - 1])})
+    return refined, pd.DataFrame(removed, columns=REMOVED_COLUMNS)
+
+
+def refine_case(case: str, segmentation_path: Path, anatomy_path: Path | None, image_path: Path,
+                rules: list[dict], anatomy_task: str, out_segmentation: Path, out_removed: Path) -> pd.DataFrame:
+    seg_image = read_image(segmentation_path)
+    anatomy = None
+    if anatomy_path is not None:
+        anatomy_image = read_image(anatomy_path)
+        if anatomy_image.GetSize() != seg_image.GetSize():
+            raise ValueError(f"{case}: anatomy map {anatomy_path} is not on the image grid "
+                             f"({anatomy_image.GetSize()} vs {seg_image.GetSize()})")
+        anatomy = read_image_array(anatomy_image)
+    image = read_image_array(read_image(image_path))
+    class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] == "drop_inside" for r in rules) else None
+    refined, removed = refine(read_image_array(seg_image), anatomy, image, seg_image.GetSpacing(), rules,
+                              class_ids, case)
+    write_image(array_like(refined.astype(np.uint8), seg_image), out_segmentation)
+    write_table(removed, out_removed)
+    return removed
+
+
+def read_image_array(image) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(image)

@@ -1,0 +1,134 @@
+"""Deterministic synthetic abdominal CT phantoms (Hounsfield units) for the smoke workflow.
+
+Each case has an image, a lesion label map (0 background, 1 primary tumour, 2 metastasis) and an anatomy
+map with TotalSegmentator "total" class ids, so that the refinement stage runs the same code on toy and
+real data. Layout written under ``out``::
+
+    imagesTr/<case>.nii.gz  labelsTr/<case>.nii.gz  anatomy/<case>.nii.gz
+    imagesTs/<case>.nii.gz  labelsTs/<case>.nii.gz   (labelsTs: for evaluation only)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from workflow_scripts.io import write_image, write_json
+
+# TotalSegmentator v2 "total" class ids of the structures the phantom models.
+ANATOMY_IDS = {"liver": 5, "sacrum": 25, "vertebrae_L5": 27, "vertebrae_L4": 28, "vertebrae_L3": 29,
+               "vertebrae_L2": 30, "vertebrae_L1": 31, "hip_left": 77, "hip_right": 78}
+LUMBAR = ["sacrum", "vertebrae_L5", "vertebrae_L4", "vertebrae_L3", "vertebrae_L2", "vertebrae_L1"]
+
+HU_AIR, HU_FAT, HU_SOFT, HU_LIVER, HU_BONE = -1000, -100, 40, 60, 450
+HU_PRIMARY, HU_METASTASIS = 100, 140
+NOISE_HU = 12.0
+
+
+@dataclass(frozen=True)
+class Phantom:
+    image: np.ndarray      # int16 (z, y, x)
+    label: np.ndarray      # uint8 (z, y, x)
+    anatomy: np.ndarray    # uint8 (z, y, x)
+    spacing: tuple[float, float, float]  # (x, y, z) in mm, SimpleITK order
+
+
+def _ellipsoid(coords, centre, radii) -> np.ndarray:
+    z, y, x = coords
+    return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 \
+        + ((z - centre[2]) / radii[2]) ** 2 <= 1.0
+
+
+def make_phantom(rng: np.random.Generator, shape=(32, 96, 96), with_metastases: bool = True) -> Phantom:
+    """One phantom; ``shape`` is (z, y, x). Positions are fractions of the field of view, sizes in mm."""
+    nz, ny, nx = shape
+    sxy = float(rng.uniform(0.7, 0.9))
+    sz = float(rng.uniform(2.0, 3.0))
+    fov_x, fov_y, fov_z = nx * sxy, ny * sxy, nz * sz
+    zz, yy, xx = np.meshgrid((np.arange(nz) + 0.5) * sz - fov_z / 2, (np.arange(ny) + 0.5) * sxy - fov_y / 2,
+                             (np.arange(nx) + 0.5) * sxy - fov_x / 2, indexing="ij")
+    coords = (zz, yy, xx)
+    height = zz + fov_z / 2  # 0 at the lowest slice
+
+    image = np.full(shape, HU_AIR, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    anatomy = np.zeros(shape, dtype=np.uint8)
+
+    body_a, body_b = 0.45 * fov_x * rng.uniform(0.95, 1.05), 0.38 * fov_y * rng.uniform(0.95, 1.05)
+    body_r = (xx / body_a) ** 2 + (yy / body_b) ** 2
+    body = body_r <= 1.0
+    image[body] = HU_FAT
+    inner = (xx / (body_a - 3.5)) ** 2 + (yy / (body_b - 3.5)) ** 2 <= 1.0
+    image[inner] = HU_SOFT
+
+    liver = _ellipsoid(coords, (-0.2 * fov_x, -0.04 * fov_y, 0.35 * fov_z), (0.2 * fov_x, 0.22 * fov_y, 0.3 * fov_z))
+    liver &= inner
+    image[liver] = HU_LIVER
+    anatomy[liver] = ANATOMY_IDS["liver"]
+
+    # Lumbar spine: a column of vertebral bodies separated by discs, the sacrum lowest.
+    spine_r = 0.1 * fov_x
+    column = (xx ** 2 + (yy - 0.22 * fov_y) ** 2) <= spine_r ** 2
+    level_height = fov_z / len(LUMBAR)
+    level = np.clip((height // level_height).astype(int), 0, len(LUMBAR) - 1)
+    disc = (height % level_height) < 3.0
+    vertebra = column & ~disc
+    image[column & disc] = 90
+    image[vertebra] = HU_BONE
+    for i, name in enumerate(LUMBAR):
+        anatomy[vertebra & (level == i)] = ANATOMY_IDS[name]
+
+    # Iliac wings in the lower third; +x is the patient's left in LPS.
+    for side, name in ((1, "hip_left"), (-1, "hip_right")):
+        wing = _ellipsoid(coords, (side * 0.27 * fov_x, 0.12 * fov_y, -0.35 * fov_z),
+                          (0.06 * fov_x, 0.12 * fov_y, 0.2 * fov_z)) & inner
+        image[wing] = HU_BONE + 100
+        anatomy[wing] = ANATOMY_IDS[name]
+
+    # Primary tumour low in the abdomen, anterior to the spine.
+    r = rng.uniform(7.0, 11.0, size=3)
+    centre = (rng.uniform(-0.1, 0.1) * fov_x, rng.uniform(-0.12, 0.0) * fov_y, rng.uniform(-0.2, -0.05) * fov_z)
+    primary = _ellipsoid(coords, centre, r) & inner & (anatomy == 0)
+    image[primary] = HU_PRIMARY
+    label[primary] = 1
+
+    # Peritoneal metastases: small spheres near the body wall in the upper abdomen.
+    n_metastases = int(rng.integers(1, 4)) if with_metastases else 0
+    for _ in range(n_metastases):
+        angle = rng.uniform(0, 2 * np.pi)
+        radius = rng.uniform(3.5, 6.0)
+        ex, ey = (body_a - 9) * np.cos(angle), (body_b - 9) * np.sin(angle)
+        met = _ellipsoid(coords, (ex, ey, rng.uniform(0.05, 0.35) * fov_z), (radius, radius, radius + 1.5))
+        met &= inner & ~np.isin(anatomy, [ANATOMY_IDS[n] for n in LUMBAR + ["hip_left", "hip_right"]])
+        image[met] = HU_METASTASIS
+        label[met] = 2
+
+    image[body] += rng.normal(0.0, NOISE_HU, size=int(body.sum())).astype(np.float32)
+    return Phantom(image=np.round(image).astype(np.int16), label=label, anatomy=anatomy, spacing=(sxy, sxy, sz))
+
+
+def _to_image(array: np.ndarray, spacing) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((0.0, 0.0, 0.0))
+    return image
+
+
+def generate_toy_dataset(out: str | Path, n_train: int = 12, n_test: int = 3, seed: int = 0,
+                         shape=(32, 96, 96)) -> dict:
+    """Write the toy dataset; every third case has no metastasis. Returns the case lists."""
+    out = Path(out)
+    cases = {"train": [f"toy_{i:03d}" for i in range(n_train)],
+             "test": [f"toy_{100 + i:03d}" for i in range(n_test)]}
+    for split, suffix in (("train", "Tr"), ("test", "Ts")):
+        for case in cases[split]:
+            index = int(case.split("_")[1])
+            rng = np.random.default_rng([seed, index])
+            phantom = make_phantom(rng, shape=shape, with_metastases=index % 3 != 0)
+            write_image(_to_image(phantom.image, phantom.spacing), out / f"images{suffix}" / f"{case}.nii.gz")
+            write_image(_to_image(phantom.label, phantom.spacing), out / f"labels{suffix}" / f"{case}.nii.gz")
+            write_image(_to_image(phantom.anatomy, phantom.spacing), out / "anatomy" / f"{case}.nii.gz")
+    write_json({"seed": seed, "shape_zyx": list(shape), **cases}, out / "toy_dataset.json")
+    return cases
