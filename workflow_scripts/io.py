@@ -63,6 +63,11 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
         sitk.WriteImage(image, str(tmp), useCompression=True)
 
 
+def image_array(image: sitk.Image) -> np.ndarray:
+    """A copy of the voxels as (z, y, x); a view would dangle once ``image`` is freed."""
+    return sitk.GetArrayFromImage(image)
+
+
 def array_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """An image holding ``array`` (z, y, x) on the grid of ``reference``."""
     image = sitk.GetImageFromArray(array)

@@ -58,13 +58,12 @@ def check_case(case: str, image_path: Path, label_path: Path | None, label_value
     if problems:
         rows.append(_row(case, "label_grid", "error", "label is not on the image grid: " + "; ".join(problems)
                          + ". Resample the label onto its image (nearest neighbour) or fix the pairing"))
-    values = np.unique(sitk.GetArrayViewFromImage(label))
+    values, voxels = np.unique(sitk.GetArrayViewFromImage(label), return_counts=True)
     unknown = sorted(int(v) for v in values if int(v) not in label_values)
     if unknown:
         rows.append(_row(case, "label_values", "error", f"label values {unknown} are not in the configured "
                          f"labels {label_values}; fix the label or add them to config 'labels'"))
-    counts = {int(v): int(c) for v, c in zip(*np.unique(sitk.GetArrayViewFromImage(label), return_counts=True))}
-    rows.append(_row(case, "label_voxels", "info", ", ".join(f"label {v}: {c}" for v, c in counts.items())))
+    rows.append(_row(case, "label_voxels", "info", ", ".join(f"label {v}: {c}" for v, c in zip(values, voxels))))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

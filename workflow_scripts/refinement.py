@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from workflow_scripts.io import array_like, read_image, write_image, write_table
+from workflow_scripts.io import array_like, image_array, read_image, write_image, write_table
 
 RULE_KINDS = ("drop_inside", "drop_outside_body", "drop_smaller_than")
 REMOVED_COLUMNS = ["case", "rule", "label", "component", "voxels", "volume_mm3", "fraction"]
@@ -99,17 +99,11 @@ def refine_case(case: str, segmentation_path: Path, anatomy_path: Path | None, i
         if anatomy_image.GetSize() != seg_image.GetSize():
             raise ValueError(f"{case}: anatomy map {anatomy_path} is not on the image grid "
                              f"({anatomy_image.GetSize()} vs {seg_image.GetSize()})")
-        anatomy = read_image_array(anatomy_image)
-    image = read_image_array(read_image(image_path))
+        anatomy = image_array(anatomy_image)
+    image = image_array(read_image(image_path))
     class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] == "drop_inside" for r in rules) else None
-    refined, removed = refine(read_image_array(seg_image), anatomy, image, seg_image.GetSpacing(), rules,
+    refined, removed = refine(image_array(seg_image), anatomy, image, seg_image.GetSpacing(), rules,
                               class_ids, case)
     write_image(array_like(refined.astype(np.uint8), seg_image), out_segmentation)
     write_table(removed, out_removed)
     return removed
-
-
-def read_image_array(image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return sitk.GetArrayFromImage(image)

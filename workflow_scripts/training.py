@@ -26,7 +26,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     nnU-Net must already be configured for this process (``configure_nnunet``).
     """
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 
     unknown = set(settings) - set(TRAINER_SETTINGS)
     if unknown:
@@ -36,8 +36,8 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     trainer_class = find_trainer_class(trainer_name)
 
     # Peek at the output folder to know whether this is a resume before the trainer opens its log.
-    probe_folder = Path(nnUNet_preprocessed).parent / "nnUNet_results" / dataset / \
-        f"{trainer_name}__{plans_identifier}__{CONFIGURATION}" / f"fold_{fold}"
+    probe_folder = Path(nnUNet_results) / dataset / f"{trainer_name}__{plans_identifier}__{CONFIGURATION}" \
+        / f"fold_{fold}"
     final, latest = probe_folder / "checkpoint_final.pth", probe_folder / "checkpoint_latest.pth"
     plans["continue_training"] = final.exists() or latest.exists()
     trainer = trainer_class(plans=plans, configuration=CONFIGURATION, fold=fold,
