@@ -3,7 +3,8 @@
 
 rule make_splits:
     input:
-        "results/qc/qc_table.tsv",
+        qc="results/qc/qc_table.tsv",
+        patients=CONFIG["data"]["patients"] or [],
     output:
         "results/splits/splits_final.json",
     params:
@@ -12,13 +13,15 @@ rule make_splits:
         labels=as_json(CONFIG["labels"]),
         n_folds=CONFIG["splits"]["n_folds"],
         seed=CONFIG["splits"]["seed"],
+        patients=lambda w, input: f"--patients {input.patients}" if input.patients else "",
     log:
         "logs/make_splits.log",
     conda:
         "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts make-splits --cases {params.cases} --labels-dir {params.labels_dir} "
-        "--labels {params.labels:q} --n-folds {params.n_folds} --seed {params.seed} --out {output} > {log} 2>&1"
+        "--labels {params.labels:q} --n-folds {params.n_folds} --seed {params.seed} {params.patients} "
+        "--out {output} > {log} 2>&1"
 
 
 rule convert_dataset:

@@ -1,11 +1,17 @@
 # One nnU-Net training per (configuration, fold); resumes from its latest checkpoint when rerun.
+# Snakemake clears the rule log of a rerun job; nnU-Net's training_log_*.txt (one per run) keep the history.
 
 
 rule train_fold:
     input:
         "results/datasets/{configuration}/plans_summary.json",
     output:
-        "results/training/{configuration}/fold_{fold}.json",
+        summary="results/training/{configuration}/fold_{fold}.json",
+        curves=report("results/training/{configuration}/fold_{fold}_curves.tsv", caption="report/training_curves.rst",
+                      category="Training", subcategory="{configuration}", labels={"fold": "{fold}", "kind": "table"}),
+        progress=report("results/training/{configuration}/fold_{fold}_progress.png",
+                        caption="report/training_progress.rst", category="Training", subcategory="{configuration}",
+                        labels={"fold": "{fold}", "kind": "plot"}),
     params:
         nnunet_root=NNUNET_ROOT,
         trainer=lambda w: configuration(w.configuration)["trainer"],
@@ -25,4 +31,5 @@ rule train_fold:
         "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root} --threads {threads} "
         "--augmentation-workers {params.augmentation_workers} --plans-summary {input} "
         "--trainer {params.trainer} --fold {wildcards.fold} --settings {params.settings:q} "
-        "--device {params.device} --out {output} > {log} 2>&1"
+        "--device {params.device} --out {output.summary} --curves {output.curves} --progress {output.progress} "
+        "> {log} 2>&1"

@@ -22,7 +22,8 @@ def test_real_template_is_valid_once_its_folders_exist(tmp_path):
     for key in ("images_tr", "labels_tr", "images_ts"):
         (tmp_path / config["data"][key]).mkdir(parents=True)
     validated = validate_config(config, base=tmp_path)
-    assert "trainer_settings" not in validated["configurations"]["resenc_multiclass"], "real config keeps defaults"
+    assert validated["configurations"]["resenc_multiclass"]["trainer_settings"] == {"save_every": 10}, \
+        "the real config keeps nnU-Net's training defaults; only checkpoints come more often"
     assert "plans_overrides" not in validated["configurations"]["resenc_multiclass"]
     assert rule_resources(validated, "train_fold")["gpu"] is True
 

@@ -198,3 +198,35 @@ def test_report_renders_with_every_stage(smoke_run):
     assert len(html) > 100_000
     for needle in ("qc_table.tsv", "summary.tsv", "dice.png", "train_fold"):
         assert needle in html, needle
+
+
+def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    fourth = dict(config["configurations"]["resenc_multiclass"], dataset_id=504, planner="nnUNetPlannerResEncL")
+    config["configurations"]["resenc_l_multiclass"] = fourth
+    config["ensemble"]["members"]["resenc_l_multiclass"] = 0.5
+    path = tmp_path / "four.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(toy_workdir, "-n", "--profile", PROFILES["local"], "--configfile", path)
+    assert job_count(result.stdout, "train_fold") == 20
+    assert job_count(result.stdout, "plan_and_preprocess") == 4
+    assert "configuration=resenc_l_multiclass, fold=4" in result.stdout
+
+
+def test_plain_nnunet_predict_works_on_the_results(smoke_run, tmp_path):
+    """The results folders stay standard nnU-Net: nnUNetv2_predict reproduces the workflow's prediction."""
+    (tmp_path / "in").mkdir()
+    os.symlink(smoke_run / "resources/toy/imagesTs/toy_100.nii.gz", tmp_path / "in" / "toy_100_0000.nii.gz")
+    nnunet = smoke_run / "results" / "nnunet"
+    env = dict(os.environ, nnUNet_raw=str(nnunet / "nnUNet_raw"), nnUNet_results=str(nnunet / "nnUNet_results"),
+               nnUNet_preprocessed=str(nnunet / "nnUNet_preprocessed"))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(tmp_path / "in"), "-o",
+         str(tmp_path / "out"), "-d", "501", "-c", "3d_fullres", "-tr", "nnUNetTrainerNoMirroring", "-p",
+         "nnUNetResEncUNetMPlans", "-f", "0", "1", "2", "3", "4", "-device", "cpu", "-npp", "1", "-nps", "1",
+         "--disable_progress_bar"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "toy_100.nii.gz")))
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(smoke_run / "results/predictions/test/resenc_multiclass/toy_100.nii.gz")))
+    assert (theirs == ours).mean() > 0.999
+    assert (theirs == 1).sum() > 0

@@ -50,7 +50,7 @@ def cmd_make_splits(args):
     from workflow_scripts.splits import write_splits
 
     splits = write_splits(args.cases, Path(args.labels_dir), _json(args.labels), args.n_folds, args.seed,
-                          Path(args.out))
+                          Path(args.out), Path(args.patients) if args.patients else None)
     for k, fold in enumerate(splits):
         print(f"fold {k}: {len(fold['train'])} train, {len(fold['val'])} val: {', '.join(fold['val'])}")
 
@@ -81,7 +81,8 @@ def cmd_train_fold(args):
 
     plans = read_json(args.plans_summary)
     summary = train_fold(plans["dataset"], plans["plans_identifier"], args.trainer, args.fold,
-                         _json(args.settings), args.device, Path(args.out))
+                         _json(args.settings), args.device, Path(args.out),
+                         Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None)
     print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")
 
 
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="JSON {name: value}")
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", help="TSV with columns case and patient; a patient's cases share a fold")
     p.add_argument("--out", required=True)
 
     p = verb("convert-dataset", cmd_convert_dataset)
@@ -208,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default="{}", help="JSON trainer settings")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    p.add_argument("--curves", help="TSV of per-epoch losses and pseudo Dice")
+    p.add_argument("--progress", help="copy of nnU-Net's progress.png")
 
     p = verb("gather-oof", cmd_gather_oof)
     p.add_argument("--training-summaries", nargs="+", required=True)
@@ -273,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    # Rule logs are files: flush every line so progress is visible and a killed job loses nothing.
+    sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     args.func(args)
 

@@ -61,6 +61,8 @@ def _cross_check(config: dict, base: Path) -> None:
     for key in ("images_tr", "labels_tr", "images_ts", "labels_ts"):
         if data.get(key) and not (base / data[key]).is_dir():
             problems.append(f"data.{key}: folder '{data[key]}' does not exist")
+    if data.get("patients") and not (base / data["patients"]).is_file():
+        problems.append(f"data.patients: file '{data['patients']}' does not exist")
     labels = config["labels"]
     if sorted(labels.values())[0] != 0 or list(labels.values())[0] != 0:
         problems.append("labels: the first label must be the background with value 0")

@@ -9,21 +9,50 @@ import SimpleITK as sitk
 from workflow_scripts.io import write_json
 
 
-def make_splits(cases: list[str], strata: dict[str, str], n_folds: int = 5, seed: int = 0) -> list[dict]:
-    """nnU-Net's splits_final.json layout; cases of each stratum are dealt round-robin over the folds."""
-    if len(cases) < n_folds:
-        raise ValueError(f"{len(cases)} training cases cannot fill {n_folds} folds; add cases or lower "
-                         "training.n_folds")
+def make_splits(cases: list[str], strata: dict[str, str], n_folds: int = 5, seed: int = 0,
+                patients: dict[str, str] | None = None) -> list[dict]:
+    """nnU-Net's splits_final.json layout.
+
+    All cases of one patient land in the same fold. Patients are dealt stratum by stratum (a patient's stratum
+    joins its cases' strata), larger patients first, each to the fold with the fewest cases of that stratum
+    (then the fewest cases), in a seeded random order.
+    """
+    patients = patients or {c: c for c in cases}
+    members: dict[str, list[str]] = {}
+    for case in sorted(cases):
+        members.setdefault(patients[case], []).append(case)
+    if len(members) < n_folds:
+        raise ValueError(f"{len(members)} patients ({len(cases)} training cases) cannot fill {n_folds} folds; add "
+                         "cases or lower splits.n_folds")
+    stratum_of = {p: "|".join(sorted({strata[c] for c in cs})) for p, cs in members.items()}
     rng = np.random.default_rng(seed)
     folds: list[list[str]] = [[] for _ in range(n_folds)]
-    offset = 0
-    for stratum in sorted(set(strata[c] for c in cases)):
-        members = sorted(c for c in cases if strata[c] == stratum)
-        for i, case in enumerate(rng.permutation(members)):
-            folds[(offset + i) % n_folds].append(str(case))
-        offset += len(members)
+    for stratum in sorted(set(stratum_of.values())):
+        group = [str(p) for p in rng.permutation(sorted(p for p in members if stratum_of[p] == stratum))]
+        group.sort(key=lambda p: -len(members[p]))  # stable: keeps the random order among equal sizes
+        in_stratum = [0] * n_folds
+        for patient in group:
+            k = min(range(n_folds), key=lambda f: (in_stratum[f], len(folds[f])))
+            folds[k] += members[patient]
+            in_stratum[k] += len(members[patient])
     return [{"train": sorted(c for j, f in enumerate(folds) if j != k for c in f), "val": sorted(folds[k])}
             for k in range(n_folds)]
+
+
+def read_patients(path: Path | None, cases: list[str]) -> dict[str, str] | None:
+    """Case to patient from a TSV with columns ``case`` and ``patient``; every case must be listed."""
+    if path is None:
+        return None
+    import pandas as pd
+
+    table = pd.read_csv(path, sep="\t", dtype=str)
+    if not {"case", "patient"} <= set(table.columns):
+        raise ValueError(f"{path} needs the columns 'case' and 'patient' (tab-separated)")
+    patients = dict(zip(table["case"], table["patient"]))
+    missing = sorted(set(cases) - set(patients))
+    if missing:
+        raise ValueError(f"cases {missing} have no patient in {path} (data.patients)")
+    return patients
 
 
 def lesion_strata(cases: list[str], labels_dir: Path, labels: dict[str, int]) -> dict[str, str]:
@@ -36,7 +65,8 @@ def lesion_strata(cases: list[str], labels_dir: Path, labels: dict[str, int]) ->
 
 
 def write_splits(cases: list[str], labels_dir: Path, labels: dict[str, int], n_folds: int, seed: int,
-                 out: Path) -> list[dict]:
-    splits = make_splits(cases, lesion_strata(cases, labels_dir, labels), n_folds, seed)
+                 out: Path, patients_file: Path | None = None) -> list[dict]:
+    splits = make_splits(cases, lesion_strata(cases, labels_dir, labels), n_folds, seed,
+                         read_patients(patients_file, cases))
     write_json(splits, out)
     return splits

@@ -1,9 +1,12 @@
 """Training of one (configuration, fold) with nnU-Net's own trainer, resumed from its latest checkpoint."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from workflow_scripts.io import write_json
+import pandas as pd
+
+from workflow_scripts.io import atomic_path, write_json, write_table
 from workflow_scripts.nnunet_env import CONFIGURATION, resolve_device
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
@@ -18,13 +21,48 @@ def find_trainer_class(name: str):
     return recursive_find_trainer_class_by_name(name)
 
 
+def make_checkpoints_atomic(trainer) -> None:
+    """nnU-Net saves with torch.save straight to the final name; a kill mid-write would leave a broken
+    checkpoint_latest.pth for the next run to resume from. Write to a temporary name and rename instead."""
+    save = trainer.save_checkpoint
+
+    def atomic_save(filename: str) -> None:
+        if trainer.disable_checkpointing:
+            save(filename)  # nnU-Net only logs that nothing is written
+            return
+        with atomic_path(filename) as tmp:
+            save(str(tmp))
+
+    trainer.save_checkpoint = atomic_save
+
+
+def training_curves(log: dict) -> pd.DataFrame:
+    """Per-epoch losses, pseudo Dice (per class and EMA), learning rate and epoch time from nnU-Net's logger."""
+    n = min(len(log.get(k, [])) for k in ("train_losses", "val_losses", "ema_fg_dice", "epoch_end_timestamps"))
+    table = pd.DataFrame({
+        "epoch": range(n),
+        "train_loss": log["train_losses"][:n],
+        "val_loss": log["val_losses"][:n],
+        "pseudo_dice_mean": log["mean_fg_dice"][:n],
+        "pseudo_dice_ema": log["ema_fg_dice"][:n],
+        "learning_rate": log["lrs"][:n],
+        "epoch_seconds": [e - s for s, e in zip(log["epoch_start_timestamps"][:n], log["epoch_end_timestamps"][:n])],
+    })
+    per_class = log.get("dice_per_class_or_region", [])[:n]
+    for k in range(len(per_class[0]) if per_class else 0):
+        table[f"pseudo_dice_class_{k + 1}"] = [float(d[k]) for d in per_class]
+    return table.astype({c: float for c in table.columns if c != "epoch"})
+
+
 def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict,
-               device: str, summary_out: Path) -> dict:
+               device: str, summary_out: Path, curves_out: Path | None = None,
+               progress_out: Path | None = None) -> dict:
     """Train one fold and export its validation probabilities; resumes from checkpoint_latest.pth if present.
 
     A fold with checkpoint_final.pth is not trained again, only its validation is (re)exported.
     nnU-Net must already be configured for this process (``configure_nnunet``).
     """
+    import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 
@@ -35,40 +73,50 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     plans = load_json(str(preprocessed / f"{plans_identifier}.json"))
     trainer_class = find_trainer_class(trainer_name)
 
-    # Peek at the output folder to know whether this is a resume before the trainer opens its log.
-    probe_folder = Path(nnUNet_results) / dataset / f"{trainer_name}__{plans_identifier}__{CONFIGURATION}" \
-        / f"fold_{fold}"
-    final, latest = probe_folder / "checkpoint_final.pth", probe_folder / "checkpoint_latest.pth"
+    # Know whether this is a resume before the trainer opens its log.
+    folder = Path(nnUNet_results) / dataset / f"{trainer_name}__{plans_identifier}__{CONFIGURATION}" / f"fold_{fold}"
+    final, latest = folder / "checkpoint_final.pth", folder / "checkpoint_latest.pth"
     plans["continue_training"] = final.exists() or latest.exists()
+    torch_device = resolve_device(device)
     trainer = trainer_class(plans=plans, configuration=CONFIGURATION, fold=fold,
-                            dataset_json=load_json(str(preprocessed / "dataset.json")),
-                            device=resolve_device(device))
+                            dataset_json=load_json(str(preprocessed / "dataset.json")), device=torch_device)
     for key, value in settings.items():
         setattr(trainer, key, value)
-    if Path(trainer.output_folder) != probe_folder:
-        raise RuntimeError(f"nnU-Net writes fold {fold} to {trainer.output_folder}, expected {probe_folder}")
+    if Path(trainer.output_folder) != folder:
+        raise RuntimeError(f"nnU-Net writes fold {fold} to {trainer.output_folder}, expected {folder}")
+    make_checkpoints_atomic(trainer)
 
     resumed_from = None
     if final.exists():
         trainer.load_checkpoint(str(final))
         resumed_from = "final"
+        print(f"fold {fold} already trained ({final}); exporting its validation only", flush=True)
     else:
         if latest.exists():
             trainer.load_checkpoint(str(latest))
             resumed_from = f"epoch {trainer.current_epoch}"
-            trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")
+            trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
         trainer.run_training()
     trainer.perform_actual_validation(save_probabilities=True)
 
     log = trainer.logger.local_logger.my_fantastic_logging
+    curves = training_curves(log)
     summary = {
         "dataset": dataset, "trainer": trainer_name, "plans": plans_identifier, "fold": fold,
-        "output_folder": str(probe_folder), "epochs": trainer.current_epoch, "resumed_from": resumed_from,
+        "output_folder": str(folder), "epochs": trainer.current_epoch, "resumed_from": resumed_from,
+        "device": str(torch_device),
         "settings": {k: getattr(trainer, k) for k in TRAINER_SETTINGS},
-        "train_losses": [float(v) for v in log.get("train_losses", [])],
-        "val_losses": [float(v) for v in log.get("val_losses", [])],
-        "ema_fg_dice": [float(v) for v in log.get("ema_fg_dice", [])],
-        "validation_cases": sorted(p.name[: -len(".npz")] for p in (probe_folder / "validation").glob("*.npz")),
+        "train_losses": curves["train_loss"].tolist(),
+        "ema_fg_dice": curves["pseudo_dice_ema"].tolist(),
+        "median_epoch_seconds": float(curves["epoch_seconds"].median()) if len(curves) else None,
+        "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated(torch_device) / 2 ** 20
+                               if torch_device.type == "cuda" else None),
+        "validation_cases": sorted(p.name[: -len(".npz")] for p in (folder / "validation").glob("*.npz")),
     }
+    if curves_out is not None:
+        write_table(curves, curves_out)
+    if progress_out is not None:
+        with atomic_path(progress_out) as tmp:
+            shutil.copyfile(folder / "progress.png", tmp)
     write_json(summary, summary_out)
     return summary

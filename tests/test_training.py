@@ -1,0 +1,63 @@
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from workflow_scripts.training import TRAINER_SETTINGS, make_checkpoints_atomic, training_curves
+
+
+def test_training_curves_from_nnunet_log():
+    log = {"train_losses": [0.5, 0.1, -0.2], "val_losses": [0.4, 0.0, -0.1], "mean_fg_dice": [0.1, 0.4, 0.6],
+           "ema_fg_dice": [0.01, 0.05, 0.1], "lrs": [0.01, 0.007, 0.004],
+           "epoch_start_timestamps": [0.0, 10.0, 20.0], "epoch_end_timestamps": [9.0, 19.5, 29.0],
+           "dice_per_class_or_region": [[0.2, 0.0], [0.7, 0.1], [0.9, 0.3]]}
+    table = training_curves(log)
+    assert list(table["epoch"]) == [0, 1, 2]
+    assert list(table["epoch_seconds"]) == [9.0, 9.5, 9.0]
+    assert list(table["pseudo_dice_class_2"]) == [0.0, 0.1, 0.3]
+    # An epoch still running (timestamps logged, losses not yet) is left out.
+    log["epoch_start_timestamps"].append(30.0)
+    assert len(training_curves(log)) == 3
+
+
+def test_checkpoints_are_written_under_a_temporary_name_then_renamed(tmp_path):
+    seen = []
+
+    def save_checkpoint(filename):
+        seen.append(filename)
+        with open(filename, "wb") as fh:
+            fh.write(b"weights")
+
+    trainer = SimpleNamespace(save_checkpoint=save_checkpoint, disable_checkpointing=False)
+    make_checkpoints_atomic(trainer)
+    target = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(target))
+    assert target.read_bytes() == b"weights"
+    assert seen[0] != str(target) and not os.path.exists(seen[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    target = tmp_path / "checkpoint_latest.pth"
+    target.write_bytes(b"epoch 2")
+
+    def broken_save(filename):
+        with open(filename, "wb") as fh:
+            fh.write(b"half")
+        raise OSError("disk full")
+
+    trainer = SimpleNamespace(save_checkpoint=broken_save, disable_checkpointing=False)
+    make_checkpoints_atomic(trainer)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(str(target))
+    assert target.read_bytes() == b"epoch 2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_settings_are_nnunet_trainer_attributes():
+    from workflow_scripts.training import find_trainer_class
+
+    trainer_class = find_trainer_class("nnUNetTrainer")
+    source = __import__("inspect").getsource(trainer_class.__init__)
+    for name in TRAINER_SETTINGS:
+        assert f"self.{name} =" in source, name
