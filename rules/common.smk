@@ -1,4 +1,4 @@
-# Config validation, case lists, wildcard constraints and the input and parameter helpers of every rule.
+# Config validation, case lists, and the input and parameter helpers of every rule.
 import json
 import os
 import re
@@ -7,10 +7,9 @@ import sys
 import yaml
 from snakemake.exceptions import WorkflowError
 
-sys.path.insert(0, workflow.basedir)  # jobs import the installed package (pip install -e .)
-from workflow_scripts.config import ConfigError, discover_cases, rule_resources, validate_config
+sys.path.insert(0, workflow.basedir)  # this checkout's package; jobs import the installed one (pip install -e .)
+from workflow_scripts.config import RESERVED_STAGES, ConfigError, discover_cases, rule_resources, validate_config
 from workflow_scripts.nnunet_dataset import class_label_values
-
 
 
 def _load_config():
@@ -21,9 +20,6 @@ def _load_config():
         test = discover_cases(validated["data"]["images_ts"], validated["data"]["case_pattern"])
     except ConfigError as err:
         raise WorkflowError(str(err))
-    clash = set(validated["configurations"]) & {"ensemble", "refined"}
-    if clash:
-        raise WorkflowError(f"configuration names {sorted(clash)} are reserved for ensemble stages")
     return validated, train, test
 
 
@@ -31,7 +27,7 @@ CONFIG, TRAIN_CASES, TEST_CASES = _load_config()
 CONFIGURATIONS = list(CONFIG["configurations"])
 # New cases are always segmented; they are evaluated only when reference labels are given.
 EVALUATED_SPLITS = ["oof", "test"] if CONFIG["data"].get("labels_ts") else ["oof"]
-STAGES = CONFIGURATIONS + ["ensemble", "refined"]
+STAGES = CONFIGURATIONS + list(RESERVED_STAGES)
 NNUNET_ROOT = "results/nnunet"
 
 

@@ -40,6 +40,7 @@ def test_real_template_is_valid_once_its_folders_exist(tmp_path):
     (lambda c: c["configurations"]["metastasis_only"].update(label_mapping={"background": [0], "metastasis": [2]}),
      "must use every label"),
     (lambda c: c["configurations"]["metastasis_only"].update(folds=[0, 1]), "need every fold"),
+    (lambda c: c["configurations"].update(ensemble=c["configurations"].pop("metastasis_only")), "reserved"),
 ])
 def test_config_errors_name_the_key(toy_config, edit, expected):
     config = copy.deepcopy(toy_config)

@@ -140,12 +140,33 @@ def test_every_fold_of_every_configuration_trained_and_learned(smoke_run):
         assert json.loads(splits_copy.read_text()) == splits
 
 
+def preprocessed_spacing(results, dataset, case):
+    """Spacing of a preprocessed case: its physical extent before resampling over its voxels after."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    folder = results / "nnunet/nnUNet_preprocessed" / dataset / "nnUNetPlans_3d_fullres"
+    if not folder.exists():
+        folder = next((results / "nnunet/nnUNet_preprocessed" / dataset).glob("*_3d_fullres"))
+    data, _, _, properties = infer_dataset_class(str(folder))(str(folder)).load_case(case)
+    extent = np.asarray(properties["shape_after_cropping_and_before_resampling"]) * np.asarray(properties["spacing"])
+    return extent / np.asarray(data.shape[1:])
+
+
 def test_configurations_are_planned_as_configured(smoke_run):
     resenc = json.loads((smoke_run / "results/datasets/resenc_multiclass/plans_summary.json").read_text())
     iso = json.loads((smoke_run / "results/datasets/isotropic_multiclass/plans_summary.json").read_text())
     assert resenc["plans_identifier"] == "nnUNetResEncUNetMPlans" and "ResidualEncoderUNet" in resenc["network"]
     assert len(set(np.round(iso["spacing"], 4))) == 1, f"isotropic spacing expected, got {iso['spacing']}"
     assert len(set(np.round(resenc["spacing"], 4))) == 2
+    # nnU-Net re-plans the network for the spacing: isotropic pooling at isotropic spacing only.
+    strides = {name: json.loads(Path(s["plans_file"]).read_text())["configurations"]["3d_fullres"]["architecture"]
+               ["arch_kwargs"]["strides"] for name, s in (("iso", iso), ("resenc", resenc))}
+    assert all(len(set(stride)) == 1 for stride in strides["iso"]), strides
+    assert any(len(set(stride)) > 1 for stride in strides["resenc"]), strides
+    iso_spacing = preprocessed_spacing(smoke_run / "results", "Dataset502_isotropic_multiclass", "toy_000")
+    assert np.ptp(iso_spacing) / iso_spacing.mean() < 0.05, f"preprocessed data not isotropic: {iso_spacing}"
+    resenc_spacing = preprocessed_spacing(smoke_run / "results", "Dataset501_resenc_multiclass", "toy_000")
+    assert resenc_spacing[0] > 2 * resenc_spacing[1], f"the ResEnc data keeps its thick slices: {resenc_spacing}"
     raw = smoke_run / "results/nnunet/nnUNet_raw/Dataset503_metastasis_only/labelsTr"
     values = set()
     for path in raw.glob("*.nii.gz"):

@@ -11,6 +11,7 @@ import yaml
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
 IMAGE_SUFFIX = ".nii.gz"
 
+RESERVED_STAGES = ("ensemble", "refined")
 DEFAULT_RESOURCES = {
     "default": {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": False},
 }
@@ -66,6 +67,9 @@ def _cross_check(config: dict, base: Path) -> None:
     labels = config["labels"]
     if sorted(labels.values())[0] != 0 or list(labels.values())[0] != 0:
         problems.append("labels: the first label must be the background with value 0")
+    reserved = sorted(set(config["configurations"]) & set(RESERVED_STAGES))
+    if reserved:
+        problems.append(f"configurations: the names {reserved} are reserved for ensemble stages; rename them")
     n_folds = config["splits"]["n_folds"]
     ids = {}
     for name, conf in config["configurations"].items():
