@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.io import atomic_path, read_json, write_json
+from workflow_scripts.io import copy_file, read_json, write_json
 from workflow_scripts.nnunet_env import CONFIGURATION
 
 # Lists in a network's arch_kwargs with one entry per encoder stage, and those with one per decoder stage.
@@ -87,8 +86,7 @@ def plan_and_preprocess(dataset_id: int, planner: str, target_spacing, plans_ove
         plans = shrink_plans(plans, **plans_overrides)
         write_json(plans, plans_file)
     # The shared split goes in before any training reads it (nnU-Net issue 3064: concurrent folds).
-    with atomic_path(preprocessed / "splits_final.json") as tmp:
-        shutil.copyfile(splits_file, tmp)
+    copy_file(splits_file, preprocessed / "splits_final.json")
     preprocess_dataset(dataset_id, plans_identifier, configurations=[CONFIGURATION], num_processes=[threads],
                        verbose=False, show_progress_bar=False)
     conf = plans["configurations"][CONFIGURATION]

@@ -1,12 +1,11 @@
 """Training of one (configuration, fold) with nnU-Net's own trainer, resumed from its latest checkpoint."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import atomic_path, write_json, write_table
+from workflow_scripts.io import atomic_path, copy_file, write_json, write_table
 from workflow_scripts.nnunet_env import CONFIGURATION, resolve_device
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
@@ -38,7 +37,8 @@ def make_checkpoints_atomic(trainer) -> None:
 
 def training_curves(log: dict) -> pd.DataFrame:
     """Per-epoch losses, pseudo Dice (per class and EMA), learning rate and epoch time from nnU-Net's logger."""
-    n = min(len(log.get(k, [])) for k in ("train_losses", "val_losses", "ema_fg_dice", "epoch_end_timestamps"))
+    n = min(len(log[k]) for k in ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs",
+                                  "epoch_start_timestamps", "epoch_end_timestamps"))
     table = pd.DataFrame({
         "epoch": range(n),
         "train_loss": log["train_losses"][:n],
@@ -116,7 +116,6 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     if curves_out is not None:
         write_table(curves, curves_out)
     if progress_out is not None:
-        with atomic_path(progress_out) as tmp:
-            shutil.copyfile(folder / "progress.png", tmp)
+        copy_file(folder / "progress.png", progress_out)
     write_json(summary, summary_out)
     return summary
