@@ -21,6 +21,15 @@ wildcard_constraints:
     stage=_alternatives(STAGES),
 
 
+# Light aggregations run where Snakemake runs, never as cluster jobs.
+localrules:
+    all,
+    qc_report,
+    make_splits,
+    summarize_metrics,
+    summarize_runtime,
+
+
 include: "rules/qc.smk"
 include: "rules/dataset.smk"
 include: "rules/train.smk"

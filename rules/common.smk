@@ -108,8 +108,10 @@ def fusion_spec(w):
     ])
 
 
-def all_targets():
-    targets = ["results/qc/qc_table.tsv", "results/metrics/summary.tsv", "results/metrics/dice.png"]
+def all_targets(runtime=True):
+    targets = ["results/qc/qc_table.tsv", "results/metrics/summary.tsv"]
     targets += expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES)
     targets += [prediction("test", "refined", case) for case in TEST_CASES]
+    if runtime:
+        targets.append("results/runtime/runtime.tsv")
     return targets

@@ -36,8 +36,13 @@ rule convert_dataset:
         labels_dir=CONFIG["data"]["labels_tr"],
         dataset_id=lambda w: configuration(w.configuration)["dataset_id"],
         label_mapping=lambda w: as_json(configuration(w.configuration)["label_mapping"]),
+    threads: threads_of("convert_dataset")
+    resources:
+        **resources_of("convert_dataset"),
     log:
         "logs/convert_dataset/{configuration}.log",
+    benchmark:
+        "benchmarks/convert_dataset/{configuration}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:

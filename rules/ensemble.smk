@@ -10,8 +10,13 @@ rule ensemble_case:
     params:
         weights=" ".join(str(w) for w in CONFIG["ensemble"]["members"].values()),
         fusions=fusion_spec,
+    threads: threads_of("ensemble_case")
+    resources:
+        **resources_of("ensemble_case"),
     log:
         "logs/ensemble_case/{split}/{case}.log",
+    benchmark:
+        "benchmarks/ensemble_case/{split}/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:

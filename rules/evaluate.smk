@@ -1,4 +1,5 @@
-# Per case and class Dice of every stage, then one summary table and figure for the report.
+# Metrics per case and class of every stage, then aggregates, stage comparisons, PINKCC scores, worst cases,
+# figures, and runtime and memory per rule from the benchmark files, all in the report.
 
 
 rule evaluate_stage:
@@ -7,20 +8,25 @@ rule evaluate_stage:
         references=lambda w: [f"{reference_dir(w.split)}/{c}.nii.gz" for c in cases(w.split)],
     output:
         report("results/metrics/{split}/{stage}.tsv", caption="report/metrics_stage.rst", category="Metrics",
-               subcategory="{split}", labels={"split": "{split}", "stage": "{stage}"}),
+               subcategory="Per case", labels={"split": "{split}", "stage": "{stage}"}),
     params:
         cases=lambda w: " ".join(cases(w.split)),
         classes=lambda w: as_json(stage_classes(w.stage)),
         reference_dir=lambda w: reference_dir(w.split),
-        both_empty=CONFIG["evaluation"]["both_empty"],
+        settings=as_json(CONFIG["evaluation"]),
+    threads: threads_of("evaluate_stage")
+    resources:
+        **resources_of("evaluate_stage"),
     log:
         "logs/evaluate_stage/{split}/{stage}.log",
+    benchmark:
+        "benchmarks/evaluate_stage/{split}/{stage}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts evaluate-stage --split {wildcards.split} --stage {wildcards.stage} --cases {params.cases} "
         "--prediction-dir results/predictions/{wildcards.split}/{wildcards.stage} "
-        "--reference-dir {params.reference_dir} --classes {params.classes:q} --both-empty {params.both_empty} "
+        "--reference-dir {params.reference_dir} --classes {params.classes:q} --settings {params.settings:q} "
         "--out {output} > {log} 2>&1"
 
 
@@ -28,11 +34,39 @@ rule summarize_metrics:
     input:
         expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES),
     output:
-        summary=report("results/metrics/summary.tsv", caption="report/metrics_summary.rst", category="Metrics"),
-        figure=report("results/metrics/dice.png", caption="report/dice_figure.rst", category="Metrics"),
+        summary=report("results/metrics/summary.tsv", caption="report/metrics_summary.rst", category="Metrics",
+                       subcategory="Summary"),
+        comparisons=report("results/metrics/comparisons.tsv", caption="report/metrics_comparisons.rst",
+                           category="Metrics", subcategory="Summary"),
+        pinkcc=report("results/metrics/pinkcc.tsv", caption="report/metrics_pinkcc.rst", category="Metrics",
+                      subcategory="Summary"),
+        worst=report("results/metrics/worst_cases.tsv", caption="report/metrics_worst.rst", category="Metrics",
+                     subcategory="Summary"),
+        figure=report("results/metrics/metrics.png", caption="report/metrics_figure.rst", category="Metrics",
+                      subcategory="Summary"),
+    params:
+        settings=as_json(CONFIG["evaluation"]),
     log:
         "logs/summarize_metrics.log",
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts summarize-metrics --out {output.summary} --figure {output.figure} {input} > {log} 2>&1"
+        "python -m workflow_scripts summarize-metrics --out-dir results/metrics --settings {params.settings:q} "
+        "{input} > {log} 2>&1"
+
+
+rule summarize_runtime:
+    input:
+        # Every other target, so that this runs last and sees every job's benchmark file.
+        lambda w: all_targets(runtime=False),
+    output:
+        jobs="results/runtime/jobs.tsv",
+        summary=report("results/runtime/runtime.tsv", caption="report/runtime.rst", category="Runtime"),
+        figure=report("results/runtime/runtime.png", caption="report/runtime.rst", category="Runtime"),
+    log:
+        "logs/summarize_runtime.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts summarize-runtime --benchmarks benchmarks --jobs {output.jobs} "
+        "--summary {output.summary} --figure {output.figure} > {log} 2>&1"

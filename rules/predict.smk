@@ -10,8 +10,13 @@ rule gather_oof:
         channel_labels=lambda w: as_json(channel_labels(w.configuration)),
         cases=" ".join(TRAIN_CASES),
         images_dir=CONFIG["data"]["images_tr"],
+    threads: threads_of("gather_oof")
+    resources:
+        **resources_of("gather_oof"),
     log:
         "logs/gather_oof/{configuration}.log",
+    benchmark:
+        "benchmarks/gather_oof/{configuration}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:

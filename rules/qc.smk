@@ -13,8 +13,13 @@ rule qc_case:
             else (f"--label {CONFIG['data']['labels_ts']}/{w.case}.nii.gz" if CONFIG["data"].get("labels_ts") else "")
         ),
         label_values=" ".join(str(v) for v in CONFIG["labels"].values()),
+    threads: threads_of("qc_case")
+    resources:
+        **resources_of("qc_case"),
     log:
         "logs/qc_case/{case}.log",
+    benchmark:
+        "benchmarks/qc_case/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:

@@ -38,8 +38,13 @@ rule refine_case:
     params:
         rules=as_json(CONFIG["refinement"]["rules"]),
         task=CONFIG["anatomy"]["task"],
+    threads: threads_of("refine_case")
+    resources:
+        **resources_of("refine_case"),
     log:
         "logs/refine_case/{split}/{case}.log",
+    benchmark:
+        "benchmarks/refine_case/{split}/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:

@@ -5,26 +5,19 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from workflow_scripts.evaluation import dice, evaluate_stage, summarize, write_summary
+from workflow_scripts.evaluation import (aggregate, compare_stages, evaluate_stage, holm, paired_comparison,
+                                         write_summary)
+from workflow_scripts.metrics import Conventions
+from workflow_scripts.runtime import read_benchmarks, write_runtime
 
 
-def test_dice_known_values():
-    a = np.zeros((4, 4, 4), bool)
-    b = np.zeros((4, 4, 4), bool)
-    a[:2] = True  # 32 voxels
-    b[1:3] = True  # 32 voxels, 16 shared
-    assert dice(a, b, 1.0) == pytest.approx(0.5)
-    assert dice(a, a, 1.0) == 1.0
-    assert dice(a, np.zeros_like(a), 1.0) == 0.0
-    assert dice(np.zeros_like(a), np.zeros_like(a), 1.0) == 1.0
-    assert math.isnan(dice(np.zeros_like(a), np.zeros_like(a), float("nan")))
+def write(array, path, spacing=(0.8, 0.8, 2.5)):
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
 
 
-def write(array, path):
-    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
-
-
-def test_evaluate_stage_per_case_and_class(tmp_path):
+def test_evaluate_stage_per_case_and_class_in_physical_units(tmp_path):
     (tmp_path / "ref").mkdir()
     (tmp_path / "pred").mkdir()
     ref = np.zeros((4, 4, 4), np.uint8)
@@ -35,20 +28,93 @@ def test_evaluate_stage_per_case_and_class(tmp_path):
     write(ref, tmp_path / "ref/c1.nii.gz")
     write(pred, tmp_path / "pred/c1.nii.gz")
     table = evaluate_stage("oof", "ensemble", ["c1"], tmp_path / "pred", tmp_path / "ref",
-                           {"primary": 1, "metastasis": 2}, 1.0)
+                           {"primary": 1, "metastasis": 2}, Conventions())
     assert list(table["dice"]) == pytest.approx([2 * 16 / 48, 0.0])
     assert list(table["reference_voxels"]) == [32, 0] and list(table["predicted_voxels"]) == [16, 1]
-    assert table["empty_convention"].iloc[0] == "both empty -> 1.0"
+    voxel_ml = 0.8 * 0.8 * 2.5 / 1000
+    assert table["reference_ml"].iloc[0] == pytest.approx(32 * voxel_ml)
+    # Slice 0 removed: the far border is one slice (2.5 mm along z, the array's first axis) away.
+    assert table["hd95_mm"].iloc[0] == pytest.approx(2.5)
+    assert math.isnan(table["hd95_mm"].iloc[1])  # reference empty, prediction not: NaN by default
+    assert table["lesions_false"].iloc[1] == 1
+    assert table["convention"].iloc[0].startswith("both empty: scores 1")
 
 
-def test_summary_and_figure(tmp_path):
-    rows = [{"split": "oof", "stage": s, "case": c, "class": "primary", "label": 1, "dice": d,
-             "reference_voxels": 1, "predicted_voxels": 1, "empty_convention": "both empty -> 1.0"}
-            for s, values in (("a", [0.2, 0.4]), ("b", [0.6, float("nan")])) for c, d in zip(["x", "y"], values)]
+def test_evaluate_stage_rejects_a_prediction_on_another_grid(tmp_path):
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    write(np.zeros((4, 4, 4)), tmp_path / "ref/c1.nii.gz")
+    write(np.zeros((4, 4, 4)), tmp_path / "pred/c1.nii.gz", spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="ensemble/c1: prediction grid .* differs from the reference grid"):
+        evaluate_stage("oof", "ensemble", ["c1"], tmp_path / "pred", tmp_path / "ref", {"primary": 1}, Conventions())
+
+
+def test_holm_correction_by_hand():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([0.2, math.nan, 0.01])
+    assert adjusted[0] == pytest.approx(0.2) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+
+
+def test_paired_comparison_effect_sizes_and_tests():
+    a = np.array([0.50, 0.60, 0.55, 0.70, 0.65, 0.40, 0.58, 0.62])
+    b = a + np.array([0.10, 0.12, 0.08, 0.11, 0.09, 0.10, 0.13, 0.07])
+    row = paired_comparison(a, b)
+    assert row["rank_biserial"] == 1.0  # every difference positive
+    assert row["wilcoxon_p"] == pytest.approx(2 / 2 ** 8)  # exact two-sided: the most extreme of 2^8 sign patterns
+    diff = b - a
+    assert row["cohens_dz"] == pytest.approx(diff.mean() / diff.std(ddof=1))
+    assert row["differences_normal"] and row["t_test_p"] < 1e-5
+    same = paired_comparison(a, a)
+    assert same["wilcoxon_p"] == 1.0 and math.isnan(same["cohens_dz"])
+
+
+def test_compare_stages_pairs_stages_on_shared_cases():
+    rows = []
+    for case, (x, y) in enumerate([(0.5, 0.6), (0.4, 0.7), (0.3, 0.35), (0.8, 0.9)]):
+        rows += [{"split": "oof", "stage": "model", "case": f"c{case}", "class": "primary", "metric": "dice", "value": x},
+                 {"split": "oof", "stage": "ensemble", "case": f"c{case}", "class": "primary", "metric": "dice", "value": y}]
+    rows.append({"split": "oof", "stage": "model", "case": "c9", "class": "primary", "metric": "dice", "value": 0.0})
+    table = compare_stages(pd.DataFrame(rows), ["dice"])
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["n_pairs"] == 4 and row["better"] == "ensemble"
+    assert row["mean_difference"] == pytest.approx(np.mean([0.1, 0.3, 0.05, 0.1]))
+
+
+def test_summary_tables_and_figure(tmp_path):
+    rows = [{"split": "oof", "stage": s, "case": c, "class": "primary", "label": 1, "dice": d, "hd95_mm": h,
+             "reference_voxels": 10, "dice_dilated": d, "tp_voxels": 5, "fp_voxels": 1, "fn_voxels": 1,
+             "lesions_missed": 0, "lesions_false": 0, "lesion_f1": 1.0, "nsd_1mm": d}
+            for s, values in (("a", [(0.2, 5.0), (0.4, 3.0)]), ("b", [(0.6, 1.0), (math.nan, math.nan)]))
+            for c, (d, h) in zip(["x", "y"], values)]
     table = pd.DataFrame(rows)
-    summary = summarize([table])
+    summary = aggregate(table, ["dice"])
     assert list(summary["mean"]) == pytest.approx([0.3, 0.6])
     assert list(summary["n"]) == [2, 1]
+    assert summary["iqr"].iloc[0] == pytest.approx(0.1)
     table.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
-    write_summary([tmp_path / "t.tsv"], tmp_path / "s.tsv", tmp_path / "f.png")
-    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    tables = write_summary([tmp_path / "t.tsv"], tmp_path / "out", Conventions(nsd_tolerances_mm=(1.0,)), 1)
+    assert (tmp_path / "out/metrics.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("summary", "comparisons", "pinkcc", "worst_cases"):
+        assert (tmp_path / f"out/{name}.tsv").exists()
+    worst = tables["worst_cases"]
+    assert list(worst["case"]) == ["x", "x"] and worst["prediction"].iloc[0] == "results/predictions/oof/a/x.nii.gz"
+    assert set(tables["pinkcc"]["stage"]) == {"a", "b"}
+
+
+def test_runtime_table_from_benchmark_files(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    paths = []
+    for job, seconds, rss in (("train_fold/resenc/fold_0", 80.0, 2000.0), ("train_fold/resenc/fold_1", 100.0, 2500.0),
+                              ("qc_case/c1", 1.5, 120.0)):
+        path = tmp_path / "benchmarks" / f"{job}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:01:20\t{rss}\t0\t0\t0\t0\t0\t50\t{seconds / 2}\n")
+        paths.append(path)
+    jobs = read_benchmarks(paths)
+    assert list(jobs["rule"]) == ["train_fold", "train_fold", "qc_case"]
+    assert list(jobs["job"]) == ["resenc/fold_0", "resenc/fold_1", "c1"]
+    summary = write_runtime(paths, tmp_path / "jobs.tsv", tmp_path / "runtime.tsv", tmp_path / "runtime.png")
+    train = summary[summary["rule"] == "train_fold"].iloc[0]
+    assert train["jobs"] == 2 and train["total_seconds"] == 180.0 and train["max_rss_mb"] == 2500.0
+    assert (tmp_path / "runtime.png").read_bytes()[:4] == b"\x89PNG"

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +207,8 @@ def test_toy_ensemble_segments_held_out_cases(smoke_run):
     stages = set(summary["stage"])
     assert stages == {"resenc_multiclass", "isotropic_multiclass", "metastasis_only", "ensemble", "refined"}
     assert set(summary["split"]) == {"oof", "test"}
-    test = summary[summary["split"] == "test"].set_index(["stage", "class"])["mean"]
+    dice = summary[summary["metric"] == "dice"]
+    test = dice[dice["split"] == "test"].set_index(["stage", "class"])["mean"]
     assert test[("ensemble", "primary")] >= 0.5, summary.to_string()
     assert test[("ensemble", "metastasis")] >= 0.2, summary.to_string()
     assert test[("refined", "primary")] >= 0.5, summary.to_string()
@@ -214,11 +216,42 @@ def test_toy_ensemble_segments_held_out_cases(smoke_run):
     assert set(per_case["class"]) == {"metastasis"}, "a partial model is scored on its own class only"
 
 
-def test_report_renders_with_every_stage(smoke_run):
-    html = (smoke_run / "report.html").read_text(errors="replace")
-    assert len(html) > 100_000
-    for needle in ("qc_table.tsv", "summary.tsv", "dice.png", "train_fold"):
-        assert needle in html, needle
+def test_report_pages_and_figures_load_in_headless_chromium(smoke_run):
+    from report_browser import chromium_path, walk_report
+
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("no Chromium here (apt-get install chromium); CI installs it")
+    checked = walk_report(smoke_run / "report.html", executable)
+    assert checked["errors"] == [], checked["errors"]
+    results = checked["results"]
+    for expected in ("results/qc/qc_table.tsv", "results/metrics/summary.tsv", "results/metrics/comparisons.tsv",
+                     "results/metrics/pinkcc.tsv", "results/metrics/worst_cases.tsv", "results/metrics/metrics.png",
+                     "results/runtime/runtime.png", "results/training/resenc_multiclass/fold_0_progress.png",
+                     "results/metrics/test/refined.tsv"):
+        assert expected in results, expected
+    figures = [path for path, mime in results.items() if mime == "image/png"]
+    assert sorted(checked["figures"]) == sorted(figures) and len(figures) >= 17  # 15 folds, metrics, runtime
+    assert {"Quality control / Other", "Metrics / Summary", "Runtime / Other"} <= set(checked["pages"])
+
+
+def test_metric_tables_of_the_smoke_run(smoke_run):
+    metrics = smoke_run / "results/metrics"
+    pinkcc = pd.read_csv(metrics / "pinkcc.tsv", sep="\t").set_index(["split", "stage"])
+    assert 0.0 < pinkcc.loc[("test", "ensemble"), "pinkcc_score"] <= 1.0
+    comparisons = pd.read_csv(metrics / "comparisons.tsv", sep="\t")
+    pair = comparisons[(comparisons["split"] == "oof") & (comparisons["class"] == "primary")
+                       & (comparisons["metric"] == "dice") & (comparisons["stage_a"] == "ensemble")
+                       & (comparisons["stage_b"] == "refined")]
+    assert len(pair) == 1 and pair["n_pairs"].iloc[0] == 12
+    per_case = pd.read_csv(metrics / "test/ensemble.tsv", sep="\t")
+    for column in ("hd95_mm", "assd_mm", "nsd_1mm", "nsd_2mm", "lesion_f1", "lesion_dice", "dice_dilated"):
+        assert column in per_case.columns, column
+    assert per_case["convention"].str.startswith("both empty: scores 1").all()
+    runtime = pd.read_csv(smoke_run / "results/runtime/runtime.tsv", sep="\t").set_index("rule")
+    assert runtime.loc["train_fold", "jobs"] == 15 and runtime.loc["qc_case", "jobs"] == 15
 
 
 def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):
@@ -251,3 +284,148 @@ def test_plain_nnunet_predict_works_on_the_results(smoke_run, tmp_path):
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(smoke_run / "results/predictions/test/resenc_multiclass/toy_100.nii.gz")))
     assert (theirs == ours).mean() > 0.999
     assert (theirs == 1).sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The same toy DAG through a real single-node SLURM cluster with the SLURM profile.
+
+SLURM_GPU_RULES = ("train_fold", "predict_test")
+
+
+def slurm_jobs_by_rule(workdir):
+    """SLURM job ids per rule (or group), from the job logs the plugin writes under logs/slurm/<rule or group>/."""
+    jobs = {}
+    for log in (workdir / "logs" / "slurm").rglob("*.log"):
+        name = log.relative_to(workdir / "logs" / "slurm").parts[0]
+        jobs.setdefault(name, []).append(log.stem)
+    return jobs
+
+
+def preempt_one_training(workdir, stop, preempted):
+    """Cancel the SLURM job of the first training that has written a checkpoint but not finished, as a
+    preemption would; the profile's retries must resubmit it and the new job resume from the checkpoint."""
+    results = workdir / "results" / "nnunet" / "nnUNet_results"
+    while not stop.is_set():
+        for checkpoint in sorted(results.glob("Dataset*/*/fold_*/checkpoint_latest.pth")):
+            fold_dir = checkpoint.parent
+            if (fold_dir / "checkpoint_final.pth").exists():
+                continue
+            configuration = fold_dir.parent.parent.name.split("_", 1)[1]
+            fold = fold_dir.name.split("_")[1]
+            logs = list((workdir / "logs/slurm/rule_train_fold" / f"{configuration}_{fold}").glob("*.log"))
+            if len(logs) == 1:
+                subprocess.run(["scancel", logs[0].stem], check=True, timeout=30)
+                preempted.update(configuration=configuration, fold=fold, job=logs[0].stem)
+                return
+        stop.wait(2)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(smoke_run, tmp_path_factory):
+    from slurm_cluster import SlurmCluster, missing_requirements
+
+    reason = missing_requirements()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; .ci/run installs SLURM")
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("slurm_workdir")
+    run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=workdir)
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    for rule in SLURM_GPU_RULES:  # the toy config's GPU rules ask for a (fake) GPU, as on a real cluster
+        config["compute"]["resources"][rule]["gpu"] = True
+    (workdir / "slurm_toy.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # label order is meaningful
+    cluster = SlurmCluster(memory_mb=16000, gpus=2)
+    cluster.start()
+    stop, preempted = threading.Event(), {}
+    watcher = threading.Thread(target=preempt_one_training, args=(workdir, stop, preempted), daemon=True)
+    watcher.start()
+    try:
+        # CI-only settings on the command line, not in the profile: this node's 2 cores, and quicker polling.
+        result = snakemake(workdir, "--profile", PROFILES["slurm"], "--configfile", "slurm_toy.yaml", "--cores", "2",
+                           "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5",
+                           check=False, timeout=2700)
+        records = cluster.job_records()
+        logs = cluster.logs()
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+        cluster.stop()
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}\n{logs}"
+    return {"workdir": workdir, "records": records, "preempted": preempted}
+
+
+def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
+    jobs = slurm_jobs_by_rule(slurm_run["workdir"])
+    records = slurm_run["records"]
+    for rule in ("rule_train_fold", "rule_predict_test", "rule_plan_and_preprocess", "rule_gather_oof"):
+        assert rule in jobs, f"no SLURM job log for {rule}: {sorted(jobs)}"
+    assert len(jobs["rule_train_fold"]) == 15
+    # Per-case jobs are packed into group jobs: 15 QC cases in one SLURM job, not 15.
+    assert len([name for name in jobs if name.startswith("group_qc")]) >= 1
+    assert len(jobs.get("group_qc_qc_case", [])) == 1
+    preempted = slurm_run["preempted"]
+    for name, ids in jobs.items():
+        for job_id in ids:
+            record = records.get(job_id)
+            assert record is not None, f"SLURM has no record of job {job_id} ({name})"
+            expected = "CANCELLED" if job_id == preempted.get("job") else "COMPLETED"
+            assert record["JobState"] == expected, record
+            has_gpu = "gpu:1" in record.get("TresPerJob", "")
+            assert has_gpu == any(name == f"rule_{rule}" for rule in SLURM_GPU_RULES), (name, record)
+    # Aggregations ran on the submit host (localrules), not as cluster jobs.
+    for rule in ("qc_report", "make_splits", "summarize_metrics", "summarize_runtime"):
+        assert f"rule_{rule}" not in jobs
+
+
+def test_slurm_preempted_training_was_resubmitted_and_resumed(slurm_run):
+    preempted = slurm_run["preempted"]
+    assert preempted, "no training was preempted: the watcher found no running training with a checkpoint"
+    workdir = slurm_run["workdir"]
+    configuration, fold = preempted["configuration"], preempted["fold"]
+    logs = sorted((workdir / "logs/slurm/rule_train_fold" / f"{configuration}_{fold}").glob("*.log"))
+    assert len(logs) == 2 and preempted["job"] in [log.stem for log in logs]
+    summary = json.loads((workdir / f"results/training/{configuration}/fold_{fold}.json").read_text())
+    assert summary["resumed_from"].startswith("epoch "), summary
+    assert summary["epochs"] == yaml.safe_load(TOY_CONFIG.read_text())["configurations"][configuration][
+        "trainer_settings"]["num_epochs"]
+
+
+def results_files(workdir):
+    root = workdir / "results"
+    # nnU-Net names each training log after its start time (a resumed training has two): compare by folder.
+    return {re.sub(r"training_log_[\d_]+\.txt$", "training_log.txt", str(p.relative_to(root)))
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_slurm_results_match_the_local_run(slurm_run, smoke_run):
+    slurm_workdir = slurm_run["workdir"]
+    assert results_files(slurm_workdir) == results_files(smoke_run)
+    preprocessed = sorted(p.relative_to(smoke_run / "results") for p in
+                          (smoke_run / "results/nnunet/nnUNet_preprocessed").glob("*/*.json"))
+    assert len(preprocessed) == 12  # dataset, fingerprint, plans and splits of 3 configurations
+    for deterministic in [Path("qc/qc_table.tsv"), Path("splits/splits_final.json"), *preprocessed]:
+        assert (slurm_workdir / "results" / deterministic).read_bytes() == \
+            (smoke_run / "results" / deterministic).read_bytes(), deterministic
+    # CPU training is not bit-reproducible: the same rows, and the ensemble's and refinement's mean Dice of the
+    # primary tumour close. Toy metastasis Dice varies by up to 0.25 between identical runs: not compared.
+    local = pd.read_csv(smoke_run / "results/metrics/summary.tsv", sep="\t")
+    cluster = pd.read_csv(slurm_workdir / "results/metrics/summary.tsv", sep="\t")
+    keys = ["split", "stage", "class", "metric"]
+    merged = local.merge(cluster, on=keys, suffixes=("_local", "_slurm"), validate="one_to_one")
+    assert len(merged) == len(local) == len(cluster)
+    dice = merged[(merged["metric"] == "dice") & merged["stage"].isin(["ensemble", "refined"])
+                  & (merged["class"] == "primary")]
+    assert len(dice) == 4
+    assert ((dice["mean_local"] - dice["mean_slurm"]).abs() <= 0.1).all(), dice.to_string()
+
+
+def test_slurm_cluster_start_fails_fast_with_the_daemon_logs(tmp_path):
+    """A daemon that dies while starting stops the test with its name and logs, instead of a hang."""
+    from slurm_cluster import SlurmCluster
+
+    cluster = SlurmCluster(start_timeout=20, log_dir=tmp_path)
+    cluster._daemon("slurmctld", ["sh", "-c", "echo 'fatal: no slurm.conf'; exit 3"])
+    with pytest.raises(RuntimeError, match="slurmctld exited with 3 while waiting for slurmctld") as error:
+        cluster._wait("slurmctld", lambda: False)
+    assert "fatal: no slurm.conf" in str(error.value)

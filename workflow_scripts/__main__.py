@@ -132,17 +132,35 @@ def cmd_refine_case(args):
 def cmd_evaluate_stage(args):
     from workflow_scripts.evaluation import evaluate_stage
     from workflow_scripts.io import write_table
+    from workflow_scripts.metrics import Conventions
 
+    conventions = Conventions.from_settings(_json(args.settings))
+    print(f"conventions: {conventions.describe()}")
     table = evaluate_stage(args.split, args.stage, args.cases, Path(args.prediction_dir),
-                           Path(args.reference_dir), _json(args.classes),
-                           1.0 if args.both_empty == "one" else float("nan"))
+                           Path(args.reference_dir), _json(args.classes), conventions)
     write_table(table, Path(args.out))
 
 
 def cmd_summarize_metrics(args):
-    from workflow_scripts.evaluation import write_summary
+    import pandas as pd
 
-    summary = write_summary([Path(p) for p in args.tables], Path(args.out), Path(args.figure))
+    from workflow_scripts.evaluation import write_summary
+    from workflow_scripts.metrics import Conventions
+
+    settings = _json(args.settings)
+    tables = write_summary([Path(p) for p in args.tables], Path(args.out_dir), Conventions.from_settings(settings),
+                           worst_per_stage=settings.get("worst_cases", 3))
+    with pd.option_context("display.width", 200, "display.max_columns", 12):
+        print(tables["pinkcc"].drop(columns="convention").to_string(index=False))
+        summary = tables["summary"]
+        print(summary[summary["metric"].isin(["dice", "hd95_mm"])].drop(columns="convention").to_string(index=False))
+
+
+def cmd_summarize_runtime(args):
+    from workflow_scripts.runtime import write_runtime
+
+    paths = sorted(Path(args.benchmarks).rglob("*.tsv"))
+    summary = write_runtime(paths, Path(args.jobs), Path(args.summary), Path(args.figure))
     print(summary.to_string(index=False))
 
 
@@ -266,13 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction-dir", required=True)
     p.add_argument("--reference-dir", required=True)
     p.add_argument("--classes", required=True, help="JSON {name: label}")
-    p.add_argument("--both-empty", choices=["one", "nan"], default="one")
+    p.add_argument("--settings", default="{}", help="JSON of the config's evaluation section")
     p.add_argument("--out", required=True)
 
     p = verb("summarize-metrics", cmd_summarize_metrics)
-    p.add_argument("--out", required=True)
-    p.add_argument("--figure", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--settings", default="{}", help="JSON of the config's evaluation section")
     p.add_argument("tables", nargs="+")
+
+    p = verb("summarize-runtime", cmd_summarize_runtime)
+    p.add_argument("--benchmarks", required=True, help="folder of Snakemake benchmark files")
+    p.add_argument("--jobs", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--figure", required=True)
     return parser
 
 

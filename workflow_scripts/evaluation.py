@@ -1,81 +1,196 @@
-"""Per case and class Dice for every stage, and the tables and figure of the report."""
+"""Metrics of every stage per case and class, their aggregates, paired stage comparisons and report figures."""
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from scipy import stats
 
 from workflow_scripts.io import atomic_path, write_table
+from workflow_scripts.metrics import Conventions, class_metrics, nsd_column, pinkcc_score
 
-CASE_COLUMNS = ["split", "stage", "case", "class", "label", "dice", "reference_voxels", "predicted_voxels",
-                "empty_convention"]
+ID_COLUMNS = ["split", "stage", "case", "class", "label"]
+# Metrics aggregated and compared in the report, with the direction that is better.
+HIGHER_IS_BETTER = {"dice": True, "iou": True, "precision": True, "recall": True, "hd95_mm": False,
+                    "assd_mm": False, "lesion_f1": True, "lesion_dice": True, "dice_dilated": True,
+                    "volume_difference_ml": None}
+COMPARED = ["dice", "hd95_mm", "lesion_f1"]
 
 
-def dice(reference: np.ndarray, prediction: np.ndarray, both_empty: float) -> float:
-    """Dice of two boolean masks; ``both_empty`` is the value when neither has a voxel (1.0 or NaN)."""
-    denominator = int(reference.sum()) + int(prediction.sum())
-    if denominator == 0:
-        return both_empty
-    return 2.0 * int(np.logical_and(reference, prediction).sum()) / denominator
+def summary_metrics(conventions: Conventions) -> list[str]:
+    return list(HIGHER_IS_BETTER) + [nsd_column(t) for t in conventions.nsd_tolerances_mm]
+
+
+def _spacing_zyx(image: sitk.Image) -> tuple[float, ...]:
+    return tuple(reversed(image.GetSpacing()))
+
+
+def check_same_grid(case: str, reference: sitk.Image, prediction: sitk.Image, stage: str) -> None:
+    if reference.GetSize() != prediction.GetSize() or not np.allclose(reference.GetSpacing(), prediction.GetSpacing(),
+                                                                      rtol=1e-4):
+        raise ValueError(f"{stage}/{case}: prediction grid (size {prediction.GetSize()}, spacing "
+                         f"{prediction.GetSpacing()}) differs from the reference grid (size {reference.GetSize()}, "
+                         f"spacing {reference.GetSpacing()}); predictions must be written on the input grid")
+
+
+def evaluate_case(case: str, reference_path: Path, prediction_path: Path, classes: dict[str, int],
+                  conventions: Conventions, stage: str = "") -> list[dict]:
+    reference_image = sitk.ReadImage(str(reference_path))
+    prediction_image = sitk.ReadImage(str(prediction_path))
+    check_same_grid(case, reference_image, prediction_image, stage)
+    reference = sitk.GetArrayViewFromImage(reference_image)
+    prediction = sitk.GetArrayViewFromImage(prediction_image)
+    spacing = _spacing_zyx(reference_image)
+    rows = []
+    for name, label in classes.items():
+        row = {"case": case, "class": name, "label": label}
+        row.update(class_metrics(reference == label, prediction == label, spacing, conventions))
+        rows.append(row)
+    return rows
 
 
 def evaluate_stage(split: str, stage: str, cases: list[str], prediction_dir: Path, reference_dir: Path,
-                   classes: dict[str, int], both_empty: float) -> pd.DataFrame:
+                   classes: dict[str, int], conventions: Conventions) -> pd.DataFrame:
     rows = []
-    convention = f"both empty -> {both_empty}"
-    for case in cases:
-        reference_image = sitk.ReadImage(str(Path(reference_dir) / f"{case}.nii.gz"))
-        prediction_image = sitk.ReadImage(str(Path(prediction_dir) / f"{case}.nii.gz"))
-        if reference_image.GetSize() != prediction_image.GetSize():
-            raise ValueError(f"{stage}/{case}: prediction grid {prediction_image.GetSize()} differs from the "
-                             f"reference grid {reference_image.GetSize()}")
-        reference = sitk.GetArrayViewFromImage(reference_image)
-        prediction = sitk.GetArrayViewFromImage(prediction_image)
-        for name, label in classes.items():
-            ref, pred = reference == label, prediction == label
-            rows.append({"split": split, "stage": stage, "case": case, "class": name, "label": label,
-                         "dice": dice(ref, pred, both_empty), "reference_voxels": int(ref.sum()),
-                         "predicted_voxels": int(pred.sum()), "empty_convention": convention})
-    return pd.DataFrame(rows, columns=CASE_COLUMNS)
+    for i, case in enumerate(cases, 1):
+        rows += evaluate_case(case, Path(reference_dir) / f"{case}.nii.gz", Path(prediction_dir) / f"{case}.nii.gz",
+                              classes, conventions, stage)
+        print(f"[{i}/{len(cases)}] {split}/{stage}/{case} evaluated", flush=True)
+    table = pd.DataFrame(rows)
+    table.insert(0, "stage", stage)
+    table.insert(0, "split", split)
+    table["convention"] = conventions.describe()
+    return table
 
 
-def summarize(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    """Mean, standard deviation, median and count of Dice per split, stage and class (NaN cases skipped)."""
-    metrics = pd.concat(tables, ignore_index=True)
-    grouped = metrics.groupby(["split", "stage", "class"], sort=False)["dice"]
-    summary = grouped.agg(mean="mean", std="std", median="median", n="count").reset_index()
-    summary["empty_convention"] = metrics["empty_convention"].iloc[0] if len(metrics) else ""
+def aggregate(metrics: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
+    """Mean, standard deviation, median, quartiles, IQR and count per split, stage, class and metric
+    (NaN values, e.g. distances with an empty mask under the ``nan`` convention, are left out and not counted)."""
+    long = metrics.melt(id_vars=["split", "stage", "case", "class"], value_vars=metric_names, var_name="metric")
+    grouped = long.groupby(["split", "stage", "class", "metric"], sort=False)["value"]
+    summary = grouped.agg(mean="mean", std="std", median="median", q1=lambda v: v.quantile(0.25),
+                          q3=lambda v: v.quantile(0.75), n="count").reset_index()
+    summary["iqr"] = summary["q3"] - summary["q1"]
     return summary
 
 
-def plot_dice(tables: list[pd.DataFrame], out: Path) -> None:
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count as a test)."""
+    valid = [(p, i) for i, p in enumerate(p_values) if not math.isnan(p)]
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(valid)):
+        running = max(running, min(1.0, (len(valid) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
+    """Paired tests of b - a: Wilcoxon signed-rank with the matched-pairs rank-biserial correlation, and a
+    paired t-test only where Shapiro-Wilk (n >= 3) does not reject normal differences; Cohen's d_z always."""
+    diff = b - a
+    row = {"n_pairs": int(diff.size), "mean_difference": float(diff.mean()) if diff.size else math.nan,
+           "median_difference": float(np.median(diff)) if diff.size else math.nan,
+           "wilcoxon_p": math.nan, "rank_biserial": math.nan, "t_test_p": math.nan, "cohens_dz": math.nan,
+           "differences_normal": False}
+    nonzero = diff[diff != 0]
+    if nonzero.size:
+        ranks = stats.rankdata(np.abs(nonzero))
+        row["rank_biserial"] = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
+        row["wilcoxon_p"] = float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
+    if diff.size >= 3 and diff.std(ddof=1) > 0:
+        row["cohens_dz"] = float(diff.mean() / diff.std(ddof=1))
+        row["differences_normal"] = bool(stats.shapiro(diff).pvalue > 0.05)
+        if row["differences_normal"]:
+            row["t_test_p"] = float(stats.ttest_rel(b, a).pvalue)
+    elif diff.size and not diff.any():
+        row["wilcoxon_p"] = 1.0
+    return row
+
+
+def compare_stages(metrics: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
+    """Every pair of stages per split, class and metric, on the cases both have a value for; Holm correction
+    over the pairs of one split, class and metric."""
+    rows = []
+    for (split, name, metric), group in metrics.groupby(["split", "class", "metric"], sort=False):
+        wide = group.pivot_table(index="case", columns="stage", values="value", dropna=False)
+        stages = [s for s in group["stage"].unique()]
+        family = []
+        for first, second in itertools.combinations(stages, 2):
+            pair = wide[[first, second]].dropna()
+            row = {"split": split, "class": name, "metric": metric, "stage_a": first, "stage_b": second}
+            row.update(paired_comparison(pair[first].to_numpy(float), pair[second].to_numpy(float)))
+            higher = HIGHER_IS_BETTER.get(metric, True)
+            if row["mean_difference"] == row["mean_difference"] and row["mean_difference"] != 0 and higher is not None:
+                row["better"] = second if (row["mean_difference"] > 0) == higher else first
+            else:
+                row["better"] = ""
+            family.append(row)
+        for row, w, t in zip(family, holm([r["wilcoxon_p"] for r in family]), holm([r["t_test_p"] for r in family])):
+            row["wilcoxon_p_holm"], row["t_test_p_holm"] = w, t
+        rows += family
+    return pd.DataFrame(rows)
+
+
+def pinkcc_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (split, stage), group in metrics.groupby(["split", "stage"], sort=False):
+        rows.append({"split": split, "stage": stage, "classes": ",".join(group["class"].unique()),
+                     **pinkcc_score(group.to_dict("records"))})
+    return pd.DataFrame(rows)
+
+
+def worst_cases(metrics: pd.DataFrame, per_stage: int = 3) -> pd.DataFrame:
+    """The lowest-Dice cases of every split, stage and class, with the files to open."""
+    rows = metrics.dropna(subset=["dice"]).sort_values("dice").groupby(["split", "stage", "class"], sort=False)
+    worst = rows.head(per_stage).sort_values(["split", "stage", "class", "dice"])
+    columns = ["split", "stage", "class", "case", "dice", "hd95_mm", "lesions_missed", "lesions_false"]
+    worst = worst[columns].copy()
+    worst["prediction"] = [f"results/predictions/{s}/{st}/{c}.nii.gz"
+                           for s, st, c in zip(worst["split"], worst["stage"], worst["case"])]
+    return worst
+
+
+def plot_metrics(metrics: pd.DataFrame, metric_names: list[str], out: Path) -> None:
+    """Box plots per class and stage: one row per metric, one column per split and class."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = pd.concat(tables, ignore_index=True)
     panels = [(s, c) for s in metrics["split"].unique() for c in metrics["class"].unique()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-    for ax, (split, name) in zip(axes[0], panels):
-        subset = metrics[(metrics["split"] == split) & (metrics["class"] == name)]
-        stages = list(subset["stage"].unique())
-        ax.boxplot([subset.loc[subset["stage"] == s, "dice"].dropna() for s in stages], tick_labels=stages)
-        ax.set_title(f"{split}: {name}")
-        ax.set_ylabel("Dice")
-        ax.set_ylim(-0.02, 1.02)
-        ax.tick_params(axis="x", rotation=45)
+    fig, axes = plt.subplots(len(metric_names), len(panels), figsize=(4.5 * len(panels), 3.6 * len(metric_names)),
+                             squeeze=False)
+    for row, metric in enumerate(metric_names):
+        for ax, (split, name) in zip(axes[row], panels):
+            subset = metrics[(metrics["split"] == split) & (metrics["class"] == name)]
+            stages = list(subset["stage"].unique())
+            ax.boxplot([subset.loc[subset["stage"] == s, metric].dropna() for s in stages], tick_labels=stages)
+            ax.set_title(f"{split}: {name}")
+            ax.set_ylabel(metric)
+            ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
 
-def write_summary(case_tables: list[Path], summary_out: Path, figure_out: Path) -> pd.DataFrame:
-    tables = [pd.read_csv(p, sep="\t") for p in case_tables]
-    summary = summarize(tables)
-    write_table(summary, summary_out)
-    plot_dice(tables, figure_out)
-    return summary
+def write_summary(case_tables: list[Path], out_dir: Path, conventions: Conventions,
+                  worst_per_stage: int = 3) -> dict[str, pd.DataFrame]:
+    """Aggregates, stage comparisons, PINKCC scores, worst cases (TSV) and the box plot figure in ``out_dir``."""
+    metrics = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
+    names = [m for m in summary_metrics(conventions) if m in metrics.columns]
+    long = metrics.melt(id_vars=["split", "stage", "case", "class"], value_vars=names, var_name="metric")
+    tables = {"summary": aggregate(metrics, names), "comparisons": compare_stages(long, COMPARED),
+              "pinkcc": pinkcc_table(metrics), "worst_cases": worst_cases(metrics, worst_per_stage)}
+    out_dir = Path(out_dir)
+    for name, table in tables.items():
+        table["convention"] = conventions.describe()
+        write_table(table, out_dir / f"{name}.tsv")
+    plot_metrics(metrics, ["dice", "hd95_mm", nsd_column(conventions.nsd_tolerances_mm[0]), "lesion_f1"],
+                 out_dir / "metrics.png")
+    return tables

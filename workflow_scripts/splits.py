@@ -60,7 +60,9 @@ def lesion_strata(cases: list[str], labels_dir: Path, labels: dict[str, int]) ->
     strata = {}
     for case in cases:
         present = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(Path(labels_dir) / f"{case}.nii.gz")))))
-        strata[case] = "+".join(name for name, value in labels.items() if value != 0 and value in present) or "none"
+        # By label value, so that the order of the config's label names cannot change the split.
+        strata[case] = "+".join(name for name, value in sorted(labels.items(), key=lambda item: item[1])
+                                if value != 0 and value in present) or "none"
     return strata
 
 

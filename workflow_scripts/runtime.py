@@ -1,0 +1,54 @@
+"""Runtime and memory of every job from Snakemake's benchmark files, for the report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts.io import atomic_path, write_table
+
+
+def read_benchmarks(paths: list[Path], root: str = "benchmarks") -> pd.DataFrame:
+    """One row per job: the rule (first folder under ``root``), the job (rest of the path) and Snakemake's
+    measurements (wall seconds, peak resident memory in MB, CPU seconds; the mean over repeats)."""
+    rows = []
+    for path in map(Path, paths):
+        parts = path.parts[path.parts.index(root) + 1:] if root in path.parts else path.parts[-2:]
+        table = pd.read_csv(path, sep="\t")
+        rows.append({"rule": parts[0], "job": str(Path(*parts[1:]).with_suffix("")),
+                     "seconds": float(table["s"].mean()), "max_rss_mb": float(table["max_rss"].mean()),
+                     "cpu_seconds": float(table["cpu_time"].mean()) if "cpu_time" in table else float("nan")})
+    return pd.DataFrame(rows, columns=["rule", "job", "seconds", "max_rss_mb", "cpu_seconds"])
+
+
+def summarize_runtime(jobs: pd.DataFrame) -> pd.DataFrame:
+    grouped = jobs.groupby("rule", sort=False)
+    return grouped.agg(jobs=("job", "count"), total_seconds=("seconds", "sum"), median_seconds=("seconds", "median"),
+                       max_seconds=("seconds", "max"), max_rss_mb=("max_rss_mb", "max")).reset_index()
+
+
+def plot_runtime(summary: pd.DataFrame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * len(summary) + 1.5), squeeze=True)
+    left.barh(summary["rule"], summary["total_seconds"] / 60.0)
+    left.set_xlabel("total wall time (min)")
+    right.barh(summary["rule"], summary["max_rss_mb"] / 1024.0)
+    right.set_xlabel("peak resident memory of one job (GiB)")
+    right.set_yticklabels([])
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def write_runtime(paths: list[Path], jobs_out: Path, summary_out: Path, figure_out: Path) -> pd.DataFrame:
+    jobs = read_benchmarks(paths)
+    summary = summarize_runtime(jobs)
+    write_table(jobs, jobs_out)
+    write_table(summary, summary_out)
+    plot_runtime(summary, figure_out)
+    return summary
