@@ -93,6 +93,26 @@ def test_dry_run_with_totalsegmentator_anatomy(toy_workdir, tmp_path):
     assert "gpu=1" in result.stdout
 
 
+def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_path):
+    """The rule as a CPU user runs it, with the weights folder from config (a fixture-built tiny model)."""
+    from totalseg_fixture import build_tiny_totalseg_home
+
+    home = build_tiny_totalseg_home(tmp_path / "totalseg_home", predicted_class="vertebrae_L3")
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["anatomy"] = {"source": "totalsegmentator", "totalseg_home": str(home), "task": "total", "fast": True}
+    path = tmp_path / "totalseg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    target = "results/anatomy/toy_001.nii.gz"
+    snakemake(toy_workdir, target, "--cores", "1", "--configfile", path)
+    anatomy = sitk.ReadImage(str(toy_workdir / target))
+    image = sitk.ReadImage(str(toy_workdir / "resources/toy/imagesTr/toy_001.nii.gz"))
+    assert anatomy.GetSize() == image.GetSize()
+    from workflow_scripts.refinement import anatomy_class_ids
+
+    assert np.unique(sitk.GetArrayFromImage(anatomy)).tolist() == [anatomy_class_ids()["vertebrae_L3"]]
+    assert (toy_workdir / "benchmarks/segment_anatomy/toy_001.tsv").exists()
+
+
 def test_config_error_stops_with_one_clear_message(toy_workdir, tmp_path):
     config = yaml.safe_load(TOY_CONFIG.read_text())
     config["configurations"]["resenc_multiclass"]["trainr"] = "nnUNetTrainer"

@@ -22,10 +22,38 @@ def prepare_totalseg_home(home: Path) -> Path:
     return home
 
 
+def required_weights(home: Path, task: str, fast: bool, roi_subset: list[str] | None) -> list[Path]:
+    """The weights folders TotalSegmentator will look for (it downloads any that is missing)."""
+    from totalsegmentator.map_tasks_config import TASK_ID_WEIGHTS_CONFIGS
+    from totalsegmentator.python_api import get_task_config
+
+    task_ids = get_task_config(task, fast=fast, quiet=True)["task_id"]
+    task_ids = list(task_ids) if isinstance(task_ids, list) else [task_ids]
+    if roi_subset is not None:
+        task_ids.append(298)  # the 6 mm model that crops to the region of interest first
+    folders = []
+    for task_id in task_ids:
+        info = TASK_ID_WEIGHTS_CONFIGS[task_id]
+        folders.append(Path(home) / "nnunet" / "results" / info.get("rel_path", "") / info["foldername"])
+    return folders
+
+
+def check_weights(home: Path, task: str, fast: bool, roi_subset: list[str] | None) -> None:
+    missing = [f for f in required_weights(home, task, fast, roi_subset) if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"TotalSegmentator weights for task '{task}' (fast={fast}, roi_subset={roi_subset}) are not in "
+            f"{home}: missing {', '.join(str(m) for m in missing)}. Compute nodes run offline: on a machine "
+            f"with internet run `TOTALSEG_HOME_DIR={home} totalseg_download_weights -t {task}"
+            f"{'_fast' if fast else ''}` (or copy that folder), or point config anatomy.totalseg_home at a "
+            "folder that has them.")
+
+
 def segment_anatomy(image: Path, out: Path, home: Path, task: str = "total", fast: bool = True,
                     roi_subset: list[str] | None = None, device: str = "gpu", threads: int = 1) -> None:
     """One real ``totalsegmentator()`` call writing a multilabel map on the image grid."""
-    prepare_totalseg_home(home)
+    home = prepare_totalseg_home(home)
+    check_weights(home, task, fast, roi_subset)
     from totalsegmentator.python_api import totalsegmentator  # reads TOTALSEG_HOME_DIR on import
 
     with atomic_path(out) as tmp:
