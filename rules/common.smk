@@ -94,22 +94,28 @@ def anatomy_map(case):
     return f"results/anatomy/{case}.nii.gz"
 
 
+def ensemble_configurations():
+    """Configurations an ensemble may draw on: the full-label members and the fused partial models."""
+    fused = [f["configuration"] for f in CONFIG["ensemble"]["fusions"]]
+    return list(CONFIG["ensemble"]["members"]) + [c for c in fused if c not in CONFIG["ensemble"]["members"]]
+
+
 def ensemble_inputs(w):
-    members = [prediction(w.split, m, w.case, "npz") for m in CONFIG["ensemble"]["members"]]
-    fusions = [prediction(w.split, f["configuration"], w.case, "npz") for f in CONFIG["ensemble"]["fusions"]]
-    return {"members": members, "fusions": fusions, "image": f"{images_dir(w.split)}/{w.case}.nii.gz"}
+    return {"probabilities": [prediction(w.split, c, w.case, "npz") for c in ensemble_configurations()],
+            "selection": "results/ensemble/selected.json", "image": f"{images_dir(w.split)}/{w.case}.nii.gz"}
 
 
-def fusion_spec(w):
-    return as_json([
-        {"path": prediction(w.split, f["configuration"], w.case, "npz"), "into": CONFIG["labels"][f["into"]],
-         "strategy": f["strategy"]}
-        for f in CONFIG["ensemble"]["fusions"]
-    ])
+def selection_settings():
+    ensemble = CONFIG["ensemble"]
+    fusions = [{"configuration": f["configuration"], "into": CONFIG["labels"][f["into"]], "strategy": f["strategy"]}
+               for f in ensemble["fusions"]]
+    return as_json({"members": ensemble["members"], "fusions": fusions, "select": ensemble["selection"]["enabled"],
+                    "strategies": ensemble["selection"]["fusion_strategies"], "metric": ensemble["selection"]["metric"],
+                    "classes": stage_classes("ensemble"), "conventions": CONFIG["evaluation"]})
 
 
 def all_targets(runtime=True):
-    targets = ["results/qc/qc_table.tsv", "results/metrics/summary.tsv"]
+    targets = ["results/qc/qc_table.tsv", "results/metrics/summary.tsv", "results/ensemble/candidates.tsv"]
     targets += expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES)
     targets += [prediction("test", "refined", case) for case in TEST_CASES]
     if runtime:

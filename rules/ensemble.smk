@@ -1,4 +1,33 @@
-# Ensemble of configurations on probabilities, per case: members averaged, partial models fused into a class.
+# Ensemble of configurations on probabilities: the candidates scored on out-of-fold predictions, the best one
+# (or the configured one) applied per case, members averaged one file at a time, partial models fused into a class.
+
+
+rule select_ensemble:
+    input:
+        probabilities=expand("results/predictions/oof/{configuration}/{case}.npz",
+                             configuration=ensemble_configurations(), case=TRAIN_CASES),
+        references=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["labels_tr"], case=TRAIN_CASES),
+    output:
+        table=report("results/ensemble/candidates.tsv", caption="report/ensemble_candidates.rst",
+                     category="Ensemble"),
+        selection="results/ensemble/selected.json",
+    params:
+        settings=selection_settings(),
+        cases=" ".join(TRAIN_CASES),
+        references_dir=lambda w, input: os.path.dirname(input.references[0]),
+    threads: threads_of("select_ensemble")
+    resources:
+        **resources_of("select_ensemble"),
+    log:
+        "logs/select_ensemble.log",
+    benchmark:
+        "benchmarks/select_ensemble.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts select-ensemble --settings {params.settings:q} --cases {params.cases} "
+        "--oof-dir results/predictions/oof --references-dir {params.references_dir} --out-table {output.table} "
+        "--out-selection {output.selection} > {log} 2>&1"
 
 
 rule ensemble_case:
@@ -7,9 +36,6 @@ rule ensemble_case:
     output:
         npz="results/predictions/{split}/ensemble/{case}.npz",
         seg="results/predictions/{split}/ensemble/{case}.nii.gz",
-    params:
-        weights=" ".join(str(w) for w in CONFIG["ensemble"]["members"].values()),
-        fusions=fusion_spec,
     threads: threads_of("ensemble_case")
     resources:
         **resources_of("ensemble_case"),
@@ -20,6 +46,6 @@ rule ensemble_case:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts ensemble-case --case {wildcards.case} --members {input.members} --weights {params.weights} "
-        "--fusions {params.fusions:q} --image {input.image} "
+        "python -m workflow_scripts ensemble-case --case {wildcards.case} --selection {input.selection} "
+        "--predictions-dir results/predictions/{wildcards.split} --image {input.image} "
         "--out-dir results/predictions/{wildcards.split}/ensemble > {log} 2>&1"

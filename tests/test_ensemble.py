@@ -25,12 +25,13 @@ def test_weighted_average(tmp_path):
         average_members([tmp_path / "a.npz", tmp_path / "c.npz"], [1.0, 1.0])
 
 
-@pytest.mark.parametrize("strategy", ["mean", "max"])
+@pytest.mark.parametrize("strategy", ["mean", "max", "union"])
 def test_fusion_replaces_one_class_and_keeps_a_distribution(strategy):
     rng = np.random.default_rng(1)
     full, partial = random_probabilities(rng, 3), random_probabilities(rng, 2)
     fused = fuse_class(full, [0, 1, 2], partial, [0, 2], into=2, strategy=strategy)
-    expected = (full[2] + partial[1]) / 2 if strategy == "mean" else np.maximum(full[2], partial[1])
+    expected = {"mean": (full[2] + partial[1]) / 2, "max": np.maximum(full[2], partial[1]),
+                "union": 1 - (1 - full[2]) * (1 - partial[1])}[strategy]
     np.testing.assert_allclose(fused[2], expected, rtol=1e-6)
     np.testing.assert_allclose(fused.sum(axis=0), 1.0, rtol=1e-5)
     # The other classes keep their ratio.
@@ -54,13 +55,16 @@ def test_ensemble_case_writes_labels_on_the_image_grid(tmp_path):
     member[0] = 1.0
     member[:, 0, 0, 0] = [0.1, 0.6, 0.3]  # primary
     member[:, 1, 1, 1] = [0.45, 0.1, 0.45]  # metastasis only after fusion
-    write_probabilities(tmp_path / "m.npz", member, [0, 1, 2])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "partial").mkdir()
+    write_probabilities(tmp_path / "full" / "c.npz", member, [0, 1, 2])
     partial = np.zeros((2, 4, 5, 6), dtype=np.float32)
     partial[0] = 1.0
     partial[:, 1, 1, 1] = [0.1, 0.9]
-    write_probabilities(tmp_path / "p.npz", partial, [0, 2])
-    ensemble_case([tmp_path / "m.npz"], [1.0], [{"path": tmp_path / "p.npz", "into": 2, "strategy": "mean"}],
-                  tmp_path / "image.nii.gz", tmp_path / "out", "c")
+    write_probabilities(tmp_path / "partial" / "c.npz", partial, [0, 2])
+    selection = {"members": {"full": 1.0},
+                 "fusions": [{"configuration": "partial", "into": 2, "strategy": "mean"}]}
+    ensemble_case(selection, tmp_path, tmp_path / "image.nii.gz", tmp_path / "out", "c")
     seg = sitk.ReadImage(str(tmp_path / "out" / "c.nii.gz"))
     assert np.allclose(seg.GetSpacing(), reference.GetSpacing())
     array = sitk.GetArrayFromImage(seg)

@@ -106,14 +106,14 @@ def test_runtime_table_from_benchmark_files(tmp_path):
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     paths = []
     for job, seconds, rss in (("train_fold/resenc/fold_0", 80.0, 2000.0), ("train_fold/resenc/fold_1", 100.0, 2500.0),
-                              ("qc_case/c1", 1.5, 120.0)):
+                              ("qc_case/c1", 1.5, 120.0), ("select_ensemble", 7.0, 300.0)):
         path = tmp_path / "benchmarks" / f"{job}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + f"{seconds}\t0:01:20\t{rss}\t0\t0\t0\t0\t0\t50\t{seconds / 2}\n")
         paths.append(path)
     jobs = read_benchmarks(paths)
-    assert list(jobs["rule"]) == ["train_fold", "train_fold", "qc_case"]
-    assert list(jobs["job"]) == ["resenc/fold_0", "resenc/fold_1", "c1"]
+    assert list(jobs["rule"]) == ["train_fold", "train_fold", "qc_case", "select_ensemble"]
+    assert list(jobs["job"]) == ["resenc/fold_0", "resenc/fold_1", "c1", "select_ensemble"]
     summary = write_runtime(paths, tmp_path / "jobs.tsv", tmp_path / "runtime.tsv", tmp_path / "runtime.png")
     train = summary[summary["rule"] == "train_fold"].iloc[0]
     assert train["jobs"] == 2 and train["total_seconds"] == 180.0 and train["max_rss_mb"] == 2500.0

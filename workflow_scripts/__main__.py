@@ -110,8 +110,18 @@ def cmd_predict(args):
 def cmd_ensemble_case(args):
     from workflow_scripts.ensemble import ensemble_case
 
-    ensemble_case([Path(p) for p in args.members], args.weights, _json(args.fusions), Path(args.image),
-                  Path(args.out_dir), args.case)
+    from workflow_scripts.io import read_json
+
+    selection = read_json(args.selection)
+    print(f"{args.case}: ensemble {selection['candidate']}")
+    ensemble_case(selection, Path(args.predictions_dir), Path(args.image), Path(args.out_dir), args.case)
+
+
+def cmd_select_ensemble(args):
+    from workflow_scripts.ensemble_selection import select_ensemble
+
+    select_ensemble(_json(args.settings), args.cases, Path(args.oof_dir), Path(args.references_dir),
+                    Path(args.out_table), Path(args.out_selection))
 
 
 def cmd_segment_anatomy(args):
@@ -249,11 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-mirroring", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out-dir", required=True)
 
+    p = verb("select-ensemble", cmd_select_ensemble)
+    p.add_argument("--settings", required=True, help="JSON: members, fusions, select, strategies, metric, "
+                   "classes, conventions")
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--oof-dir", required=True, help="holds <configuration>/<case>.npz")
+    p.add_argument("--references-dir", required=True)
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-selection", required=True)
+
     p = verb("ensemble-case", cmd_ensemble_case)
     p.add_argument("--case", required=True)
-    p.add_argument("--members", nargs="+", required=True)
-    p.add_argument("--weights", type=float, nargs="+", required=True)
-    p.add_argument("--fusions", default="[]", help="JSON list of {path, into, strategy}")
+    p.add_argument("--selection", required=True, help="JSON file written by select-ensemble")
+    p.add_argument("--predictions-dir", required=True, help="holds <configuration>/<case>.npz")
     p.add_argument("--image", required=True)
     p.add_argument("--out-dir", required=True)
 

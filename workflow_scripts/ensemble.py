@@ -8,7 +8,7 @@ import numpy as np
 from workflow_scripts.io import read_probabilities
 from workflow_scripts.prediction import write_prediction
 
-FUSION_STRATEGIES = ("mean", "max")
+FUSION_STRATEGIES = ("mean", "max", "union")
 
 
 def average_members(paths: list[Path], weights: list[float]) -> tuple[np.ndarray, list[int]]:
@@ -18,14 +18,17 @@ def average_members(paths: list[Path], weights: list[float]) -> tuple[np.ndarray
     total, labels = None, None
     for path, weight in zip(paths, weights):
         probabilities, member_labels = read_probabilities(path)
+        probabilities *= weight  # in place: one accumulator and one member map, whatever the member count
         if labels is None:
-            total, labels = probabilities * weight, member_labels
+            total, labels = probabilities, member_labels
         elif member_labels != labels:
             raise ValueError(f"{path} has labels {member_labels}, the other members {labels}; members must "
                              "share one label set (fuse partial models instead)")
         else:
-            total += probabilities * weight
-    return total / float(sum(weights)), labels
+            total += probabilities
+        del probabilities
+    total /= float(sum(weights))
+    return total, labels
 
 
 def fuse_class(probabilities: np.ndarray, labels: list[int], partial: np.ndarray, partial_labels: list[int],
@@ -38,7 +41,12 @@ def fuse_class(probabilities: np.ndarray, labels: list[int], partial: np.ndarray
         raise ValueError(f"unknown fusion strategy '{strategy}'; choose one of {FUSION_STRATEGIES}")
     k, j = labels.index(into), partial_labels.index(into)
     old = probabilities[k]
-    new = (old + partial[j]) / 2.0 if strategy == "mean" else np.maximum(old, partial[j])
+    if strategy == "mean":
+        new = (old + partial[j]) / 2.0
+    elif strategy == "max":
+        new = np.maximum(old, partial[j])
+    else:  # probability union: the class if either says so, as for independent detectors
+        new = old + partial[j] - old * partial[j]
     rest = 1.0 - old
     scale = np.divide(1.0 - new, rest, out=np.zeros_like(rest), where=rest > 1e-6)
     fused = probabilities * scale[None]
@@ -48,12 +56,18 @@ def fuse_class(probabilities: np.ndarray, labels: list[int], partial: np.ndarray
     return fused
 
 
-def ensemble_case(members: list[Path], weights: list[float], fusions: list[dict], reference_image: Path,
-                  out_dir: Path, case: str) -> None:
-    """``fusions``: dicts with ``path``, ``into`` (label value) and ``strategy``."""
-    probabilities, labels = average_members(members, weights)
-    for fusion in fusions:
-        partial, partial_labels = read_probabilities(fusion["path"])
+def ensemble_case(selection: dict, predictions_dir: Path, reference_image: Path, out_dir: Path, case: str) -> None:
+    """Ensemble one case as ``selection`` says (``members``: {configuration: weight}; ``fusions``: dicts with
+    ``configuration``, ``into`` (label value) and ``strategy``); probabilities are read from
+    ``predictions_dir/<configuration>/<case>.npz``, one file in memory at a time."""
+    def path(name):
+        return Path(predictions_dir) / name / f"{case}.npz"
+
+    probabilities, labels = average_members([path(m) for m in selection["members"]],
+                                            list(selection["members"].values()))
+    for fusion in selection["fusions"]:
+        partial, partial_labels = read_probabilities(path(fusion["configuration"]))
         probabilities = fuse_class(probabilities, labels, partial, partial_labels, fusion["into"],
                                    fusion["strategy"])
+        del partial
     write_prediction(probabilities, labels, reference_image, out_dir, case)
