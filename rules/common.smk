@@ -114,8 +114,16 @@ def selection_settings():
                     "classes": stage_classes("ensemble"), "conventions": CONFIG["evaluation"]})
 
 
+def refinement_settings():
+    refinement = CONFIG["refinement"]
+    return as_json({"rules": refinement["rules"], "apply": refinement["apply"], "metric": refinement["metric"],
+                    "task": CONFIG["anatomy"]["task"], "classes": stage_classes("refined"),
+                    "conventions": CONFIG["evaluation"]})
+
+
 def all_targets(runtime=True):
-    targets = ["results/qc/qc_table.tsv", "results/metrics/summary.tsv", "results/ensemble/candidates.tsv"]
+    targets = ["results/qc/qc_table.tsv", "results/metrics/summary.tsv", "results/ensemble/candidates.tsv",
+               "results/refinement/rule_subsets.tsv"]
     targets += expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES)
     targets += [prediction("test", "refined", case) for case in TEST_CASES]
     if runtime:

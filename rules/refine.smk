@@ -27,16 +27,49 @@ rule segment_anatomy:
         "> {log} 2>&1"
 
 
+rule select_refinement:
+    input:
+        segmentations=expand("results/predictions/oof/ensemble/{case}.nii.gz", case=TRAIN_CASES),
+        anatomy=[anatomy_map(case) for case in TRAIN_CASES],
+        images=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["images_tr"], case=TRAIN_CASES),
+        references=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["labels_tr"], case=TRAIN_CASES),
+    output:
+        table=report("results/refinement/rule_subsets.tsv", caption="report/refinement_rules.rst",
+                     category="Refinement"),
+        selection="results/refinement/selected_rules.json",
+    params:
+        settings=refinement_settings(),
+        cases=" ".join(TRAIN_CASES),
+        anatomy=lambda w, input: as_json(dict(zip(TRAIN_CASES, input.anatomy))),
+        images_dir=lambda w, input: os.path.dirname(input.images[0]),
+        references_dir=lambda w, input: os.path.dirname(input.references[0]),
+        segmentation_dir=lambda w, input: os.path.dirname(input.segmentations[0]),
+    threads: threads_of("select_refinement")
+    resources:
+        **resources_of("select_refinement"),
+    log:
+        "logs/select_refinement.log",
+    benchmark:
+        "benchmarks/select_refinement.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts select-refinement --settings {params.settings:q} --cases {params.cases} "
+        "--segmentation-dir {params.segmentation_dir} --anatomy {params.anatomy:q} --images-dir {params.images_dir} "
+        "--references-dir {params.references_dir} --out-table {output.table} --out-selection {output.selection} "
+        "> {log} 2>&1"
+
+
 rule refine_case:
     input:
         seg="results/predictions/{split}/ensemble/{case}.nii.gz",
         anatomy=lambda w: anatomy_map(w.case),
         image=lambda w: f"{images_dir(w.split)}/{w.case}.nii.gz",
+        selection="results/refinement/selected_rules.json",
     output:
         seg="results/predictions/{split}/refined/{case}.nii.gz",
         removed="results/refinement/{split}/{case}.tsv",
     params:
-        rules=as_json(CONFIG["refinement"]["rules"]),
         task=CONFIG["anatomy"]["task"],
     threads: threads_of("refine_case")
     resources:
@@ -49,5 +82,5 @@ rule refine_case:
         "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts refine-case --case {wildcards.case} --segmentation {input.seg} --anatomy {input.anatomy} "
-        "--image {input.image} --rules {params.rules:q} --task {params.task} --out {output.seg} "
+        "--image {input.image} --selection {input.selection} --task {params.task} --out {output.seg} "
         "--removed {output.removed} > {log} 2>&1"

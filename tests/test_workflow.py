@@ -250,7 +250,8 @@ def test_report_pages_and_figures_load_in_headless_chromium(smoke_run):
     for expected in ("results/qc/qc_table.tsv", "results/metrics/summary.tsv", "results/metrics/comparisons.tsv",
                      "results/metrics/pinkcc.tsv", "results/metrics/worst_cases.tsv", "results/metrics/metrics.png",
                      "results/runtime/runtime.png", "results/training/resenc_multiclass/fold_0_progress.png",
-                     "results/metrics/test/refined.tsv"):
+                     "results/metrics/test/refined.tsv", "results/ensemble/candidates.tsv",
+                     "results/refinement/rule_subsets.tsv"):
         assert expected in results, expected
     figures = [path for path, mime in results.items() if mime == "image/png"]
     assert sorted(checked["figures"]) == sorted(figures) and len(figures) >= 17  # 15 folds, metrics, runtime
@@ -272,6 +273,32 @@ def test_metric_tables_of_the_smoke_run(smoke_run):
     assert per_case["convention"].str.startswith("both empty: scores 1").all()
     runtime = pd.read_csv(smoke_run / "results/runtime/runtime.tsv", sep="\t").set_index("rule")
     assert runtime.loc["train_fold", "jobs"] == 15 and runtime.loc["qc_case", "jobs"] == 15
+
+
+def test_ensemble_and_refinement_were_chosen_on_out_of_fold_predictions(smoke_run):
+    """The selection's own scores agree with the evaluation of what the workflow then wrote."""
+    pinkcc = pd.read_csv(smoke_run / "results/metrics/pinkcc.tsv", sep="\t").set_index(["split", "stage"])
+    pinkcc = pinkcc["pinkcc_score"]
+    candidates = pd.read_csv(smoke_run / "results/ensemble/candidates.tsv", sep="\t").set_index("candidate")
+    assert len(candidates) == 3 * 4 and candidates["selected"].sum() == 1  # 3 member subsets x (no fusion + 3)
+    selected = json.loads((smoke_run / "results/ensemble/selected.json").read_text())
+    assert candidates.loc[selected["candidate"], "rank"] == 1
+    assert candidates["score"].max() == pytest.approx(selected["score"], abs=1e-5)
+    assert pinkcc[("oof", "ensemble")] == pytest.approx(selected["score"], abs=1e-3)
+    for single in ("resenc_multiclass", "isotropic_multiclass"):  # a lone member is that configuration
+        assert candidates.loc[single, "score"] == pytest.approx(pinkcc[("oof", single)], abs=1e-3)
+    rules = json.loads((smoke_run / "results/refinement/selected_rules.json").read_text())
+    assert rules["apply"] == "if_improves" and rules["score_with"] >= rules["score_without"]
+    assert rules["score_without"] == pytest.approx(pinkcc[("oof", "ensemble")], abs=1e-3)
+    assert pinkcc[("oof", "refined")] == pytest.approx(rules["score_with"], abs=1e-3)
+    subsets = pd.read_csv(smoke_run / "results/refinement/rule_subsets.tsv", sep="\t")
+    assert len(subsets) == 2 ** 3 and subsets["chosen"].sum() == 1
+    names = [r["name"] for r in rules["rules"]]
+    test_case = sorted((smoke_run / "resources/toy/imagesTs").glob("*.nii.gz"))[0].name[: -len(".nii.gz")]
+    log = (smoke_run / f"logs/refine_case/test/{test_case}.log").read_text()
+    assert f"rules {names or 'none'}" in log
+    removed = pd.read_csv(smoke_run / f"results/refinement/test/{test_case}.tsv", sep="\t")
+    assert set(removed["rule"]) <= set(names)
 
 
 def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):

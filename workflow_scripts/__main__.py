@@ -134,9 +134,21 @@ def cmd_segment_anatomy(args):
 def cmd_refine_case(args):
     from workflow_scripts.refinement import refine_case
 
+    from workflow_scripts.io import read_json
+
+    rules = _json(args.rules) if args.rules else read_json(args.selection)["rules"]
+    print(f"{args.case}: rules {[r['name'] for r in rules] or 'none'}")
     removed = refine_case(args.case, Path(args.segmentation), Path(args.anatomy) if args.anatomy else None,
-                          Path(args.image), _json(args.rules), args.task, Path(args.out), Path(args.removed))
+                          Path(args.image), rules, args.task, Path(args.out), Path(args.removed))
     print(f"{args.case}: removed {len(removed)} component(s)")
+
+
+def cmd_select_refinement(args):
+    from workflow_scripts.refinement_selection import select_refinement
+
+    select_refinement(_json(args.settings), args.cases, Path(args.segmentation_dir),
+                      {case: Path(p) for case, p in _json(args.anatomy).items()}, Path(args.images_dir),
+                      Path(args.references_dir), Path(args.out_table), Path(args.out_selection))
 
 
 def cmd_evaluate_stage(args):
@@ -290,10 +302,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmentation", required=True)
     p.add_argument("--anatomy")
     p.add_argument("--image", required=True)
-    p.add_argument("--rules", required=True, help="JSON list of rules")
+    rules = p.add_mutually_exclusive_group(required=True)
+    rules.add_argument("--rules", help="JSON list of rules")
+    rules.add_argument("--selection", help="JSON file written by select-refinement (its 'rules')")
     p.add_argument("--task", default="total")
     p.add_argument("--out", required=True)
     p.add_argument("--removed", required=True)
+
+    p = verb("select-refinement", cmd_select_refinement)
+    p.add_argument("--settings", required=True, help="JSON: rules, apply, metric, task, classes, conventions")
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--segmentation-dir", required=True, help="the out-of-fold ensemble's <case>.nii.gz")
+    p.add_argument("--anatomy", required=True, help="JSON {case: anatomy map path}")
+    p.add_argument("--images-dir", required=True)
+    p.add_argument("--references-dir", required=True)
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-selection", required=True)
 
     p = verb("evaluate-stage", cmd_evaluate_stage)
     p.add_argument("--split", required=True)

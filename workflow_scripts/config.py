@@ -111,6 +111,12 @@ def _cross_check(config: dict, base: Path) -> None:
         for key in needed:
             if key not in rule:
                 problems.append(f"refinement.rules.{rule['name']}: kind {rule['kind']} needs '{key}'")
+    names = [rule["name"] for rule in config["refinement"]["rules"]]
+    if len(set(names)) != len(names):
+        problems.append("refinement.rules: rule names must be unique")
+    if len(names) > 8:
+        problems.append(f"refinement.rules: at most 8 rules (every subset is scored on the out-of-fold cases), "
+                        f"got {len(names)}")
     if problems:
         raise ConfigError("invalid configuration (see config/README.md):\n" + "\n".join(f"  {p}" for p in problems))
 

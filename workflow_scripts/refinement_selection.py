@@ -1,0 +1,113 @@
+"""Which refinement rules to apply, decided on the out-of-fold ensemble as nnU-Net decides its post-processing.
+
+Each rule removes whole connected components of the ensemble's label map, judged on the component alone, so
+what a set of rules removes is the union of what each removes alone. Per case every rule is run once; every
+subset of rules is then scored from those removals. With ``apply: if_improves`` rules are taken greedily in
+their configured order, each kept only when it raises the out-of-fold score; with ``always`` all are kept.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workflow_scripts.ensemble_selection import candidate_score, case_rows
+from workflow_scripts.io import image_array, read_image, write_json, write_table
+from workflow_scripts.metrics import Conventions, union_crop
+from workflow_scripts.refinement import anatomy_class_ids, refine
+
+APPLY_MODES = ("always", "if_improves")
+MAX_RULES = 8  # every subset is scored: 2^8 subsets per case at most
+
+
+def rule_subsets(n_rules: int) -> list[tuple[int, ...]]:
+    return [s for k in range(n_rules + 1) for s in itertools.combinations(range(n_rules), k)]
+
+
+def score_subsets(cases: list[str], segmentation_dir: Path, anatomy_paths: dict[str, Path | None],
+                  image_dir: Path, reference_dir: Path, rules: list[dict], anatomy_task: str,
+                  classes: dict[str, int], conventions: Conventions) -> pd.DataFrame:
+    """Per rule subset, case and class: overlap and dilated Dice after removing what the subset removes."""
+    if len(rules) > MAX_RULES:
+        raise ValueError(f"refinement.apply if_improves scores every subset of rules: at most {MAX_RULES} rules, "
+                         f"got {len(rules)}")
+    class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] == "drop_inside" for r in rules) else None
+    subsets = rule_subsets(len(rules))
+    rows = []
+    for i, case in enumerate(cases, 1):
+        seg_image = read_image(Path(segmentation_dir) / f"{case}.nii.gz")
+        segmentation = image_array(seg_image)
+        anatomy_path = anatomy_paths.get(case)
+        anatomy = image_array(read_image(anatomy_path)) if anatomy_path else None
+        image = image_array(read_image(Path(image_dir) / f"{case}.nii.gz"))
+        reference = image_array(read_image(Path(reference_dir) / f"{case}.nii.gz"))
+        removed_by = []
+        for rule in rules:
+            refined, _ = refine(segmentation, anatomy, image, seg_image.GetSpacing(), [rule], class_ids, case)
+            removed_by.append(refined != segmentation)
+        del anatomy, image
+        # Refinement only removes voxels: everything happens inside the box of reference and ensemble.
+        crop = union_crop(reference > 0, segmentation > 0) or tuple(slice(0, 0) for _ in reference.shape)
+        segmentation, reference = segmentation[crop], reference[crop]
+        removed_by = [r[crop] for r in removed_by]
+        for subset in subsets:
+            refined = segmentation.copy()
+            for k in subset:
+                refined[removed_by[k]] = 0
+            key = ",".join(rules[k]["name"] for k in subset) or "none"
+            rows += [{"rules": key, **r} for r in case_rows(case, reference, refined, classes, conventions)]
+        print(f"[{i}/{len(cases)}] {case}: {len(subsets)} rule subset(s) scored", flush=True)
+    return pd.DataFrame(rows)
+
+
+def choose_rules(rules: list[dict], rows: pd.DataFrame, metric: str, apply: str) -> tuple[list[int], pd.DataFrame]:
+    """The chosen rule indices and one row per subset (score, per-class Dice, whether the greedy path or the
+    choice visited it)."""
+    if apply not in APPLY_MODES:
+        raise ValueError(f"unknown refinement.apply '{apply}'; choose one of {APPLY_MODES}")
+    subsets = rule_subsets(len(rules))
+    names = {s: ",".join(rules[k]["name"] for k in s) or "none" for s in subsets}
+    scores = {s: candidate_score(rows[rows["rules"] == names[s]], metric) for s in subsets}
+    if apply == "always":
+        chosen = tuple(range(len(rules)))
+        steps = []
+    else:
+        chosen, steps = (), []
+        for k in range(len(rules)):
+            trial = chosen + (k,)
+            kept = scores[trial] > scores[chosen]  # strictly better, as nnU-Net's post-processing
+            steps.append({"rule": rules[k]["name"], "score_without": scores[chosen], "score_with": scores[trial],
+                          "kept": kept})
+            if kept:
+                chosen = trial
+    table = []
+    for s in subsets:
+        own = rows[rows["rules"] == names[s]]
+        entry = {"rules": names[s], "n_rules": len(s), "metric": metric, "score": scores[s], "chosen": s == chosen}
+        for name, group in own.groupby("class", sort=False):
+            entry[f"dice_{name}"] = float(group["dice"].mean())
+        table.append(entry)
+    return list(chosen), pd.DataFrame(table)
+
+
+def select_refinement(settings: dict, cases: list[str], segmentation_dir: Path, anatomy_paths: dict[str, Path | None],
+                      image_dir: Path, reference_dir: Path, out_table: Path, out_selection: Path) -> dict:
+    """``settings``: rules, apply, metric, task, classes, conventions (evaluation keys)."""
+    rules = settings["rules"]
+    print(f"refinement: {len(rules)} rule(s), apply {settings['apply']}, metric {settings['metric']}, "
+          f"{len(cases)} out-of-fold case(s)", flush=True)
+    rows = score_subsets(cases, segmentation_dir, anatomy_paths, image_dir, reference_dir, rules, settings["task"],
+                         settings["classes"], Conventions.from_settings(settings["conventions"]))
+    chosen, table = choose_rules(rules, rows, settings["metric"], settings["apply"])
+    none_score = float(table.loc[table["rules"] == "none", "score"].iloc[0])
+    chosen_score = float(table.loc[table["chosen"], "score"].iloc[0])
+    selection = {"apply": settings["apply"], "metric": settings["metric"], "score_without": none_score,
+                 "score_with": chosen_score, "rules": [rules[k] for k in chosen],
+                 "left_out": [r["name"] for k, r in enumerate(rules) if k not in chosen]}
+    write_table(table, out_table)
+    write_json(selection, out_selection)
+    print(f"rules applied: {[r['name'] for r in selection['rules']] or 'none'} ({settings['metric']} "
+          f"{none_score:.4f} -> {chosen_score:.4f})", flush=True)
+    return selection
