@@ -71,3 +71,17 @@ def test_ensemble_case_writes_labels_on_the_image_grid(tmp_path):
     assert array[0, 0, 0] == 1 and array[1, 1, 1] == 2 and array.sum() == 3
     probabilities, labels = read_probabilities(tmp_path / "out" / "c.npz")
     assert labels == [0, 1, 2] and probabilities.shape == (3, 4, 5, 6)
+
+
+def test_in_place_fusion_and_argmax_match_the_plain_numpy_ones():
+    from workflow_scripts.prediction import labels_from_probabilities
+
+    rng = np.random.default_rng(2)
+    full, partial = random_probabilities(rng, 3, (6, 7, 8)), random_probabilities(rng, 2, (6, 7, 8))
+    full[:, 0, 0, 0] = [0.0, 0.0, 1.0]  # the class certain: what the fusion removes goes to background
+    expected = fuse_class(full, [0, 1, 2], partial, [0, 2], into=2, strategy="union")
+    fused = fuse_class(full.copy(), [0, 1, 2], partial, [0, 2], into=2, strategy="union", in_place=True)
+    np.testing.assert_allclose(fused, expected, rtol=1e-6)
+    fused[1, 1, 1, 1] = fused[0, 1, 1, 1]  # a tie goes to the first channel, as np.argmax
+    np.testing.assert_array_equal(labels_from_probabilities(fused, [0, 1, 2]),
+                                  np.array([0, 1, 2], np.uint8)[np.argmax(fused, axis=0)])

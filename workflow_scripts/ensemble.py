@@ -32,10 +32,11 @@ def average_members(paths: list[Path], weights: list[float]) -> tuple[np.ndarray
 
 
 def fuse_class(probabilities: np.ndarray, labels: list[int], partial: np.ndarray, partial_labels: list[int],
-               into: int, strategy: str) -> np.ndarray:
+               into: int, strategy: str, in_place: bool = False) -> np.ndarray:
     """Fuse a partial model's probability of label ``into`` into that class of a full ensemble.
 
-    The other classes are rescaled so every voxel still sums to one.
+    The other classes are rescaled so every voxel still sums to one. ``in_place`` overwrites ``probabilities``
+    instead of allocating another full map.
     """
     if strategy not in FUSION_STRATEGIES:
         raise ValueError(f"unknown fusion strategy '{strategy}'; choose one of {FUSION_STRATEGIES}")
@@ -49,10 +50,16 @@ def fuse_class(probabilities: np.ndarray, labels: list[int], partial: np.ndarray
         new = old + partial[j] - old * partial[j]
     rest = 1.0 - old
     scale = np.divide(1.0 - new, rest, out=np.zeros_like(rest), where=rest > 1e-6)
-    fused = probabilities * scale[None]
+    certain = rest <= 1e-6
+    del rest
+    if in_place:
+        probabilities *= scale[None]
+        fused = probabilities
+    else:
+        fused = probabilities * scale[None]
     fused[k] = new
     # Where the full ensemble gave the class everything, spread what the fusion removed onto background.
-    fused[0] += np.where(rest > 1e-6, 0.0, 1.0 - new)
+    fused[0][certain] += 1.0 - new[certain]
     return fused
 
 
@@ -68,6 +75,6 @@ def ensemble_case(selection: dict, predictions_dir: Path, reference_image: Path,
     for fusion in selection["fusions"]:
         partial, partial_labels = read_probabilities(path(fusion["configuration"]))
         probabilities = fuse_class(probabilities, labels, partial, partial_labels, fusion["into"],
-                                   fusion["strategy"])
+                                   fusion["strategy"], in_place=True)
         del partial
     write_prediction(probabilities, labels, reference_image, out_dir, case)

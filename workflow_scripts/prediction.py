@@ -14,7 +14,14 @@ from workflow_scripts.nnunet_env import resolve_device
 
 
 def labels_from_probabilities(probabilities: np.ndarray, labels: list[int]) -> np.ndarray:
-    return np.asarray(labels, dtype=np.uint8)[np.argmax(probabilities, axis=0)]
+    """Argmax over channels (the first channel wins ties), without np.argmax's int64 index map."""
+    best = probabilities[0].copy()
+    result = np.full(best.shape, labels[0], dtype=np.uint8)
+    for label, channel in zip(labels[1:], probabilities[1:]):
+        higher = channel > best
+        result[higher] = label
+        np.maximum(best, channel, out=best)
+    return result
 
 
 def write_prediction(probabilities: np.ndarray, labels: list[int], reference_image: Path, out_dir: Path,
