@@ -89,3 +89,35 @@ def test_refine_case_writes_map_and_table(painted_case, totalseg_example, tmp_pa
     out = sitk.ReadImage(str(tmp_path / "out.nii.gz"))
     assert out.GetOrigin() == ct.GetOrigin() and out.GetDirection() == ct.GetDirection()
     assert len(removed) == 3 and (tmp_path / "removed.tsv").read_text().startswith("case\trule")
+
+
+def test_keep_within_span_removes_lesions_beyond_the_structures(painted_case):
+    """The kidneys of the real CT end at slice 22 of 30 (3 mm): a liver lesion above them goes, one level with
+    them stays; a 3 mm margin keeps one more slice."""
+    ct, image, anatomy, _, _ = painted_case
+    ids = anatomy_class_ids("total")
+    kidneys = np.flatnonzero(np.isin(anatomy, [ids["kidney_left"], ids["kidney_right"]]).any(axis=(1, 2)))
+    liver = anatomy == ids["liver"]
+    label = np.zeros(anatomy.shape, np.uint8)
+    inside_z, beyond_z = kidneys[-1] - 3, kidneys[-1] + 4
+    centres = {}
+    for name, z in (("level", inside_z), ("beyond", beyond_z)):
+        in_slice = np.zeros_like(liver)
+        in_slice[z] = liver[z]
+        centres[name] = deepest_voxel(in_slice)
+        paint_sphere(label, centres[name], 1, 1)
+    rule = {"name": "abdomen", "kind": "keep_within_span", "structures": ["kidney_*"], "min_fraction": 0.5}
+    refined, removed = refine(label, anatomy, image, ct.GetSpacing(), [rule], ids, "span", ct.GetDirection())
+    assert refined[centres["level"]] == 1 and refined[centres["beyond"]] == 0
+    assert list(removed["rule"]) == ["abdomen"] and removed.loc[0, "fraction"] == 0.0
+    wide = dict(rule, margin_mm=5 * ct.GetSpacing()[2])  # five slices further: both stay
+    refined, removed = refine(label, anatomy, image, ct.GetSpacing(), [wide], ids, "span", ct.GetDirection())
+    assert removed.empty and np.array_equal(refined, label)
+
+
+def test_cranio_caudal_axis_follows_the_direction_matrix():
+    from workflow_scripts.refinement import cranio_caudal_axis
+
+    assert cranio_caudal_axis((1, 0, 0, 0, 1, 0, 0, 0, 1)) == 0
+    # A volume stored with the head-foot axis as its first index axis (x): numpy axis 2.
+    assert cranio_caudal_axis((0, 0, 1, 0, 1, 0, 1, 0, 0)) == 2

@@ -107,7 +107,8 @@ def _cross_check(config: dict, base: Path) -> None:
         problems.append("anatomy.totalseg_home: needed by anatomy.source: totalsegmentator (the folder holding "
                         "TotalSegmentator's weights; runs are offline)")
     for rule in config["refinement"]["rules"]:
-        needed = {"drop_inside": ["structures"], "drop_smaller_than": ["min_volume_mm3"]}.get(rule["kind"], [])
+        needed = {"drop_inside": ["structures"], "keep_within_span": ["structures"],
+                  "drop_smaller_than": ["min_volume_mm3"]}.get(rule["kind"], [])
         for key in needed:
             if key not in rule:
                 problems.append(f"refinement.rules.{rule['name']}: kind {rule['kind']} needs '{key}'")

@@ -5,7 +5,10 @@ Rule kinds (each may name ``labels``, the lesion labels it applies to; default a
   structures matching ``structures`` (TotalSegmentator class names, shell patterns such as ``vertebrae_*``);
 - ``drop_outside_body``: remove components with at least ``min_fraction`` outside the body, the body being the
   largest connected region above ``body_hu`` with its holes filled slice by slice;
-- ``drop_smaller_than``: remove components below ``min_volume_mm3``.
+- ``drop_smaller_than``: remove components below ``min_volume_mm3``;
+- ``keep_within_span``: remove components with less than ``min_fraction`` of their voxels within the
+  cranio-caudal span of ``structures`` widened by ``margin_mm`` (e.g. an abdomino-pelvic region from the top of
+  the liver to the bottom of the bladder or hips).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from scipy import ndimage
 
 from workflow_scripts.io import array_like, image_array, read_image, write_image, write_table
 
-RULE_KINDS = ("drop_inside", "drop_outside_body", "drop_smaller_than")
+RULE_KINDS = ("drop_inside", "drop_outside_body", "drop_smaller_than", "keep_within_span")
+ANATOMY_KINDS = ("drop_inside", "keep_within_span")
 REMOVED_COLUMNS = ["case", "rule", "label", "component", "voxels", "volume_mm3", "fraction"]
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -50,9 +54,31 @@ def body_mask(image: np.ndarray, body_hu: float) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(s) for s in body])
 
 
+def cranio_caudal_axis(direction: tuple[float, ...] | None) -> int:
+    """The numpy axis (z, y, x order) that runs closest to the patient's head-foot axis."""
+    if direction is None:
+        return 0
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: index axes x, y, z in physical space
+    return 2 - int(np.argmax(np.abs(matrix[2])))
+
+
+def span_region(anatomy: np.ndarray, ids: list[int], margin_mm: float, spacing_xyz, axis: int) -> np.ndarray:
+    """Slices between the first and last slice holding any of ``ids``, widened by ``margin_mm``."""
+    other = tuple(a for a in range(3) if a != axis)
+    present = np.flatnonzero(np.isin(anatomy, ids).any(axis=other))
+    region = np.zeros(anatomy.shape, dtype=bool)
+    if present.size == 0:
+        return region
+    margin = int(np.ceil(margin_mm / spacing_xyz[2 - axis]))
+    index = [slice(None)] * 3
+    index[axis] = slice(max(0, present[0] - margin), present[-1] + margin + 1)
+    region[tuple(index)] = True
+    return region
+
+
 def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarray | None,
            spacing_xyz: tuple[float, float, float], rules: list[dict], class_ids: dict[str, int] | None,
-           case: str = "") -> tuple[np.ndarray, pd.DataFrame]:
+           case: str = "", direction: tuple[float, ...] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Apply ``rules`` in order; returns the refined label map and one row per removed component."""
     refined = segmentation.copy()
     voxel_mm3 = float(np.prod(spacing_xyz))
@@ -65,6 +91,11 @@ def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarr
             if anatomy is None:
                 raise ValueError(f"rule '{rule['name']}' needs an anatomy map for case {case}")
             region = np.isin(anatomy, structure_ids(rule["structures"], class_ids))
+        elif kind == "keep_within_span":
+            if anatomy is None:
+                raise ValueError(f"rule '{rule['name']}' needs an anatomy map for case {case}")
+            region = span_region(anatomy, structure_ids(rule["structures"], class_ids), rule.get("margin_mm", 0.0),
+                                 spacing_xyz, cranio_caudal_axis(direction))
         elif kind == "drop_outside_body":
             if image is None:
                 raise ValueError(f"rule '{rule['name']}' needs the CT image for case {case}")
@@ -79,6 +110,9 @@ def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarr
             if kind == "drop_smaller_than":
                 fraction = np.zeros(n)
                 drop = voxels * voxel_mm3 < rule["min_volume_mm3"]
+            elif kind == "keep_within_span":
+                fraction = ndimage.sum_labels(region, components, index) / voxels
+                drop = fraction < rule.get("min_fraction", 0.5)
             else:
                 fraction = ndimage.sum_labels(region, components, index) / voxels
                 drop = fraction >= rule.get("min_fraction", 0.5)
@@ -101,9 +135,9 @@ def refine_case(case: str, segmentation_path: Path, anatomy_path: Path | None, i
                              f"({anatomy_image.GetSize()} vs {seg_image.GetSize()})")
         anatomy = image_array(anatomy_image)
     image = image_array(read_image(image_path))
-    class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] == "drop_inside" for r in rules) else None
+    class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] in ANATOMY_KINDS for r in rules) else None
     refined, removed = refine(image_array(seg_image), anatomy, image, seg_image.GetSpacing(), rules,
-                              class_ids, case)
+                              class_ids, case, seg_image.GetDirection())
     write_image(array_like(refined.astype(np.uint8), seg_image), out_segmentation)
     write_table(removed, out_removed)
     return removed

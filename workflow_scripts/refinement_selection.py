@@ -16,7 +16,7 @@ import pandas as pd
 from workflow_scripts.ensemble_selection import candidate_score, case_rows
 from workflow_scripts.io import image_array, read_image, write_json, write_table
 from workflow_scripts.metrics import Conventions, union_crop
-from workflow_scripts.refinement import anatomy_class_ids, refine
+from workflow_scripts.refinement import ANATOMY_KINDS, anatomy_class_ids, refine
 
 APPLY_MODES = ("always", "if_improves")
 MAX_RULES = 8  # every subset is scored: 2^8 subsets per case at most
@@ -33,7 +33,7 @@ def score_subsets(cases: list[str], segmentation_dir: Path, anatomy_paths: dict[
     if len(rules) > MAX_RULES:
         raise ValueError(f"refinement.apply if_improves scores every subset of rules: at most {MAX_RULES} rules, "
                          f"got {len(rules)}")
-    class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] == "drop_inside" for r in rules) else None
+    class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] in ANATOMY_KINDS for r in rules) else None
     subsets = rule_subsets(len(rules))
     rows = []
     for i, case in enumerate(cases, 1):
@@ -45,7 +45,8 @@ def score_subsets(cases: list[str], segmentation_dir: Path, anatomy_paths: dict[
         reference = image_array(read_image(Path(reference_dir) / f"{case}.nii.gz"))
         removed_by = []
         for rule in rules:
-            refined, _ = refine(segmentation, anatomy, image, seg_image.GetSpacing(), [rule], class_ids, case)
+            refined, _ = refine(segmentation, anatomy, image, seg_image.GetSpacing(), [rule], class_ids, case,
+                                seg_image.GetDirection())
             removed_by.append(refined != segmentation)
         del anatomy, image
         # Refinement only removes voxels: everything happens inside the box of reference and ensemble.
