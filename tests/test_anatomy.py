@@ -32,10 +32,13 @@ def segment(image, out, home, *extra):
                           timeout=600)
 
 
-def test_real_totalsegmentator_runs_offline_on_the_image_grid(totalseg_home, totalseg_example, tmp_path):
+@pytest.mark.parametrize("options", [["--fast"], ["--fast", "--roi-subset", '["liver"]']],
+                         ids=["fast", "fast-roi-subset"])
+def test_real_totalsegmentator_runs_offline_on_the_image_grid(totalseg_home, totalseg_example, tmp_path, options):
+    """With a roi_subset TotalSegmentator first crops with its 6 mm model (also built by the fixture)."""
     image = totalseg_example / "example_ct_sm.nii.gz"
     out = tmp_path / "anatomy.nii.gz"
-    result = segment(image, out, totalseg_home, "--fast")
+    result = segment(image, out, totalseg_home, *options)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ct, anatomy = sitk.ReadImage(str(image)), sitk.ReadImage(str(out))
     assert anatomy.GetSize() == ct.GetSize()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# task -> (fast-mode dataset folder, trainer), as TotalSegmentator's map_tasks_config names them.
+# (dataset folder, trainer) as TotalSegmentator's map_tasks_config names them: task total in fast mode, and the
+# 6 mm model it runs first to crop to a roi_subset.
 TOTAL_FAST = ("Dataset297_TotalSegmentator_total_3mm_1559subj", "nnUNetTrainer_4000epochs_NoMirroring")
+TOTAL_CROP = ("Dataset298_TotalSegmentator_total_6mm_1559subj", "nnUNetTrainer_4000epochs_NoMirroring")
 SPACING = [3.0, 3.0, 3.0]
 
 
@@ -62,15 +64,24 @@ def tiny_plans(dataset_name: str) -> dict:
 
 
 def build_tiny_totalseg_home(home: Path, predicted_class: str = "liver", task: str = "total") -> Path:
-    """Write ``home/nnunet/results/<Dataset297...>/<trainer>__nnUNetPlans__3d_fullres`` with fold 0's
-    ``checkpoint_final.pth``, and ``home/config.json`` with usage statistics off. Returns ``home``."""
+    """Write ``home/nnunet/results/<Dataset297...>/<trainer>__nnUNetPlans__3d_fullres`` (and the 6 mm cropping
+    model, Dataset298) with fold 0's ``checkpoint_final.pth``, and ``home/config.json`` with usage statistics
+    off. Returns ``home``."""
+    for model in (TOTAL_FAST, TOTAL_CROP):
+        _write_model(Path(home), model, predicted_class, task)
+    (Path(home) / "config.json").write_text(json.dumps({"totalseg_id": "tests", "send_usage_stats": False,
+                                                        "prediction_counter": 0}))
+    return Path(home)
+
+
+def _write_model(home: Path, model: tuple[str, str], predicted_class: str, task: str) -> None:
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from totalsegmentator.map_to_binary import class_map
 
     names = class_map[task]
     labels = {"background": 0, **{name: int(i) for i, name in sorted(names.items())}}
-    folder_name, trainer = TOTAL_FAST
+    folder_name, trainer = model
     model_dir = Path(home) / "nnunet" / "results" / folder_name / f"{trainer}__nnUNetPlans__3d_fullres"
     (model_dir / "fold_0").mkdir(parents=True, exist_ok=True)
     plans = tiny_plans(folder_name.split("_")[0] + "_" + folder_name.split("_", 1)[1])
@@ -90,6 +101,3 @@ def build_tiny_totalseg_home(home: Path, predicted_class: str = "liver", task: s
     torch.save({"network_weights": network.state_dict(), "trainer_name": trainer,
                 "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": None},
                model_dir / "fold_0" / "checkpoint_final.pth")
-    (Path(home) / "config.json").write_text(json.dumps({"totalseg_id": "tests", "send_usage_stats": False,
-                                                        "prediction_counter": 0}))
-    return Path(home)
