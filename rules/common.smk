@@ -126,6 +126,7 @@ def all_targets(runtime=True):
                "results/refinement/rule_subsets.tsv"]
     targets += expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES)
     targets += [prediction("test", "refined", case) for case in TEST_CASES]
+    targets += ["results/burden/test/burden.tsv"]
     if runtime:
         targets.append("results/runtime/runtime.tsv")
     return targets

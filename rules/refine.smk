@@ -1,4 +1,5 @@
-# Anatomy (TotalSegmentator, once per case, or precomputed maps) and rule-based removal of lesion components.
+# Anatomy (TotalSegmentator, once per case, or precomputed maps), rule-based removal of lesion components chosen
+# on the out-of-fold ensemble, and the tumour burden of the refined cases.
 
 
 rule segment_anatomy:
@@ -84,3 +85,33 @@ rule refine_case:
         "python -m workflow_scripts refine-case --case {wildcards.case} --segmentation {input.seg} --anatomy {input.anatomy} "
         "--image {input.image} --selection {input.selection} --task {params.task} --out {output.seg} "
         "--removed {output.removed} > {log} 2>&1"
+
+
+rule tumour_burden:
+    input:
+        segmentations=lambda w: [prediction(w.split, "refined", c) for c in cases(w.split)],
+        anatomy=lambda w: [anatomy_map(c) for c in cases(w.split)],
+    output:
+        lesions=report("results/burden/{split}/lesions.tsv", caption="report/burden_lesions.rst",
+                       category="Tumour burden", labels={"split": "{split}", "table": "lesions"}),
+        burden=report("results/burden/{split}/burden.tsv", caption="report/burden_cases.rst",
+                      category="Tumour burden", labels={"split": "{split}", "table": "cases"}),
+    params:
+        cases=lambda w: " ".join(cases(w.split)),
+        anatomy=lambda w, input: as_json(dict(zip(cases(w.split), input.anatomy))),
+        classes=as_json(stage_classes("refined")),
+        task=CONFIG["anatomy"]["task"],
+        segmentation_dir=lambda w, input: os.path.dirname(input.segmentations[0]),
+    threads: threads_of("tumour_burden")
+    resources:
+        **resources_of("tumour_burden"),
+    log:
+        "logs/tumour_burden/{split}.log",
+    benchmark:
+        "benchmarks/tumour_burden/{split}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts tumour-burden --cases {params.cases} --segmentation-dir {params.segmentation_dir} "
+        "--anatomy {params.anatomy:q} --classes {params.classes:q} --task {params.task} "
+        "--out-lesions {output.lesions} --out-burden {output.burden} > {log} 2>&1"

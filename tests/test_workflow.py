@@ -251,7 +251,7 @@ def test_report_pages_and_figures_load_in_headless_chromium(smoke_run):
                      "results/metrics/pinkcc.tsv", "results/metrics/worst_cases.tsv", "results/metrics/metrics.png",
                      "results/runtime/runtime.png", "results/training/resenc_multiclass/fold_0_progress.png",
                      "results/metrics/test/refined.tsv", "results/ensemble/candidates.tsv",
-                     "results/refinement/rule_subsets.tsv"):
+                     "results/refinement/rule_subsets.tsv", "results/burden/test/burden.tsv"):
         assert expected in results, expected
     figures = [path for path, mime in results.items() if mime == "image/png"]
     assert sorted(checked["figures"]) == sorted(figures) and len(figures) >= 17  # 15 folds, metrics, runtime
@@ -299,6 +299,20 @@ def test_ensemble_and_refinement_were_chosen_on_out_of_fold_predictions(smoke_ru
     assert f"rules {names or 'none'}" in log
     removed = pd.read_csv(smoke_run / f"results/refinement/test/{test_case}.tsv", sep="\t")
     assert set(removed["rule"]) <= set(names)
+
+
+def test_tumour_burden_of_the_new_cases(smoke_run):
+    burden = pd.read_csv(smoke_run / "results/burden/test/burden.tsv", sep="\t").set_index("case")
+    lesions = pd.read_csv(smoke_run / "results/burden/test/lesions.tsv", sep="\t")
+    metrics = pd.read_csv(smoke_run / "results/metrics/test/refined.tsv", sep="\t")
+    for name in ("primary", "metastasis"):  # the evaluation measured the same masks' volumes
+        predicted = metrics[metrics["class"] == name].set_index("case")["predicted_ml"]
+        np.testing.assert_allclose(burden.loc[predicted.index, f"{name}_ml"], predicted, rtol=1e-4, atol=1e-6)
+        counts = lesions[lesions["class"] == name].groupby("case").size()
+        assert (burden[f"{name}_lesions"] == counts.reindex(burden.index, fill_value=0)).all()
+    from workflow_scripts.toy_data import ANATOMY_IDS
+
+    assert set(lesions["structure"]) <= {"none", *ANATOMY_IDS}  # the toy anatomy's structures, by name
 
 
 def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):

@@ -143,6 +143,17 @@ def cmd_refine_case(args):
     print(f"{args.case}: removed {len(removed)} component(s)")
 
 
+def cmd_tumour_burden(args):
+    from workflow_scripts.burden import write_burden
+    from workflow_scripts.refinement import anatomy_class_ids
+
+    anatomy = {case: Path(p) if p else None for case, p in _json(args.anatomy).items()}
+    names = {i: name for name, i in anatomy_class_ids(args.task).items()}
+    burden = write_burden(args.cases, Path(args.segmentation_dir), anatomy, _json(args.classes), names,
+                          Path(args.out_lesions), Path(args.out_burden))
+    print(f"{len(burden)} case(s), {burden['total_ml'].sum():.1f} ml of lesions in all")
+
+
 def cmd_select_refinement(args):
     from workflow_scripts.refinement_selection import select_refinement
 
@@ -318,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--references-dir", required=True)
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-selection", required=True)
+
+    p = verb("tumour-burden", cmd_tumour_burden)
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--segmentation-dir", required=True)
+    p.add_argument("--anatomy", default="{}", help="JSON {case: anatomy map path or null}")
+    p.add_argument("--classes", required=True, help="JSON {class name: label value}")
+    p.add_argument("--task", default="total")
+    p.add_argument("--out-lesions", required=True)
+    p.add_argument("--out-burden", required=True)
 
     p = verb("evaluate-stage", cmd_evaluate_stage)
     p.add_argument("--split", required=True)
