@@ -102,15 +102,19 @@ def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_pat
     config["anatomy"] = {"source": "totalsegmentator", "totalseg_home": str(home), "task": "total", "fast": True}
     path = tmp_path / "totalseg.yaml"
     path.write_text(yaml.safe_dump(config))
+    # Its own workdir: the smoke run's results must hold only what the toy config makes (the SLURM test compares).
+    workdir = tmp_path / "workdir"
+    (workdir / "resources").mkdir(parents=True)
+    (workdir / "resources/toy").symlink_to(toy_workdir / "resources/toy")
     target = "results/anatomy/toy_001.nii.gz"
-    snakemake(toy_workdir, target, "--cores", "1", "--configfile", path)
-    anatomy = sitk.ReadImage(str(toy_workdir / target))
-    image = sitk.ReadImage(str(toy_workdir / "resources/toy/imagesTr/toy_001.nii.gz"))
+    snakemake(workdir, target, "--cores", "1", "--configfile", path)
+    anatomy = sitk.ReadImage(str(workdir / target))
+    image = sitk.ReadImage(str(workdir / "resources/toy/imagesTr/toy_001.nii.gz"))
     assert anatomy.GetSize() == image.GetSize()
     from workflow_scripts.refinement import anatomy_class_ids
 
     assert np.unique(sitk.GetArrayFromImage(anatomy)).tolist() == [anatomy_class_ids()["vertebrae_L3"]]
-    assert (toy_workdir / "benchmarks/segment_anatomy/toy_001.tsv").exists()
+    assert (workdir / "benchmarks/segment_anatomy/toy_001.tsv").exists()
 
 
 def test_config_error_stops_with_one_clear_message(toy_workdir, tmp_path):
@@ -464,7 +468,8 @@ def results_files(workdir):
 
 def test_slurm_results_match_the_local_run(slurm_run, smoke_run):
     slurm_workdir = slurm_run["workdir"]
-    assert results_files(slurm_workdir) == results_files(smoke_run)
+    local, cluster = results_files(smoke_run), results_files(slurm_workdir)
+    assert local == cluster, f"only local: {sorted(local - cluster)}; only SLURM: {sorted(cluster - local)}"
     preprocessed = sorted(p.relative_to(smoke_run / "results") for p in
                           (smoke_run / "results/nnunet/nnUNet_preprocessed").glob("*/*.json"))
     assert len(preprocessed) == 12  # dataset, fingerprint, plans and splits of 3 configurations
