@@ -121,3 +121,14 @@ def test_cranio_caudal_axis_follows_the_direction_matrix():
     assert cranio_caudal_axis((1, 0, 0, 0, 1, 0, 0, 0, 1)) == 0
     # A volume stored with the head-foot axis as its first index axis (x): numpy axis 2.
     assert cranio_caudal_axis((0, 0, 1, 0, 1, 0, 1, 0, 0)) == 2
+
+
+def test_anatomy_map_on_another_grid_stops_naming_the_case(painted_case, totalseg_example, tmp_path):
+    ct, _, _, label, _ = painted_case
+    seg = sitk.GetImageFromArray(label[:, :, :-1].copy())  # one column short of the anatomy map's grid
+    sitk.WriteImage(seg, str(tmp_path / "seg.nii.gz"))
+    with pytest.raises(ValueError, match=r"painted: anatomy map .*example_seg.nii.gz is not on the segmentation's grid"):
+        refine_case("painted", tmp_path / "seg.nii.gz", totalseg_example / "example_seg.nii.gz",
+                    totalseg_example / "example_ct_sm.nii.gz", RULES, "total", tmp_path / "out.nii.gz",
+                    tmp_path / "removed.tsv")
+    assert not (tmp_path / "out.nii.gz").exists()

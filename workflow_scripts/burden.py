@@ -13,7 +13,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
-from workflow_scripts.io import image_array, read_image, write_table
+from workflow_scripts.io import image_array, read_anatomy, read_image, write_table
 
 LESION_COLUMNS = ["case", "class", "lesion", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm",
                   "centroid_z_mm", "structure", "structure_fraction"]
@@ -80,14 +80,7 @@ def write_burden(cases: list[str], segmentation_dir: Path, anatomy_paths: dict[s
     rows = []
     for i, case in enumerate(cases, 1):
         segmentation = read_image(Path(segmentation_dir) / f"{case}.nii.gz")
-        anatomy_path = anatomy_paths.get(case)
-        anatomy = None
-        if anatomy_path is not None:
-            anatomy_image = read_image(anatomy_path)
-            if anatomy_image.GetSize() != segmentation.GetSize():
-                raise ValueError(f"{case}: anatomy map {anatomy_path} is not on the segmentation's grid "
-                                 f"({anatomy_image.GetSize()} vs {segmentation.GetSize()})")
-            anatomy = image_array(anatomy_image)
+        anatomy = read_anatomy(case, anatomy_paths.get(case), segmentation)
         case_rows = case_lesions(case, segmentation, anatomy, classes, structure_names)
         rows += case_rows
         print(f"[{i}/{len(cases)}] {case}: {len(case_rows)} lesion(s)", flush=True)

@@ -74,6 +74,17 @@ def image_array(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(image)
 
 
+def read_anatomy(case: str, path: str | os.PathLike | None, grid: sitk.Image) -> np.ndarray | None:
+    """A case's anatomy label map as an array, checked to lie on the grid of its segmentation (None: no map)."""
+    if path is None:
+        return None
+    anatomy = read_image(path)
+    if anatomy.GetSize() != grid.GetSize():
+        raise ValueError(f"{case}: anatomy map {path} is not on the segmentation's grid "
+                         f"({anatomy.GetSize()} vs {grid.GetSize()})")
+    return image_array(anatomy)
+
+
 def array_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """An image holding ``array`` (z, y, x) on the grid of ``reference``."""
     image = sitk.GetImageFromArray(array)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from workflow_scripts.io import array_like, image_array, read_image, write_image, write_table
+from workflow_scripts.io import array_like, image_array, read_anatomy, read_image, write_image, write_table
 
 RULE_KINDS = ("drop_inside", "drop_outside_body", "drop_smaller_than", "keep_within_span")
 ANATOMY_KINDS = ("drop_inside", "keep_within_span")
@@ -127,13 +127,7 @@ def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarr
 def refine_case(case: str, segmentation_path: Path, anatomy_path: Path | None, image_path: Path,
                 rules: list[dict], anatomy_task: str, out_segmentation: Path, out_removed: Path) -> pd.DataFrame:
     seg_image = read_image(segmentation_path)
-    anatomy = None
-    if anatomy_path is not None:
-        anatomy_image = read_image(anatomy_path)
-        if anatomy_image.GetSize() != seg_image.GetSize():
-            raise ValueError(f"{case}: anatomy map {anatomy_path} is not on the image grid "
-                             f"({anatomy_image.GetSize()} vs {seg_image.GetSize()})")
-        anatomy = image_array(anatomy_image)
+    anatomy = read_anatomy(case, anatomy_path, seg_image)
     image = image_array(read_image(image_path))
     class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] in ANATOMY_KINDS for r in rules) else None
     refined, removed = refine(image_array(seg_image), anatomy, image, seg_image.GetSpacing(), rules,

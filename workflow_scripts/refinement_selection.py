@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.ensemble_selection import candidate_score, case_rows
-from workflow_scripts.io import image_array, read_image, write_json, write_table
+from workflow_scripts.io import image_array, read_anatomy, read_image, write_json, write_table
 from workflow_scripts.metrics import Conventions, union_crop
 from workflow_scripts.refinement import ANATOMY_KINDS, anatomy_class_ids, refine
 
@@ -39,8 +39,7 @@ def score_subsets(cases: list[str], segmentation_dir: Path, anatomy_paths: dict[
     for i, case in enumerate(cases, 1):
         seg_image = read_image(Path(segmentation_dir) / f"{case}.nii.gz")
         segmentation = image_array(seg_image)
-        anatomy_path = anatomy_paths.get(case)
-        anatomy = image_array(read_image(anatomy_path)) if anatomy_path else None
+        anatomy = read_anatomy(case, anatomy_paths.get(case), seg_image)
         image = image_array(read_image(Path(image_dir) / f"{case}.nii.gz"))
         reference = image_array(read_image(Path(reference_dir) / f"{case}.nii.gz"))
         removed_by = []
