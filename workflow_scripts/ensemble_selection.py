@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from workflow_scripts.ensemble import fuse_class
-from workflow_scripts.io import read_probabilities, write_json, write_table
+from workflow_scripts.io import image_array, read_image, read_probabilities, write_json, write_table
 from workflow_scripts.metrics import Conventions, dilated_dice, overlap_metrics, pinkcc_score, union_crop
 from workflow_scripts.prediction import labels_from_probabilities
 
@@ -98,7 +97,7 @@ def score_candidates(candidates: list[Candidate], cases: list[str], oof_dir: Pat
     rows = []
     for i, case in enumerate(cases, 1):
         maps = {name: read_probabilities(Path(oof_dir) / name / f"{case}.npz") for name in needed}
-        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(references_dir) / f"{case}.nii.gz")))
+        reference = image_array(read_image(Path(references_dir) / f"{case}.nii.gz"))
         for candidate in candidates:
             probabilities, labels = combine(candidate, maps)
             if probabilities.shape[1:] != reference.shape:
