@@ -1,4 +1,5 @@
-# Quality control of every input case, then one table; the run stops naming each case with an error.
+# Quality control of every input case, then one table; the run stops naming each case with an error,
+# warnings are listed and never block.
 
 
 rule qc_case:
@@ -13,6 +14,7 @@ rule qc_case:
             else (f"--label {CONFIG['data']['labels_ts']}/{w.case}.nii.gz" if CONFIG["data"].get("labels_ts") else "")
         ),
         label_values=" ".join(str(v) for v in CONFIG["labels"].values()),
+        settings=as_json(CONFIG["qc"]),
     threads: threads_of("qc_case")
     resources:
         **resources_of("qc_case"),
@@ -24,7 +26,7 @@ rule qc_case:
         "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts qc-case --case {wildcards.case} --image {input.image} {params.label} "
-        "--label-values {params.label_values} --out {output} > {log} 2>&1"
+        "--label-values {params.label_values} --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
 rule qc_report:

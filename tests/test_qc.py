@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from workflow_scripts.config import section_defaults
 from workflow_scripts.qc import QCError, aggregate_qc, check_case, write_case_qc
 from tests.conftest import copy_case
 
@@ -12,10 +13,126 @@ def errors(table):
     return table[table["severity"] == "error"]
 
 
+TOY_QC = {**section_defaults("qc"), "min_field_of_view_mm": 60}  # as config/toy.yaml
+
+
 def test_good_case_passes(toy_dir):
+    table = check_case("toy_001", toy_dir / "imagesTr/toy_001.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz", VALUES,
+                       TOY_QC)
+    assert set(table["severity"]) == {"info"}, table.to_string()
+    assert set(table["check"]) == {"image_geometry", "image_intensity", "label_voxels", "label_volume"}
+    messages = dict(zip(table["check"], table["message"]))
+    assert "orientation LPS" in messages["image_geometry"] and messages["image_intensity"].startswith("range [-1000,")
+    volumes = table[table["check"] == "label_volume"]["message"].tolist()
+    assert volumes[0].startswith("label 1: ") and volumes[1].startswith("label 2: ") and "mean 1" in volumes[0]
+
+
+def write_case(toy_dir, tmp_path, name, image_array=None, label_array=None, spacing=None, image_type=None):
+    """toy_001 with its image and/or label voxels replaced (and optionally both re-spaced): a broken case."""
+    image = sitk.ReadImage(str(toy_dir / "imagesTr/toy_001.nii.gz"))
+    label = sitk.ReadImage(str(toy_dir / "labelsTr/toy_001.nii.gz"))
+    out = []
+    for original, array, kind in ((image, image_array, "image"), (label, label_array, "label")):
+        new = sitk.GetImageFromArray(array) if array is not None else sitk.Image(original)
+        new.CopyInformation(original)
+        if spacing is not None:
+            new.SetSpacing(spacing)
+        path = tmp_path / f"{name}_{kind}.nii.gz"
+        sitk.WriteImage(new, str(path))
+        out.append(path)
+    return out
+
+
+def toy_arrays(toy_dir):
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(toy_dir / "imagesTr/toy_001.nii.gz")))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(toy_dir / "labelsTr/toy_001.nii.gz")))
+    return image, label
+
+
+def flagged(table):
+    """{check: severity} of every row that is not information."""
+    rows = table[table["severity"] != "info"]
+    return dict(zip(rows["check"], rows["severity"]))
+
+
+def test_geometry_outside_the_configured_ranges_is_a_warning(toy_dir, tmp_path):
+    image, label = write_case(toy_dir, tmp_path, "thick", spacing=(2.0, 2.0, 7.5))
+    table = check_case("thick", image, label, VALUES, TOY_QC)
+    assert flagged(table) == {"slice_thickness": "warning", "in_plane_spacing": "warning"}
+    message = dict(zip(table["check"], table["message"]))
+    assert "7.5 mm is outside [0.5, 5.0]" in message["slice_thickness"] and "qc.slice_thickness_mm" in \
+        message["slice_thickness"]
+    # The toy phantoms are 96 voxels of <1 mm: a cropped field of view under the real template's threshold.
     table = check_case("toy_001", toy_dir / "imagesTr/toy_001.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz", VALUES)
-    assert errors(table).empty
-    assert set(table["check"]) == {"image_geometry", "label_voxels"}
+    assert flagged(table) == {"field_of_view": "warning"}
+
+
+def test_image_not_in_hounsfield_units_or_with_raw_values_is_a_warning(toy_dir, tmp_path):
+    image, label = toy_arrays(toy_dir)
+    unscaled, _ = write_case(toy_dir, tmp_path, "unscaled", image_array=(image.astype(np.int32) + 1024).astype(np.uint16))
+    _, good_label = write_case(toy_dir, tmp_path, "ok")
+    table = check_case("unscaled", unscaled, good_label, VALUES, TOY_QC)
+    assert flagged(table) == {"hounsfield_units": "warning"}
+    assert "lowest value 24 is above -500" in table[table["check"] == "hounsfield_units"]["message"].item()
+    raw = image.astype(np.int32) * 20
+    raw_path, _ = write_case(toy_dir, tmp_path, "raw", image_array=raw)
+    assert flagged(check_case("raw", raw_path, good_label, VALUES, TOY_QC)) == {"intensity_range": "warning"}
+
+
+def test_nan_in_a_float_image_is_an_error(toy_dir, tmp_path):
+    image, _ = toy_arrays(toy_dir)
+    image = image.astype(np.float32)
+    image[3, 10, 10] = np.nan
+    image[4, 10, 10] = np.inf
+    path, label = write_case(toy_dir, tmp_path, "nan", image_array=image)
+    table = check_case("nan", path, label, VALUES, TOY_QC)
+    assert flagged(table) == {"image_finite": "error"}
+    assert "2 voxels are NaN or infinite" in table[table["check"] == "image_finite"]["message"].item()
+
+
+def test_empty_annotation_and_stray_voxels_are_warnings(toy_dir, tmp_path):
+    _, label = toy_arrays(toy_dir)
+    _, empty = write_case(toy_dir, tmp_path, "empty", label_array=np.zeros_like(label))
+    table = check_case("empty", toy_dir / "imagesTr/toy_001.nii.gz", empty, VALUES, TOY_QC)
+    assert flagged(table) == {"label_empty": "warning"}
+    stray = label.copy()
+    stray[1, 5, 5] = 2  # one voxel (~2 mm3) in air, far from every lesion
+    _, stray_path = write_case(toy_dir, tmp_path, "stray", label_array=stray)
+    table = check_case("stray", toy_dir / "imagesTr/toy_001.nii.gz", stray_path, VALUES, TOY_QC)
+    assert flagged(table) == {"label_tiny_components": "warning"}
+    message = table[table["check"] == "label_tiny_components"]["message"].item()
+    assert message.startswith("label 2: 1 of 3 component(s) below 10 mm3")
+
+
+def test_label_shifted_off_the_tissue_is_a_warning(toy_dir, tmp_path):
+    image, label = toy_arrays(toy_dir)
+    # The lesions moved into the air in front of the body (a label written for another scan or flipped).
+    shifted = np.zeros_like(label)
+    z, y, x = np.nonzero(label)
+    shifted[z, y - y.min(), x] = label[z, y, x]
+    assert image[shifted > 0].mean() < -500
+    _, path = write_case(toy_dir, tmp_path, "shifted", label_array=shifted)
+    table = check_case("shifted", toy_dir / "imagesTr/toy_001.nii.gz", path, VALUES, TOY_QC)
+    checks = table[table["severity"] != "info"]
+    in_air = checks[checks["check"] == "label_in_air"]["message"].tolist()
+    assert in_air and in_air[0].startswith("label 1: ") and "(qc.lesion_max_air_fraction)" in in_air[0]
+    assert set(checks["check"]) <= {"label_in_air", "label_mean_hu"} and set(checks["severity"]) == {"warning"}
+    # On fat rather than air: the mean HU of the lesion gives it away.
+    fatty = image.copy()
+    fatty[label == 1] = -100
+    path, label_path = write_case(toy_dir, tmp_path, "fatty", image_array=fatty)
+    table = check_case("fatty", path, label_path, VALUES, TOY_QC)
+    assert flagged(table) == {"label_mean_hu": "warning"}
+    assert table[table["check"] == "label_mean_hu"]["message"].item().startswith("label 1: mean -100 HU")
+
+
+def test_label_with_another_orientation_is_an_error_naming_both(toy_dir, tmp_path):
+    label = sitk.ReadImage(str(toy_dir / "labelsTr/toy_001.nii.gz"))
+    label.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    sitk.WriteImage(label, str(tmp_path / "flipped.nii.gz"))
+    table = check_case("flipped", toy_dir / "imagesTr/toy_001.nii.gz", tmp_path / "flipped.nii.gz", VALUES, TOY_QC)
+    assert flagged(table) == {"label_grid": "error"}
+    assert "direction RAS vs image LPS" in table[table["check"] == "label_grid"]["message"].item()
 
 
 def test_label_on_another_grid_is_an_error(toy_dir, tmp_path):

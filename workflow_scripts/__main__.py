@@ -32,8 +32,10 @@ def cmd_make_toy_data(args):
 def cmd_qc_case(args):
     from workflow_scripts.qc import write_case_qc
 
-    write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None, args.label_values,
-                  Path(args.out))
+    table = write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None, args.label_values,
+                          Path(args.out), _json(args.settings) if args.settings else None)
+    for row in table[table["severity"] != "info"].itertuples():
+        print(f"{row.severity}: [{row.check}] {row.message}")
 
 
 def cmd_qc_aggregate(args):
@@ -43,7 +45,11 @@ def cmd_qc_aggregate(args):
         table = aggregate_qc([Path(p) for p in args.tables], Path(args.out))
     except QCError as err:
         sys.exit(str(err))
-    print(f"QC passed: {table['case'].nunique()} cases, {len(table)} checks")
+    warnings = table[table["severity"] == "warning"]
+    print(f"QC passed: {table['case'].nunique()} cases, {len(table)} checks, {len(warnings)} warning(s) in "
+          f"{warnings['case'].nunique()} case(s)")
+    for check, count in warnings["check"].value_counts().items():
+        print(f"  warning {check}: {count} case(s)")
 
 
 def cmd_make_splits(args):
@@ -221,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--label")
     p.add_argument("--label-values", type=int, nargs="+", required=True)
+    p.add_argument("--settings", help="the config's qc section as JSON (default: the schema's defaults)")
     p.add_argument("--out", required=True)
 
     p = verb("qc-aggregate", cmd_qc_aggregate)

@@ -56,6 +56,17 @@ def validate_config(config: dict, base: str | Path = ".") -> dict:
     return config
 
 
+def section_defaults(section: str) -> dict:
+    """The schema's defaults of one optional config section (for callers outside a workflow run)."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    instance = {}
+    validator = _fill_defaults(jsonschema.Draft202012Validator)({"$defs": schema["$defs"],
+                                                                 **schema["properties"][section]})
+    for error in validator.iter_errors(instance):
+        raise ConfigError(f"{section}: {error.message}")
+    return instance
+
+
 def _cross_check(config: dict, base: Path) -> None:
     problems = []
     data = config["data"]
