@@ -8,7 +8,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)  # this checkout's package; jobs import the installed one (pip install -e .)
-from workflow_scripts.config import RESERVED_STAGES, ConfigError, discover_cases, rule_resources, validate_config
+from workflow_scripts.config import RESERVED_STAGES, ConfigError, input_cases, rule_resources, validate_config
 from workflow_scripts.nnunet_dataset import class_label_values
 
 
@@ -16,14 +16,14 @@ def _load_config():
     raw = config or yaml.safe_load(open(os.path.join(workflow.basedir, "config", "config.yaml")))
     try:
         validated = validate_config(raw, base=os.getcwd())
-        train = discover_cases(validated["data"]["images_tr"], validated["data"]["case_pattern"])
-        test = discover_cases(validated["data"]["images_ts"], validated["data"]["case_pattern"])
+        train, test, orphan_labels = input_cases(validated)
     except ConfigError as err:
         raise WorkflowError(str(err))
-    return validated, train, test
+    return validated, train, test, orphan_labels
 
 
-CONFIG, TRAIN_CASES, TEST_CASES = _load_config()
+# Cases in qc.exclude are left out here, so they never reach any rule; QC reports them and the orphan labels.
+CONFIG, TRAIN_CASES, TEST_CASES, ORPHAN_LABELS = _load_config()
 CONFIGURATIONS = list(CONFIG["configurations"])
 # New cases are always segmented; they are evaluated only when reference labels are given.
 EVALUATED_SPLITS = ["oof", "test"] if CONFIG["data"].get("labels_ts") else ["oof"]

@@ -34,9 +34,14 @@ rule qc_report:
         expand("results/qc/cases/{case}.tsv", case=TRAIN_CASES + TEST_CASES),
     output:
         report("results/qc/qc_table.tsv", caption="report/qc.rst", category="Quality control"),
+    params:
+        exclude=as_json(CONFIG["qc"]["exclude"]),
+        allow=as_json(CONFIG["qc"]["allow"]),
+        orphan_labels=as_json(ORPHAN_LABELS),
     log:
         "logs/qc_report.log",
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts qc-aggregate --out {output} {input} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m workflow_scripts qc-aggregate --out {output} --exclude {params.exclude:q} --allow {params.allow:q} "
+        "--orphan-labels {params.orphan_labels:q} {input} > {log} 2>&1 || (cat {log} >&2; exit 1)"

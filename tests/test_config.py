@@ -57,3 +57,27 @@ def test_discover_cases_rejects_bad_names(tmp_path):
         discover_cases(tmp_path, r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     (tmp_path / "case 2.nii.gz").unlink()
     assert discover_cases(tmp_path, r"^[A-Za-z0-9][A-Za-z0-9_-]*$") == ["case_1"]
+
+
+def test_excluded_cases_leave_every_list_and_orphan_labels_are_found(toy_config, tmp_path):
+    import shutil
+
+    from workflow_scripts.config import input_cases
+
+    config = copy.deepcopy(toy_config)
+    images = tmp_path / "imagesTr"
+    shutil.copytree(config["data"]["images_tr"], images)
+    (images / "toy_003.nii.gz").unlink()  # its label stays: a label without an image
+    config["data"]["images_tr"] = str(images)
+    config["qc"] = {"exclude": {"toy_001": "motion artefacts", "toy_101": "no contrast"},
+                    "allow": {"toy_002": ["label_values"]}}
+    train, test, orphans = input_cases(validate_config(config))
+    assert train == ["toy_000", "toy_002", "toy_004", "toy_005"]
+    assert test == ["toy_100"]
+    assert orphans == {"toy_003": str(Path(config["data"]["labels_tr"]) / "toy_003.nii.gz")}
+    config["qc"]["exclude"]["toy_999"] = "typo"
+    with pytest.raises(ConfigError, match=r"qc.exclude / qc.allow name cases \['toy_999'\]"):
+        input_cases(validate_config(config))
+    config["qc"] = {"exclude": {"toy_100": "a", "toy_101": "b"}}
+    with pytest.raises(ConfigError, match="qc.exclude leaves no case in"):
+        input_cases(validate_config(config))

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
@@ -20,7 +21,7 @@ def test_good_case_passes(toy_dir):
     table = check_case("toy_001", toy_dir / "imagesTr/toy_001.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz", VALUES,
                        TOY_QC)
     assert set(table["severity"]) == {"info"}, table.to_string()
-    assert set(table["check"]) == {"image_geometry", "image_intensity", "label_voxels", "label_volume"}
+    assert set(table["check"]) == {"image_geometry", "image_intensity", "image_content", "label_voxels", "label_volume"}
     messages = dict(zip(table["check"], table["message"]))
     assert "orientation LPS" in messages["image_geometry"] and messages["image_intensity"].startswith("range [-1000,")
     volumes = table[table["check"] == "label_volume"]["message"].tolist()
@@ -171,7 +172,7 @@ def test_aggregate_names_every_failing_case(toy_dir, tmp_path):
     good = write_case_qc("toy_001", toy_dir / "imagesTr/toy_001.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz",
                          VALUES, tmp_path / "good.tsv")
     assert errors(good).empty
-    write_case_qc("lost_a", toy_dir / "imagesTr/toy_001.nii.gz", tmp_path / "missing_a.nii.gz", VALUES,
+    write_case_qc("lost_a", toy_dir / "imagesTr/toy_003.nii.gz", tmp_path / "missing_a.nii.gz", VALUES,
                   tmp_path / "a.tsv")
     write_case_qc("lost_b", toy_dir / "imagesTr/toy_002.nii.gz", tmp_path / "missing_b.nii.gz", VALUES,
                   tmp_path / "b.tsv")
@@ -182,3 +183,50 @@ def test_aggregate_names_every_failing_case(toy_dir, tmp_path):
     assert "  toy_001:" not in message
     table = aggregate_qc([tmp_path / "good.tsv"], tmp_path / "table.tsv")
     assert (tmp_path / "table.tsv").exists() and set(table["case"]) == {"toy_001"}
+
+
+def test_truncated_gzip_and_4d_volumes_are_errors(toy_dir, tmp_path):
+    data = (toy_dir / "imagesTr/toy_001.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    assert sitk.ReadImage(str(tmp_path / "cut.nii.gz")).GetSize() == (96, 96, 32)  # ITK alone would not notice
+    table = check_case("cut", tmp_path / "cut.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz", VALUES, TOY_QC)
+    assert flagged(table) == {"image_readable": "error"}
+    assert "cut.nii.gz" in table["message"].item() and "re-export" in table["message"].item()
+    label = (toy_dir / "labelsTr/toy_001.nii.gz").read_bytes()
+    (tmp_path / "cut_label.nii.gz").write_bytes(label[:-20])  # the gzip trailer (CRC, length) is gone
+    table = check_case("cut_label", toy_dir / "imagesTr/toy_001.nii.gz", tmp_path / "cut_label.nii.gz", VALUES, TOY_QC)
+    assert flagged(table) == {"label_readable": "error"}
+    series = sitk.JoinSeries([sitk.ReadImage(str(toy_dir / "imagesTr/toy_001.nii.gz"))] * 2)
+    sitk.WriteImage(series, str(tmp_path / "4d.nii.gz"))
+    table = check_case("4d", tmp_path / "4d.nii.gz", None, VALUES, TOY_QC)
+    assert flagged(table) == {"image_3d": "error"} and "is 4D with 1 components" in table["message"].item()
+    rgb = sitk.Compose([sitk.ReadImage(str(toy_dir / "labelsTr/toy_001.nii.gz"))] * 3)
+    sitk.WriteImage(rgb, str(tmp_path / "rgb.nii.gz"))
+    table = check_case("rgb", tmp_path / "rgb.nii.gz", None, VALUES, TOY_QC)
+    assert flagged(table) == {"image_3d": "error"} and "with 3 components" in table["message"].item()
+
+
+def test_dataset_level_duplicates_orphans_exclusions_and_allowances(toy_dir, tmp_path):
+    image, label = toy_dir / "imagesTr/toy_001.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz"
+    write_case_qc("toy_001", image, label, VALUES, tmp_path / "a.tsv", TOY_QC)
+    write_case_qc("copy_of_1", image, label, VALUES, tmp_path / "b.tsv", TOY_QC)  # the same scan under a new id
+    write_case_qc("toy_002", toy_dir / "imagesTr/toy_002.nii.gz", toy_dir / "labelsTr/toy_002.nii.gz", VALUES,
+                  tmp_path / "c.tsv", TOY_QC)
+    tables = [tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "c.tsv"]
+    with pytest.raises(QCError) as err:
+        aggregate_qc(tables, tmp_path / "table.tsv", exclude={"toy_009": "scanner test"},
+                     orphan_labels={"toy_007": "labelsTr/toy_007.nii.gz"})
+    message = str(err.value)
+    assert "errors in 2 case(s)" in message
+    assert "toy_001: [duplicate_image] same voxels and geometry as copy_of_1" in message
+    assert "copy_of_1: [duplicate_image] same voxels and geometry as toy_001" in message
+    assert "qc.exclude: {toy_001: <reason>}" in message and "qc.allow: {toy_001: [duplicate_image]}" in message
+    table = pd.read_csv(tmp_path / "table.tsv", sep="\t")  # written before stopping: the whole picture
+    assert flagged(table[table["case"] == "toy_002"]) == {}
+    assert flagged(table[table["case"] == "toy_007"]) == {"label_without_image": "warning"}
+    excluded = table[table["check"] == "excluded"]
+    assert excluded["case"].tolist() == ["toy_009"] and "scanner test" in excluded["message"].item()
+    table = aggregate_qc(tables, tmp_path / "table.tsv", allow={"toy_001": ["duplicate_image"],
+                                                                 "copy_of_1": ["duplicate_image"]})
+    allowed = table[table["check"] == "duplicate_image"]
+    assert set(allowed["severity"]) == {"warning"} and allowed["message"].str.startswith("allowed by qc.allow").all()

@@ -42,11 +42,12 @@ def cmd_qc_aggregate(args):
     from workflow_scripts.qc import QCError, aggregate_qc
 
     try:
-        table = aggregate_qc([Path(p) for p in args.tables], Path(args.out))
+        table = aggregate_qc([Path(p) for p in args.tables], Path(args.out), _json(args.exclude), _json(args.allow),
+                             _json(args.orphan_labels))
     except QCError as err:
         sys.exit(str(err))
     warnings = table[table["severity"] == "warning"]
-    print(f"QC passed: {table['case'].nunique()} cases, {len(table)} checks, {len(warnings)} warning(s) in "
+    print(f"QC passed: {len(args.tables)} cases checked, {len(table)} rows, {len(warnings)} warning(s) in "
           f"{warnings['case'].nunique()} case(s)")
     for check, count in warnings["check"].value_counts().items():
         print(f"  warning {check}: {count} case(s)")
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("qc-aggregate", cmd_qc_aggregate)
     p.add_argument("--out", required=True)
+    p.add_argument("--exclude", default="{}", help="JSON {case: reason} (config qc.exclude)")
+    p.add_argument("--allow", default="{}", help="JSON {case: [check]} (config qc.allow)")
+    p.add_argument("--orphan-labels", default="{}", help="JSON {case: label path} of labels without an image")
     p.add_argument("tables", nargs="+")
 
     p = verb("make-splits", cmd_make_splits)

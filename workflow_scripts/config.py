@@ -150,6 +150,30 @@ def discover_cases(folder: str | Path, pattern: str) -> list[str]:
     return names
 
 
+def input_cases(config: dict) -> tuple[list[str], list[str], dict[str, str]]:
+    """Training and new case ids from the image folders, without the ones in ``qc.exclude``; and the labels
+    that have no image ({case: path}), which QC reports."""
+    data, qc = config["data"], config["qc"]
+    found = {split: discover_cases(data[key], data["case_pattern"])
+             for split, key in (("train", "images_tr"), ("test", "images_ts"))}
+    unknown = sorted((set(qc["exclude"]) | set(qc["allow"])) - set(found["train"]) - set(found["test"]))
+    if unknown:
+        raise ConfigError(f"qc.exclude / qc.allow name cases {unknown} that are in neither {data['images_tr']} nor "
+                          f"{data['images_ts']}; fix the ids")
+    kept = {split: [c for c in cases if c not in qc["exclude"]] for split, cases in found.items()}
+    for split, key in (("train", "images_tr"), ("test", "images_ts")):
+        if not kept[split]:
+            raise ConfigError(f"qc.exclude leaves no case in {data[key]}")
+    orphans = {}
+    for split, key in (("train", "labels_tr"), ("test", "labels_ts")):
+        if data.get(key):
+            for path in sorted(Path(data[key]).glob(f"*{IMAGE_SUFFIX}")):
+                case = path.name[: -len(IMAGE_SUFFIX)]
+                if case not in found[split]:
+                    orphans[case] = str(path)
+    return kept["train"], kept["test"], orphans
+
+
 def rule_resources(config: dict, rule: str) -> dict:
     """Threads, memory, runtime and GPU of a rule: its own entry over 'default' over built-in defaults."""
     resources = dict(DEFAULT_RESOURCES["default"])

@@ -2,6 +2,8 @@
 known label values, and lesions that look like annotation errors (empty, tiny, in air or off the tissue)."""
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -24,6 +26,43 @@ def _row(case, check, severity, message):
     return {"case": case, "check": check, "severity": severity, "message": message}
 
 
+@dataclass(frozen=True)
+class Volume:
+    """A NIfTI file's geometry as ITK (and nnU-Net) reads it, and its voxels in file order (x, y, z)."""
+    dimension: int
+    components: int
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    voxels: np.ndarray | None  # None unless a single-channel 3D volume
+
+
+def read_volume(path: Path) -> Volume:
+    """Header through ITK; voxels through nibabel, which decompresses the whole gzip stream and checks its CRC:
+    ITK reads a truncated .nii.gz without an error and fills the missing part."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    volume = Volume(reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(), reader.GetSpacing(),
+                    reader.GetOrigin(), reader.GetDirection(), None)
+    if volume.dimension != 3 or volume.components != 1:
+        return volume
+    voxels = np.asanyarray(nib.load(str(path)).dataobj)
+    if voxels.shape[:3] != volume.size or voxels.size != np.prod(volume.size):
+        raise ValueError(f"voxel array {voxels.shape} does not match the header size {volume.size}")
+    return replace(volume, voxels=voxels.reshape(volume.size))
+
+
+def _read(case: str, check: str, path: Path) -> tuple[Volume | None, dict | None]:
+    try:
+        return read_volume(path), None
+    except Exception as err:  # any reader failure is a QC finding, never a traceback
+        reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        return None, _row(case, check, "error", f"cannot read {path}: {reason} ({type(err).__name__}); "
+                          "re-export or re-download the file")
+
+
 def check_case(case: str, image_path: Path, label_path: Path | None, label_values: list[int],
                settings: dict | None = None) -> pd.DataFrame:
     """One row per check; 'error' blocks the run, 'warning' is reported, 'info' records a measurement.
@@ -31,53 +70,57 @@ def check_case(case: str, image_path: Path, label_path: Path | None, label_value
     ``settings``: the config's ``qc`` section (its schema defaults when None).
     """
     settings = settings if settings is not None else section_defaults("qc")
-    rows = []
-    try:
-        image = sitk.ReadImage(str(image_path))
-    except RuntimeError as err:
-        rows.append(_row(case, "image_readable", "error", f"cannot read {image_path}: {str(err).strip()[:200]}"))
-        return pd.DataFrame(rows, columns=COLUMNS)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        rows.append(_row(case, "image_3d", "error", f"{image_path} is {image.GetDimension()}D with "
-                         f"{image.GetNumberOfComponentsPerPixel()} components; a single-channel 3D CT is needed"))
-        return pd.DataFrame(rows, columns=COLUMNS)
-    array = sitk.GetArrayViewFromImage(image)
-    rows += _geometry_rows(case, image, settings)
-    rows += _intensity_rows(case, image_path, array, settings)
+    image, error = _read(case, "image_readable", image_path)
+    if error:
+        return pd.DataFrame([error], columns=COLUMNS)
+    if image.dimension != 3 or image.components != 1:
+        return pd.DataFrame([_row(case, "image_3d", "error", f"{image_path} is {image.dimension}D with "
+                                  f"{image.components} components; a single-channel 3D CT is needed")], columns=COLUMNS)
+    rows = _geometry_rows(case, image, settings) + _intensity_rows(case, image.voxels, settings)
+    rows.append(_row(case, "image_content", "info", f"blake2b {content_hash(image)}"))
     if label_path is None:
         return pd.DataFrame(rows, columns=COLUMNS)
     if not Path(label_path).exists():
         rows.append(_row(case, "label_exists", "error", f"no label {label_path} for image {image_path}"))
         return pd.DataFrame(rows, columns=COLUMNS)
-    try:
-        label = sitk.ReadImage(str(label_path))
-    except RuntimeError as err:
-        rows.append(_row(case, "label_readable", "error", f"cannot read {label_path}: {str(err).strip()[:200]}"))
-        return pd.DataFrame(rows, columns=COLUMNS)
+    label, error = _read(case, "label_readable", label_path)
+    if error:
+        return pd.DataFrame(rows + [error], columns=COLUMNS)
     problems = []
-    spacing = image.GetSpacing()
-    if label.GetDimension() != 3 or label.GetSize() != image.GetSize():
-        problems.append(f"size {label.GetSize()} vs image {image.GetSize()}")
-    elif not np.allclose(label.GetSpacing(), spacing, rtol=settings["spacing_tolerance"]):
-        problems.append(f"spacing {label.GetSpacing()} vs image {spacing}")
-    if label.GetDimension() == 3:
-        if not np.allclose(label.GetOrigin(), image.GetOrigin(), atol=settings["origin_tolerance_mm"]):
-            problems.append(f"origin {label.GetOrigin()} vs image {image.GetOrigin()}")
-        if not np.allclose(label.GetDirection(), image.GetDirection(), atol=settings["direction_tolerance"]):
-            problems.append(f"direction {_orientation(label)} vs image {_orientation(image)}")
+    if label.dimension != 3 or label.components != 1 or label.size != image.size:
+        problems.append(f"size {label.size} with {label.components} component(s) vs image {image.size}")
+    elif not np.allclose(label.spacing, image.spacing, rtol=settings["spacing_tolerance"]):
+        problems.append(f"spacing {label.spacing} vs image {image.spacing}")
+    if label.dimension == 3:
+        if not np.allclose(label.origin, image.origin, atol=settings["origin_tolerance_mm"]):
+            problems.append(f"origin {label.origin} vs image {image.origin}")
+        if not np.allclose(label.direction, image.direction, atol=settings["direction_tolerance"]):
+            problems.append(f"direction {_orientation(label.direction)} vs image {_orientation(image.direction)}")
     if problems:
         rows.append(_row(case, "label_grid", "error", "label is not on the image grid: " + "; ".join(problems)
                          + ". Resample the label onto its image (nearest neighbour) or fix the pairing"))
-    labels = sitk.GetArrayViewFromImage(label)
-    values, voxels = _value_counts(labels)
-    unknown = sorted(int(v) for v in values if int(v) not in label_values)
+    if label.voxels is None:
+        return pd.DataFrame(rows, columns=COLUMNS)
+    values, voxels = _value_counts(label.voxels)
+    unknown = sorted(v for v in values.tolist() if v not in label_values)
     if unknown:
         rows.append(_row(case, "label_values", "error", f"label values {unknown} are not in the configured "
                          f"labels {label_values}; fix the label or add them to config 'labels'"))
-    rows.append(_row(case, "label_voxels", "info", ", ".join(f"label {v}: {c}" for v, c in zip(values, voxels))))
+    rows.append(_row(case, "label_voxels", "info", ", ".join(f"label {v:g}: {c}" for v, c in zip(values, voxels))))
     if not problems:
-        rows += _lesion_rows(case, array, labels, spacing, [v for v in label_values if v != 0], settings)
+        rows += _lesion_rows(case, image.voxels, label.voxels, image.spacing,
+                             [v for v in label_values if v != 0], settings)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def content_hash(volume: Volume) -> str:
+    """Hash of the voxels, their type and the geometry: equal for the same image stored under two ids."""
+    voxels = volume.voxels
+    buffer = voxels.T if voxels.flags.f_contiguous and not voxels.flags.c_contiguous else np.ascontiguousarray(voxels)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((str(voxels.dtype), volume.size, np.round(volume.spacing, 4).tolist())).encode())
+    digest.update(memoryview(buffer).cast("B"))
+    return digest.hexdigest()
 
 
 def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,15 +134,15 @@ def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(array, return_counts=True)
 
 
-def _orientation(image: sitk.Image) -> str:
-    """Three-letter DICOM orientation code (LPS: x to the left, y to the back, z up)."""
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+def _orientation(direction) -> str:
+    """Three-letter DICOM orientation code of direction cosines (LPS: x to the left, y to the back, z up)."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction)
 
 
-def _geometry_rows(case: str, image: sitk.Image, settings: dict) -> list[dict]:
-    spacing, size = image.GetSpacing(), image.GetSize()
+def _geometry_rows(case: str, image: Volume, settings: dict) -> list[dict]:
+    spacing, size = image.spacing, image.size
     rows = [_row(case, "image_geometry", "info", f"size {size}, spacing {tuple(round(s, 3) for s in spacing)} mm, "
-                 f"orientation {_orientation(image)}")]
+                 f"orientation {_orientation(image.direction)}")]
     low, high = settings["slice_thickness_mm"]
     if not low <= spacing[2] <= high:
         rows.append(_row(case, "slice_thickness", "warning", f"slice spacing {spacing[2]:.3g} mm is outside "
@@ -116,12 +159,10 @@ def _geometry_rows(case: str, image: sitk.Image, settings: dict) -> list[dict]:
     return rows
 
 
-def _intensity_rows(case: str, image_path: Path, array: np.ndarray, settings: dict) -> list[dict]:
+def _intensity_rows(case: str, array: np.ndarray, settings: dict) -> list[dict]:
     if np.issubdtype(array.dtype, np.floating):
-        # ITK's NIfTI reader turns NaN and infinity into 0; nibabel (and nnU-Net's NibabelIO) keeps them.
-        raw = np.asanyarray(nib.load(str(image_path)).dataobj) if str(image_path).endswith((".nii", ".nii.gz")) \
-            else array
-        bad = int(np.count_nonzero(~np.isfinite(raw)))
+        # Read with nibabel: ITK's NIfTI reader turns NaN and infinity into 0, nnU-Net's NibabelIO keeps them.
+        bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
             return [_row(case, "image_finite", "error", f"{bad} voxels are NaN or infinite; fix the conversion "
                          "that wrote the image")]
@@ -181,13 +222,38 @@ def write_case_qc(case: str, image_path: Path, label_path: Path | None, label_va
     return table
 
 
-def aggregate_qc(case_tables: list[Path], out: Path) -> pd.DataFrame:
-    """Write the dataset's QC table; raise ``QCError`` naming every case with an error."""
+def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
+                 allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None
+                 ) -> pd.DataFrame:
+    """The dataset's QC table: the case tables, plus dataset-level rows (the same image under two ids, labels
+    without an image, cases excluded by config); errors allowed by ``allow`` ({case: [check]}) become warnings.
+    Raise ``QCError`` naming every case with an error, the fix, and the config keys that allow or exclude it."""
     table = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
+    rows = []
+    contents = table[table["check"] == "image_content"]
+    for _, same in contents.groupby("message"):
+        for case in same["case"]:
+            if len(same) > 1:
+                others = ", ".join(c for c in same["case"] if c != case)
+                rows.append(_row(case, "duplicate_image", "error", f"same voxels and geometry as {others}: one "
+                                 "image under two ids; remove one copy"))
+    for case, path in sorted((orphan_labels or {}).items()):
+        rows.append(_row(case, "label_without_image", "warning", f"label {path} has no image, so the case is left "
+                         "out; add its image or remove the label"))
+    for case, reason in sorted((exclude or {}).items()):
+        rows.append(_row(case, "excluded", "info", f"excluded by qc.exclude ({reason}): never used for training, "
+                         "prediction or evaluation"))
+    table = pd.concat([table, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+    for case, checks in (allow or {}).items():
+        allowed = (table["case"] == case) & table["check"].isin(checks) & (table["severity"] == "error")
+        table.loc[allowed, "message"] = "allowed by qc.allow: " + table.loc[allowed, "message"]
+        table.loc[allowed, "severity"] = "warning"
     write_table(table, out)
     errors = table[table["severity"] == "error"]
     if len(errors):
         lines = [f"  {r.case}: [{r.check}] {r.message}" for r in errors.itertuples()]
-        raise QCError(f"QC found errors in {errors['case'].nunique()} case(s); see {out}. Fix or remove them "
-                      "from the input folders:\n" + "\n".join(lines))
+        first = errors.iloc[0]
+        raise QCError(f"QC found errors in {errors['case'].nunique()} case(s); see {out}. Fix each case, or in the "
+                      f"config leave it out (qc.exclude: {{{first.case}: <reason>}}) or accept the check for it "
+                      f"(qc.allow: {{{first.case}: [{first.check}]}}):\n" + "\n".join(lines))
     return table
