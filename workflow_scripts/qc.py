@@ -38,9 +38,26 @@ class Volume:
     voxels: np.ndarray | None  # None unless a single-channel 3D volume
 
 
+def _check_header_geometry(header) -> None:
+    """NaN or infinity in the geometry fields in use: ITK's reader (and so nnU-Net's) never returns on such a
+    header (an infinite sform row hangs it), so QC stops there with an error instead."""
+    fields = {"pixdim[1:4]": header["pixdim"][1:4]}
+    if header["sform_code"] > 0:
+        fields.update((row, header[row]) for row in ("srow_x", "srow_y", "srow_z"))
+    if header["qform_code"] > 0:
+        fields.update((q, header[q]) for q in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                                               "qoffset_z"))
+    bad = [name for name, value in fields.items() if not np.all(np.isfinite(value))]
+    if bad:
+        raise ValueError(f"the header's geometry holds NaN or infinity in {', '.join(bad)}; rewrite the file with "
+                         "a valid affine")
+
+
 def read_volume(path: Path) -> Volume:
     """Header through ITK; voxels through nibabel, which decompresses the whole gzip stream and checks its CRC:
     ITK reads a truncated .nii.gz without an error and fills the missing part."""
+    nifti = nib.load(str(path))  # the header only; voxels are read below
+    _check_header_geometry(nifti.header)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -48,7 +65,7 @@ def read_volume(path: Path) -> Volume:
                     reader.GetOrigin(), reader.GetDirection(), None)
     if volume.dimension != 3 or volume.components != 1:
         return volume
-    voxels = np.asanyarray(nib.load(str(path)).dataobj)
+    voxels = np.asanyarray(nifti.dataobj)
     if voxels.shape[:3] != volume.size or voxels.size != np.prod(volume.size):
         raise ValueError(f"voxel array {voxels.shape} does not match the header size {volume.size}")
     return replace(volume, voxels=voxels.reshape(volume.size))
