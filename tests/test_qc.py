@@ -230,3 +230,24 @@ def test_dataset_level_duplicates_orphans_exclusions_and_allowances(toy_dir, tmp
                                                                  "copy_of_1": ["duplicate_image"]})
     allowed = table[table["check"] == "duplicate_image"]
     assert set(allowed["severity"]) == {"warning"} and allowed["message"].str.startswith("allowed by qc.allow").all()
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_volume_matches_itk_and_nibabel_including_scaling(tmp_path, totalseg_example, compress):
+    from workflow_scripts.qc import read_volume
+
+    real = read_volume(totalseg_example / "example_ct_sm.nii.gz")
+    itk = sitk.GetArrayFromImage(sitk.ReadImage(str(totalseg_example / "example_ct_sm.nii.gz")))
+    assert np.array_equal(real.voxels, itk.T) and real.size == itk.shape[::-1]
+    # Stored as unsigned with a rescale, as many exporters write CT: voxels come back in HU.
+    import nibabel as nib
+
+    stored = np.random.default_rng(0).integers(0, 3000, (7, 5, 4)).astype(np.uint16)
+    image = nib.Nifti1Image(stored, np.diag([0.8, 0.8, 2.5, 1.0]))
+    image.header.set_slope_inter(1.0, -1024.0)
+    path = tmp_path / ("scaled.nii.gz" if compress else "scaled.nii")
+    nib.save(image, str(path))
+    volume = read_volume(path)
+    assert np.array_equal(volume.voxels, stored.astype(np.float64) - 1024)
+    assert np.array_equal(volume.voxels, sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T)
+    assert volume.spacing == pytest.approx((0.8, 0.8, 2.5))
