@@ -6,7 +6,8 @@ rule qc_case:
     input:
         image=lambda w: f"{images_dir('oof' if w.case in TRAIN_CASES else 'test')}/{w.case}.nii.gz",
     output:
-        "results/qc/cases/{case}.tsv",
+        table="results/qc/cases/{case}.tsv",
+        measurements="results/qc/cases/{case}.json",
     params:
         label=lambda w: (
             f"--label {CONFIG['data']['labels_tr']}/{w.case}.nii.gz"
@@ -26,22 +27,31 @@ rule qc_case:
         "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts qc-case --case {wildcards.case} --image {input.image} {params.label} "
-        "--label-values {params.label_values} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "--label-values {params.label_values} --settings {params.settings:q} --out {output.table} "
+        "--measurements {output.measurements} > {log} 2>&1"
 
 
 rule qc_report:
     input:
-        expand("results/qc/cases/{case}.tsv", case=TRAIN_CASES + TEST_CASES),
+        tables=expand("results/qc/cases/{case}.tsv", case=TRAIN_CASES + TEST_CASES),
+        measurements=expand("results/qc/cases/{case}.json", case=TRAIN_CASES + TEST_CASES),
     output:
-        report("results/qc/qc_table.tsv", caption="report/qc.rst", category="Quality control"),
+        table=report("results/qc/qc_table.tsv", caption="report/qc.rst", category="Quality control"),
+        summary=report("results/qc/dataset_summary.tsv", caption="report/qc_dataset.rst",
+                       category="Quality control"),
+        figure=report("results/qc/dataset.png", caption="report/qc_dataset.rst", category="Quality control"),
     params:
         exclude=as_json(CONFIG["qc"]["exclude"]),
         allow=as_json(CONFIG["qc"]["allow"]),
         orphan_labels=as_json(ORPHAN_LABELS),
+        splits=as_json({**{c: "train" for c in TRAIN_CASES}, **{c: "test" for c in TEST_CASES}}),
+        labels=as_json(CONFIG["labels"]),
     log:
         "logs/qc_report.log",
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts qc-aggregate --out {output} --exclude {params.exclude:q} --allow {params.allow:q} "
-        "--orphan-labels {params.orphan_labels:q} {input} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m workflow_scripts qc-aggregate --out {output.table} --exclude {params.exclude:q} "
+        "--allow {params.allow:q} --orphan-labels {params.orphan_labels:q} --tables {input.tables} "
+        "--measurements {input.measurements} --splits {params.splits:q} --labels {params.labels:q} "
+        "--summary {output.summary} --figure {output.figure} > {log} 2>&1 || (cat {log} >&2; exit 1)"

@@ -251,3 +251,28 @@ def test_read_volume_matches_itk_and_nibabel_including_scaling(tmp_path, totalse
     assert np.array_equal(volume.voxels, stored.astype(np.float64) - 1024)
     assert np.array_equal(volume.voxels, sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T)
     assert volume.spacing == pytest.approx((0.8, 0.8, 2.5))
+
+
+def test_dataset_summary_flags_the_case_from_another_protocol(toy_dir, tmp_path):
+    from workflow_scripts.qc import dataset_summary, plot_dataset
+
+    labels = {"background": 0, "primary": 1, "metastasis": 2}
+    files, splits = [], {}
+    for k, case in enumerate(sorted(p.name[:-7] for p in (toy_dir / "imagesTr").glob("*.nii.gz"))):
+        splits[case] = "train"
+        files.append(tmp_path / f"{case}.json")
+        write_case_qc(case, toy_dir / f"imagesTr/{case}.nii.gz", toy_dir / f"labelsTr/{case}.nii.gz", VALUES,
+                      tmp_path / f"{case}.tsv", TOY_QC, files[-1])
+    image, label = write_case(toy_dir, tmp_path, "thick", spacing=(0.8, 0.8, 7.5))
+    write_case_qc("thick", image, label, VALUES, tmp_path / "thick.tsv", TOY_QC, tmp_path / "thick.json")
+    files.append(tmp_path / "thick.json")
+    splits["thick"] = "test"
+    summary, rows = dataset_summary(files, splits, labels)
+    assert list(summary["case"]) == list(splits) and list(summary["split"]) == list(splits.values())
+    assert {"spacing_z_mm", "field_x_mm", "orientation", "primary_ml", "metastasis_lesions"} <= set(summary.columns)
+    assert (summary["primary_ml"] > 0).all()
+    flagged_cases = {(r["case"], r["check"], r["severity"]) for r in rows}
+    assert ("thick", "dataset_outlier", "warning") in flagged_cases
+    assert all(r["case"] == "thick" for r in rows if "slice spacing" in r["message"])
+    plot_dataset(summary, labels, tmp_path / "dataset.png")
+    assert sitk.ReadImage(str(tmp_path / "dataset.png")).GetSize()[0] > 500

@@ -33,17 +33,25 @@ def cmd_qc_case(args):
     from workflow_scripts.qc import write_case_qc
 
     table = write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None, args.label_values,
-                          Path(args.out), _json(args.settings) if args.settings else None)
+                          Path(args.out), _json(args.settings) if args.settings else None,
+                          Path(args.measurements) if args.measurements else None)
     for row in table[table["severity"] != "info"].itertuples():
         print(f"{row.severity}: [{row.check}] {row.message}")
 
 
 def cmd_qc_aggregate(args):
-    from workflow_scripts.qc import QCError, aggregate_qc
+    from workflow_scripts.io import write_table
+    from workflow_scripts.qc import QCError, aggregate_qc, dataset_summary, plot_dataset
 
+    dataset_rows = []
+    if args.measurements:
+        labels = _json(args.labels)
+        summary, dataset_rows = dataset_summary([Path(p) for p in args.measurements], _json(args.splits), labels)
+        write_table(summary, Path(args.summary))
+        plot_dataset(summary, labels, Path(args.figure))
     try:
         table = aggregate_qc([Path(p) for p in args.tables], Path(args.out), _json(args.exclude), _json(args.allow),
-                             _json(args.orphan_labels))
+                             _json(args.orphan_labels), dataset_rows)
     except QCError as err:
         sys.exit(str(err))
     warnings = table[table["severity"] == "warning"]
@@ -230,13 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-values", type=int, nargs="+", required=True)
     p.add_argument("--settings", help="the config's qc section as JSON (default: the schema's defaults)")
     p.add_argument("--out", required=True)
+    p.add_argument("--measurements", help="JSON file for the case's measurements (dataset summary)")
 
     p = verb("qc-aggregate", cmd_qc_aggregate)
     p.add_argument("--out", required=True)
     p.add_argument("--exclude", default="{}", help="JSON {case: reason} (config qc.exclude)")
     p.add_argument("--allow", default="{}", help="JSON {case: [check]} (config qc.allow)")
     p.add_argument("--orphan-labels", default="{}", help="JSON {case: label path} of labels without an image")
-    p.add_argument("tables", nargs="+")
+    p.add_argument("--measurements", nargs="+", help="the cases' QC measurement JSON files (dataset summary)")
+    p.add_argument("--splits", default="{}", help="JSON {case: split} for the summary")
+    p.add_argument("--labels", default="{}", help="JSON {name: value} of the labels")
+    p.add_argument("--summary", help="dataset summary TSV to write")
+    p.add_argument("--figure", help="dataset figure PNG to write")
+    p.add_argument("--tables", nargs="+", required=True, help="the cases' QC tables")
 
     p = verb("make-splits", cmd_make_splits)
     p.add_argument("--cases", nargs="+", required=True)

@@ -19,7 +19,7 @@ try:  # ISA-L's inflate and checksums, with the same CRC and truncation checks a
 except ImportError:  # pragma: no cover - other platforms
     import gzip as gzip_reader
     import zlib as checksums
-from workflow_scripts.io import write_table
+from workflow_scripts.io import atomic_path, read_json, write_json, write_table
 
 COLUMNS = ["case", "check", "severity", "message"]
 
@@ -111,23 +111,32 @@ def check_case(case: str, image_path: Path, label_path: Path | None, label_value
 
     ``settings``: the config's ``qc`` section (its schema defaults when None).
     """
+    return inspect_case(case, image_path, label_path, label_values, settings)[0]
+
+
+def inspect_case(case: str, image_path: Path, label_path: Path | None, label_values: list[int],
+                 settings: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """The case's QC table and its measurements (geometry, intensity range, volume and component count per
+    lesion label) for the dataset summary; measurements stop where a check stops."""
     settings = settings if settings is not None else section_defaults("qc")
+    measured = {"case": case}
     image, error = _read(case, "image_readable", image_path)
     if error:
-        return pd.DataFrame([error], columns=COLUMNS)
+        return pd.DataFrame([error], columns=COLUMNS), measured
     if image.dimension != 3 or image.components != 1:
         return pd.DataFrame([_row(case, "image_3d", "error", f"{image_path} is {image.dimension}D with "
-                                  f"{image.components} components; a single-channel 3D CT is needed")], columns=COLUMNS)
-    rows = _geometry_rows(case, image, settings) + _intensity_rows(case, image.voxels, settings)
+                                  f"{image.components} components; a single-channel 3D CT is needed")],
+                            columns=COLUMNS), measured
+    rows = _geometry_rows(case, image, settings, measured) + _intensity_rows(case, image.voxels, settings, measured)
     rows.append(_row(case, "image_content", "info", f"crc32+adler32 {content_hash(image)}"))
     if label_path is None:
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return pd.DataFrame(rows, columns=COLUMNS), measured
     if not Path(label_path).exists():
         rows.append(_row(case, "label_exists", "error", f"no label {label_path} for image {image_path}"))
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return pd.DataFrame(rows, columns=COLUMNS), measured
     label, error = _read(case, "label_readable", label_path)
     if error:
-        return pd.DataFrame(rows + [error], columns=COLUMNS)
+        return pd.DataFrame(rows + [error], columns=COLUMNS), measured
     problems = []
     if label.dimension != 3 or label.components != 1 or label.size != image.size:
         problems.append(f"size {label.size} with {label.components} component(s) vs image {image.size}")
@@ -142,7 +151,7 @@ def check_case(case: str, image_path: Path, label_path: Path | None, label_value
         rows.append(_row(case, "label_grid", "error", "label is not on the image grid: " + "; ".join(problems)
                          + ". Resample the label onto its image (nearest neighbour) or fix the pairing"))
     if label.voxels is None:
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return pd.DataFrame(rows, columns=COLUMNS), measured
     box = _bounding_box(label.voxels != 0)
     values, voxels = _value_counts(label.voxels, box)
     unknown = sorted(v for v in values.tolist() if v not in label_values)
@@ -152,8 +161,8 @@ def check_case(case: str, image_path: Path, label_path: Path | None, label_value
     rows.append(_row(case, "label_voxels", "info", ", ".join(f"label {v:g}: {c}" for v, c in zip(values, voxels))))
     if not problems:
         rows += _lesion_rows(case, image.voxels, label.voxels, box, image.spacing,
-                             [v for v in label_values if v != 0], settings)
-    return pd.DataFrame(rows, columns=COLUMNS)
+                             [v for v in label_values if v != 0], settings, measured)
+    return pd.DataFrame(rows, columns=COLUMNS), measured
 
 
 def content_hash(volume: Volume) -> str:
@@ -189,8 +198,12 @@ def _orientation(direction) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction)
 
 
-def _geometry_rows(case: str, image: Volume, settings: dict) -> list[dict]:
+def _geometry_rows(case: str, image: Volume, settings: dict, measured: dict) -> list[dict]:
     spacing, size = image.spacing, image.size
+    measured.update({f"size_{a}": int(n) for a, n in zip("xyz", size)})
+    measured.update({f"spacing_{a}_mm": float(d) for a, d in zip("xyz", spacing)})
+    measured.update({f"field_{a}_mm": float(n * d) for a, n, d in zip("xyz", size, spacing)})
+    measured["orientation"] = _orientation(image.direction)
     rows = [_row(case, "image_geometry", "info", f"size {size}, spacing {tuple(round(s, 3) for s in spacing)} mm, "
                  f"orientation {_orientation(image.direction)}")]
     low, high = settings["slice_thickness_mm"]
@@ -209,7 +222,7 @@ def _geometry_rows(case: str, image: Volume, settings: dict) -> list[dict]:
     return rows
 
 
-def _intensity_rows(case: str, array: np.ndarray, settings: dict) -> list[dict]:
+def _intensity_rows(case: str, array: np.ndarray, settings: dict, measured: dict) -> list[dict]:
     if np.issubdtype(array.dtype, np.floating):
         # Read with nibabel: ITK's NIfTI reader turns NaN and infinity into 0, nnU-Net's NibabelIO keeps them.
         bad = int(np.count_nonzero(~np.isfinite(array)))
@@ -217,6 +230,7 @@ def _intensity_rows(case: str, array: np.ndarray, settings: dict) -> list[dict]:
             return [_row(case, "image_finite", "error", f"{bad} voxels are NaN or infinite; fix the conversion "
                          "that wrote the image")]
     low, high = float(array.min()), float(array.max())
+    measured.update(intensity_min=low, intensity_max=high)
     rows = [_row(case, "image_intensity", "info", f"range [{low:g}, {high:g}]")]
     if low > settings["air_hu"]:
         rows.append(_row(case, "hounsfield_units", "warning", f"lowest value {low:g} is above {settings['air_hu']} "
@@ -240,10 +254,12 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
 
 
 def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[slice, ...] | None, spacing,
-                 lesion_values: list[int], settings: dict) -> list[dict]:
+                 lesion_values: list[int], settings: dict, measured: dict) -> list[dict]:
     """Empty annotations, tiny components, and lesions off the tissue (a shifted, flipped or mismatched label);
     ``box`` holds every non-zero label voxel."""
     voxel_mm3 = float(np.prod(spacing))
+    for value in lesion_values:
+        measured.update({f"label_{value}_ml": 0.0, f"label_{value}_lesions": 0})
     if box is None:
         return [_row(case, "label_empty", "warning", "the label has no lesion voxels: an empty annotation, or the "
                      "wrong file?")]
@@ -257,6 +273,7 @@ def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[sl
         sizes_mm3 = np.bincount(components.ravel())[1:] * voxel_mm3
         hu = image[mask].astype(np.float64)
         mean_hu, air = float(hu.mean()), float(np.mean(hu < settings["air_hu"]))
+        measured.update({f"label_{value}_ml": float(mask.sum() * voxel_mm3 / 1000), f"label_{value}_lesions": n})
         rows.append(_row(case, "label_volume", "info", f"label {value}: {mask.sum() * voxel_mm3 / 1000:.3g} ml in "
                          f"{n} component(s), mean {mean_hu:.0f} HU"))
         tiny = int(np.count_nonzero(sizes_mm3 < settings["min_component_mm3"]))
@@ -276,20 +293,88 @@ def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[sl
 
 
 def write_case_qc(case: str, image_path: Path, label_path: Path | None, label_values: list[int],
-                  out: Path, settings: dict | None = None) -> pd.DataFrame:
-    table = check_case(case, image_path, label_path, label_values, settings)
+                  out: Path, settings: dict | None = None, out_measurements: Path | None = None) -> pd.DataFrame:
+    table, measured = inspect_case(case, image_path, label_path, label_values, settings)
     write_table(table, out)
+    if out_measurements is not None:
+        write_json(measured, out_measurements)
     return table
 
 
-def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
-                 allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None
-                 ) -> pd.DataFrame:
-    """The dataset's QC table: the case tables, plus dataset-level rows (the same image under two ids, labels
-    without an image, cases excluded by config); errors allowed by ``allow`` ({case: [check]}) become warnings.
-    Raise ``QCError`` naming every case with an error, the fix, and the config keys that allow or exclude it."""
-    table = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
+SUMMARY_OUTLIER_COLUMNS = {"spacing_x_mm": "in-plane spacing", "spacing_z_mm": "slice spacing",
+                           "field_x_mm": "field of view", "size_z": "slice count"}
+
+
+def dataset_summary(measurement_files: list[Path], splits: dict[str, str], labels: dict[str, int],
+                    outlier_z: float = 5.0) -> tuple[pd.DataFrame, list[dict]]:
+    """One row per case (split, geometry, intensity range, volume and lesion count per class), and warning rows
+    for cases far from the dataset's median: robust z (median absolute deviation, at least 5 % of the median)
+    above ``outlier_z``, for spacing, field of view, slice count and each class's volume where present."""
+    summary = pd.DataFrame([read_json(p) for p in measurement_files])
+    summary.insert(1, "split", summary["case"].map(splits))
+    lesions = {n: v for n, v in labels.items() if v != 0}
+    summary = summary.rename(columns={f"label_{v}_{k}": f"{n}_{k}" for n, v in lesions.items()
+                                      for k in ("ml", "lesions")})
+    checked = SUMMARY_OUTLIER_COLUMNS | {f"{n}_ml": f"{n} volume (ml)" for n in lesions}
     rows = []
+    for column, what in checked.items():
+        if column not in summary:
+            continue
+        values = summary[column].astype(float)
+        if column.endswith("_ml"):
+            values = values[values > 0]
+        if len(values) < 5:
+            continue
+        median = float(values.median())
+        scale = max(1.4826 * float((values - median).abs().median()), 0.05 * abs(median), 1e-9)
+        for index, value in values.items():
+            z = abs(value - median) / scale
+            if z > outlier_z:
+                rows.append(_row(summary.loc[index, "case"], "dataset_outlier", "warning",
+                                 f"{what} {value:.4g} against the dataset's median {median:.4g} (robust z {z:.0f}): "
+                                 "a different protocol or a header error?"))
+    return summary, rows
+
+
+def plot_dataset(summary: pd.DataFrame, labels: dict[str, int], out: Path) -> None:
+    """Spacing, field of view, lesion volume per class and label presence per split, in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lesions = [n for n, v in labels.items() if v != 0]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for split, group in summary.groupby("split"):
+        axes[0].scatter(group.get("spacing_x_mm"), group.get("spacing_z_mm"), label=split, alpha=0.7)
+        axes[1].scatter(group.get("field_x_mm"), group.get("field_y_mm"), label=split, alpha=0.7)
+    axes[0].set(xlabel="in-plane spacing (mm)", ylabel="slice spacing (mm)", title="Spacing")
+    axes[1].set(xlabel="field of view x (mm)", ylabel="field of view y (mm)", title="Field of view")
+    volumes = [summary[f"{n}_ml"].dropna().loc[lambda v: v > 0] if f"{n}_ml" in summary else pd.Series(dtype=float)
+               for n in lesions]
+    axes[2].boxplot(volumes, tick_labels=lesions)
+    axes[2].set(yscale="log", ylabel="volume per case (ml)", title="Lesion volume (cases with the class)")
+    presence = pd.DataFrame({split: [float((group[f"{n}_ml"] > 0).mean()) if f"{n}_ml" in group else 0.0
+                                     for n in lesions] for split, group in summary.groupby("split")}, index=lesions)
+    presence.plot.bar(ax=axes[3], rot=0)
+    axes[3].set(ylim=(0, 1), ylabel="fraction of cases", title="Label presence")
+    for ax in axes[:2]:
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
+                 allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
+                 dataset_rows: list[dict] | None = None) -> pd.DataFrame:
+    """The dataset's QC table: the case tables, plus dataset-level rows (the same image under two ids, labels
+    without an image, cases excluded by config, ``dataset_rows`` such as outliers); errors allowed by ``allow``
+    ({case: [check]}) become warnings. Raise ``QCError`` naming every case with an error, the fix, and the
+    config keys that allow or exclude it."""
+    table = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
+    rows = list(dataset_rows or [])
     contents = table[table["check"] == "image_content"]
     for _, same in contents.groupby("message"):
         for case in same["case"]:
