@@ -255,11 +255,26 @@ def test_report_pages_and_figures_load_in_headless_chromium(smoke_run):
                      "results/metrics/pinkcc.tsv", "results/metrics/worst_cases.tsv", "results/metrics/metrics.png",
                      "results/runtime/runtime.png", "results/training/resenc_multiclass/fold_0_progress.png",
                      "results/metrics/test/refined.tsv", "results/ensemble/candidates.tsv",
-                     "results/refinement/rule_subsets.tsv", "results/burden/test/burden.tsv"):
+                     "results/refinement/rule_subsets.tsv", "results/burden/test/burden.tsv",
+                     "results/qc/dataset_summary.tsv", "results/qc/dataset.png"):
         assert expected in results, expected
     figures = [path for path, mime in results.items() if mime == "image/png"]
-    assert sorted(checked["figures"]) == sorted(figures) and len(figures) >= 17  # 15 folds, metrics, runtime
+    assert sorted(checked["figures"]) == sorted(figures) and len(figures) >= 18  # 15 folds, QC, metrics, runtime
     assert {"Quality control / Other", "Metrics / Summary", "Runtime / Other"} <= set(checked["pages"])
+
+
+def test_qc_of_the_smoke_run_agrees_with_the_evaluation(smoke_run):
+    """Clean toy data: no errors or warnings; QC's label volumes are the evaluation's reference volumes."""
+    table = pd.read_csv(smoke_run / "results/qc/qc_table.tsv", sep="\t")
+    assert set(table["severity"]) == {"info"}, table[table["severity"] != "info"].to_string()
+    summary = pd.read_csv(smoke_run / "results/qc/dataset_summary.tsv", sep="\t").set_index("case")
+    assert (summary["split"] == "train").sum() == 12 and (summary["split"] == "test").sum() == 3
+    reference = pd.read_csv(smoke_run / "results/metrics/oof/ensemble.tsv", sep="\t")
+    assert len(reference) == 24  # 12 cases, 2 classes
+    for _, row in reference.iterrows():
+        name = row["class"]
+        assert summary.loc[row["case"], f"{name}_ml"] == pytest.approx(row["reference_ml"], rel=1e-4), row["case"]
+        assert summary.loc[row["case"], f"{name}_lesions"] == row["lesions_reference"], row["case"]
 
 
 def test_metric_tables_of_the_smoke_run(smoke_run):
