@@ -10,7 +10,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import stats
 
-from workflow_scripts.io import atomic_path, write_table
+from workflow_scripts.io import pyplot, write_figure, write_table
 from workflow_scripts.metrics import Conventions, class_metrics, nsd_column, pinkcc_score
 
 ID_COLUMNS = ["split", "stage", "case", "class", "label"]
@@ -157,10 +157,7 @@ def worst_cases(metrics: pd.DataFrame, per_stage: int = 3) -> pd.DataFrame:
 
 def plot_metrics(metrics: pd.DataFrame, metric_names: list[str], out: Path) -> None:
     """Box plots per class and stage: one row per metric, one column per split and class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [(s, c) for s in metrics["split"].unique() for c in metrics["class"].unique()]
     fig, axes = plt.subplots(len(metric_names), len(panels), figsize=(4.5 * len(panels), 3.6 * len(metric_names)),
@@ -174,9 +171,7 @@ def plot_metrics(metrics: pd.DataFrame, metric_names: list[str], out: Path) -> N
             ax.set_ylabel(metric)
             ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    write_figure(fig, out)
 
 
 def write_summary(case_tables: list[Path], out_dir: Path, conventions: Conventions,

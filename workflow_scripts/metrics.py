@@ -61,17 +61,22 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
 
-def union_crop(reference: np.ndarray, prediction: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of both masks plus ``margin`` voxels (clipped), or None when both are empty."""
-    union = reference | prediction
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of ``mask`` plus ``margin`` voxels (clipped), or None when it is empty; one
+    projection per axis."""
     slices = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        hits = np.flatnonzero(union.any(axis=other))
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
         if hits.size == 0:
             return None
-        slices.append(slice(max(hits[0] - margin, 0), min(hits[-1] + margin + 1, union.shape[axis])))
+        slices.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
     return tuple(slices)
+
+
+def union_crop(reference: np.ndarray, prediction: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of both masks plus ``margin`` voxels (clipped), or None when both are empty."""
+    return bounding_box(reference | prediction, margin)
 
 
 def border(mask: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from workflow_scripts.config import section_defaults
+from workflow_scripts.io import pyplot, read_json, write_figure, write_json, write_table
+from workflow_scripts.metrics import bounding_box
 
 try:  # ISA-L's inflate and checksums, with the same CRC and truncation checks as the standard library's
     from isal import igzip as gzip_reader
@@ -19,7 +21,6 @@ try:  # ISA-L's inflate and checksums, with the same CRC and truncation checks a
 except ImportError:  # pragma: no cover - other platforms
     import gzip as gzip_reader
     import zlib as checksums
-from workflow_scripts.io import atomic_path, read_json, write_json, write_table
 
 COLUMNS = ["case", "check", "severity", "message"]
 
@@ -152,7 +153,7 @@ def inspect_case(case: str, image_path: Path, label_path: Path | None, label_val
                          + ". Resample the label onto its image (nearest neighbour) or fix the pairing"))
     if label.voxels is None:
         return pd.DataFrame(rows, columns=COLUMNS), measured
-    box = _bounding_box(label.voxels != 0)
+    box = bounding_box(label.voxels != 0)
     values, voxels = _value_counts(label.voxels, box)
     unknown = sorted(v for v in values.tolist() if v not in label_values)
     if unknown:
@@ -205,7 +206,7 @@ def _geometry_rows(case: str, image: Volume, settings: dict, measured: dict) -> 
     measured.update({f"field_{a}_mm": float(n * d) for a, n, d in zip("xyz", size, spacing)})
     measured["orientation"] = _orientation(image.direction)
     rows = [_row(case, "image_geometry", "info", f"size {size}, spacing {tuple(round(s, 3) for s in spacing)} mm, "
-                 f"orientation {_orientation(image.direction)}")]
+                 f"orientation {measured['orientation']}")]
     low, high = settings["slice_thickness_mm"]
     if not low <= spacing[2] <= high:
         rows.append(_row(case, "slice_thickness", "warning", f"slice spacing {spacing[2]:.3g} mm is outside "
@@ -242,17 +243,6 @@ def _intensity_rows(case: str, array: np.ndarray, settings: dict, measured: dict
     return rows
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Slices around the True voxels (None when there are none), from one projection per axis."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if not len(hits):
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
 def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[slice, ...] | None, spacing,
                  lesion_values: list[int], settings: dict, measured: dict) -> list[dict]:
     """Empty annotations, tiny components, and lesions off the tissue (a shifted, flipped or mismatched label);
@@ -273,9 +263,10 @@ def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[sl
         sizes_mm3 = np.bincount(components.ravel())[1:] * voxel_mm3
         hu = image[mask].astype(np.float64)
         mean_hu, air = float(hu.mean()), float(np.mean(hu < settings["air_hu"]))
-        measured.update({f"label_{value}_ml": float(mask.sum() * voxel_mm3 / 1000), f"label_{value}_lesions": n})
-        rows.append(_row(case, "label_volume", "info", f"label {value}: {mask.sum() * voxel_mm3 / 1000:.3g} ml in "
-                         f"{n} component(s), mean {mean_hu:.0f} HU"))
+        volume_ml = float(np.count_nonzero(mask) * voxel_mm3 / 1000)
+        measured.update({f"label_{value}_ml": volume_ml, f"label_{value}_lesions": n})
+        rows.append(_row(case, "label_volume", "info", f"label {value}: {volume_ml:.3g} ml in {n} component(s), "
+                         f"mean {mean_hu:.0f} HU"))
         tiny = int(np.count_nonzero(sizes_mm3 < settings["min_component_mm3"]))
         if tiny:
             rows.append(_row(case, "label_tiny_components", "warning", f"label {value}: {tiny} of {n} component(s) "
@@ -338,10 +329,7 @@ def dataset_summary(measurement_files: list[Path], splits: dict[str, str], label
 
 def plot_dataset(summary: pd.DataFrame, labels: dict[str, int], out: Path) -> None:
     """Spacing, field of view, lesion volume per class and label presence per split, in one figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lesions = [n for n, v in labels.items() if v != 0]
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
@@ -361,9 +349,7 @@ def plot_dataset(summary: pd.DataFrame, labels: dict[str, int], out: Path) -> No
     for ax in axes[:2]:
         ax.legend()
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    write_figure(fig, out, dpi=80)
 
 
 def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,

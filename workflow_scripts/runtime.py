@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import atomic_path, write_table
+from workflow_scripts.io import pyplot, write_figure, write_table
 
 
 def read_benchmarks(paths: list[Path], root: str = "benchmarks") -> pd.DataFrame:
@@ -30,10 +30,7 @@ def summarize_runtime(jobs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_runtime(summary: pd.DataFrame, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * len(summary) + 1.5), squeeze=True)
     left.barh(summary["rule"], summary["total_seconds"] / 60.0)
@@ -42,9 +39,7 @@ def plot_runtime(summary: pd.DataFrame, out: Path) -> None:
     right.set_xlabel("peak resident memory of one job (GiB)")
     right.set_yticklabels([])
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    write_figure(fig, out)
 
 
 def write_runtime(paths: list[Path], jobs_out: Path, summary_out: Path, figure_out: Path) -> pd.DataFrame:
