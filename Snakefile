@@ -24,12 +24,14 @@ wildcard_constraints:
 # Light aggregations run where Snakemake runs, never as cluster jobs.
 localrules:
     all,
+    link_image,
     qc_report,
     make_splits,
     summarize_metrics,
     summarize_runtime,
 
 
+include: "rules/inputs.smk"
 include: "rules/qc.smk"
 include: "rules/dataset.smk"
 include: "rules/train.smk"

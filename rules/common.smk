@@ -8,7 +8,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)  # this checkout's package; jobs import the installed one (pip install -e .)
-from workflow_scripts.config import RESERVED_STAGES, ConfigError, input_cases, rule_resources, validate_config
+from workflow_scripts.config import (RESERVED_STAGES, ConfigError, dicom_folders, input_cases, rule_resources,
+                                     validate_config)
 from workflow_scripts.nnunet_dataset import class_label_values
 
 
@@ -39,8 +40,28 @@ def cases(split):
     return TRAIN_CASES if split == "oof" else TEST_CASES
 
 
-def images_dir(split):
+def _configured_images_dir(split):
     return CONFIG["data"]["images_tr"] if split == "oof" else CONFIG["data"]["images_ts"]
+
+
+# DICOM series folders ({case: folder}) are converted; a split holding one gets a folder of NIfTI images under
+# results/inputs/ (converted series, links to the NIfTI cases) that every rule reads in place of the configured one.
+DICOM_CASES = {case: folder for split in ("oof", "test") for case, folder in
+               dicom_folders(_configured_images_dir(split)).items() if case in cases(split)}
+STAGED_SPLITS = [split for split in ("oof", "test") if any(case in DICOM_CASES for case in cases(split))]
+INPUT_FOLDERS = {"oof": "train", "test": "test"}
+
+
+def images_dir(split):
+    return f"results/inputs/{INPUT_FOLDERS[split]}" if split in STAGED_SPLITS else _configured_images_dir(split)
+
+
+def case_split(case):
+    return "oof" if case in TRAIN_CASES else "test"
+
+
+def image_path(case):
+    return f"{images_dir(case_split(case))}/{case}.nii.gz"
 
 
 def reference_dir(split):
@@ -102,7 +123,7 @@ def ensemble_configurations():
 
 def ensemble_inputs(w):
     return {"probabilities": [prediction(w.split, c, w.case, "npz") for c in ensemble_configurations()],
-            "selection": "results/ensemble/selected.json", "image": f"{images_dir(w.split)}/{w.case}.nii.gz"}
+            "selection": "results/ensemble/selected.json", "image": image_path(w.case)}
 
 
 def selection_settings():

@@ -32,7 +32,7 @@ rule convert_dataset:
     params:
         cases=" ".join(TRAIN_CASES),
         nnunet_root=NNUNET_ROOT,
-        images_dir=CONFIG["data"]["images_tr"],
+        images_dir=images_dir("oof"),
         labels_dir=CONFIG["data"]["labels_tr"],
         dataset_id=lambda w: configuration(w.configuration)["dataset_id"],
         label_mapping=lambda w: as_json(configuration(w.configuration)["label_mapping"]),

@@ -9,7 +9,7 @@ rule gather_oof:
     params:
         channel_labels=lambda w: as_json(channel_labels(w.configuration)),
         cases=" ".join(TRAIN_CASES),
-        images_dir=CONFIG["data"]["images_tr"],
+        images_dir=images_dir("oof"),
     threads: threads_of("gather_oof")
     resources:
         **resources_of("gather_oof"),
@@ -28,7 +28,7 @@ rule gather_oof:
 rule predict_test:
     input:
         summaries=lambda w: training_summaries(w.configuration),
-        images=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["images_ts"], case=TEST_CASES),
+        images=[image_path(case) for case in TEST_CASES],
     output:
         expand("results/predictions/test/{{configuration}}/{case}.{ext}", case=TEST_CASES, ext=["npz", "nii.gz"]),
     params:

@@ -4,18 +4,20 @@
 
 rule qc_case:
     input:
-        image=lambda w: f"{images_dir('oof' if w.case in TRAIN_CASES else 'test')}/{w.case}.nii.gz",
+        image=lambda w: image_path(w.case),
+        dicom=lambda w: [f"results/qc/dicom/{INPUT_FOLDERS[case_split(w.case)]}/{w.case}.json"] if w.case in DICOM_CASES else [],
     output:
         table="results/qc/cases/{case}.tsv",
         measurements="results/qc/cases/{case}.json",
     params:
         label=lambda w: (
             f"--label {CONFIG['data']['labels_tr']}/{w.case}.nii.gz"
-            if w.case in TRAIN_CASES
+            if case_split(w.case) == "oof"
             else (f"--label {CONFIG['data']['labels_ts']}/{w.case}.nii.gz" if CONFIG["data"].get("labels_ts") else "")
         ),
         label_values=" ".join(str(v) for v in CONFIG["labels"].values()),
         settings=as_json(CONFIG["qc"]),
+        dicom=lambda w, input: f"--dicom-findings {input.dicom[0]}" if input.dicom else "",
     threads: threads_of("qc_case")
     resources:
         **resources_of("qc_case"),
@@ -28,7 +30,7 @@ rule qc_case:
     shell:
         "python -m workflow_scripts qc-case --case {wildcards.case} --image {input.image} {params.label} "
         "--label-values {params.label_values} --settings {params.settings:q} --out {output.table} "
-        "--measurements {output.measurements} > {log} 2>&1"
+        "--measurements {output.measurements} {params.dicom} > {log} 2>&1"
 
 
 rule qc_report:

@@ -4,7 +4,7 @@
 
 rule segment_anatomy:
     input:
-        lambda w: f"{images_dir('oof' if w.case in TRAIN_CASES else 'test')}/{w.case}.nii.gz",
+        lambda w: image_path(w.case),
     output:
         "results/anatomy/{case}.nii.gz",
     params:
@@ -32,7 +32,7 @@ rule select_refinement:
     input:
         segmentations=expand("results/predictions/oof/ensemble/{case}.nii.gz", case=TRAIN_CASES),
         anatomy=[anatomy_map(case) for case in TRAIN_CASES],
-        images=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["images_tr"], case=TRAIN_CASES),
+        images=[image_path(case) for case in TRAIN_CASES],
         references=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["labels_tr"], case=TRAIN_CASES),
     output:
         table=report("results/refinement/rule_subsets.tsv", caption="report/refinement_rules.rst",
@@ -65,7 +65,7 @@ rule refine_case:
     input:
         seg="results/predictions/{split}/ensemble/{case}.nii.gz",
         anatomy=lambda w: anatomy_map(w.case),
-        image=lambda w: f"{images_dir(w.split)}/{w.case}.nii.gz",
+        image=lambda w: image_path(w.case),
         selection="results/refinement/selected_rules.json",
     output:
         seg="results/predictions/{split}/refined/{case}.nii.gz",

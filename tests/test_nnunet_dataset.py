@@ -40,3 +40,23 @@ def test_convert_links_images_and_remaps_labels(toy_dir, tmp_path):
     # Converting again (a rerun) replaces the links instead of failing.
     convert_dataset(["toy_001", "toy_002"], toy_dir / "imagesTr", toy_dir / "labelsTr", tmp_path / "raw",
                     503, "metastasis_only", METASTASIS_ONLY, tmp_path / "summary.json")
+
+
+def test_labels_take_the_image_geometry_that_qc_accepted(toy_dir, tmp_path):
+    """A label whose spacing and origin differ from the image's by less than QC's tolerances (as one saved by
+    another tool from a DICOM conversion) is written on the image's exact grid, which nnU-Net demands."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for case in ("toy_001", "toy_002"):
+        label = sitk.ReadImage(str(toy_dir / "labelsTr" / f"{case}.nii.gz"))
+        label.SetSpacing(tuple(s * (1 + 2e-4) for s in label.GetSpacing()))
+        label.SetOrigin(tuple(o + 0.004 for o in label.GetOrigin()))
+        sitk.WriteImage(label, str(labels / f"{case}.nii.gz"))
+    convert_dataset(["toy_001", "toy_002"], toy_dir / "imagesTr", labels, tmp_path / "raw", 501, "multiclass",
+                    {"background": [0], "primary": [1], "metastasis": [2]}, tmp_path / "summary.json")
+    image = sitk.ReadImage(str(toy_dir / "imagesTr" / "toy_001.nii.gz"))
+    written = sitk.ReadImage(str(tmp_path / "raw/Dataset501_multiclass/labelsTr/toy_001.nii.gz"))
+    assert written.GetSpacing() == image.GetSpacing() and written.GetOrigin() == image.GetOrigin()
+    assert not np.allclose(sitk.ReadImage(str(labels / "toy_001.nii.gz")).GetSpacing(), image.GetSpacing(), rtol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(labels / "toy_001.nii.gz"))))

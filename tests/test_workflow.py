@@ -148,7 +148,7 @@ def smoke_run(toy_workdir):
 
 def test_every_fold_of_every_configuration_trained_and_learned(smoke_run):
     config = yaml.safe_load(TOY_CONFIG.read_text())
-    train_cases = sorted(p.name[: -len(".nii.gz")] for p in (smoke_run / "resources/toy/imagesTr").glob("*.nii.gz"))
+    train_cases = sorted(p.name[: -len(".nii.gz")] for p in (smoke_run / "results/inputs/train").glob("*.nii.gz"))
     splits = json.loads((smoke_run / "results/splits/splits_final.json").read_text())
     for name, conf in config["configurations"].items():
         validated = []
@@ -200,12 +200,14 @@ def test_configurations_are_planned_as_configured(smoke_run):
 
 
 def test_predictions_of_every_stage_exist_on_the_input_grid(smoke_run):
-    for split, folder in (("oof", "imagesTr"), ("test", "imagesTs")):
-        cases = sorted(p.name[: -len(".nii.gz")] for p in (smoke_run / f"resources/toy/{folder}").glob("*.nii.gz"))
+    # The toy data hold DICOM cases, so every rule reads the images from results/inputs/ (links and conversions).
+    for split, folder in (("oof", "train"), ("test", "test")):
+        cases = sorted(p.name[: -len(".nii.gz")] for p in (smoke_run / f"results/inputs/{folder}").glob("*.nii.gz"))
+        assert len(cases) == {"oof": 12, "test": 3}[split]
         for stage in ("resenc_multiclass", "isotropic_multiclass", "metastasis_only", "ensemble", "refined"):
             for case in cases:
                 seg = sitk.ReadImage(str(smoke_run / f"results/predictions/{split}/{stage}/{case}.nii.gz"))
-                image = sitk.ReadImage(str(smoke_run / f"resources/toy/{folder}/{case}.nii.gz"))
+                image = sitk.ReadImage(str(smoke_run / f"results/inputs/{folder}/{case}.nii.gz"))
                 assert seg.GetSize() == image.GetSize()
                 assert np.allclose(seg.GetSpacing(), image.GetSpacing())
         with np.load(smoke_run / f"results/predictions/{split}/metastasis_only/{cases[0]}.npz") as data:
@@ -275,6 +277,50 @@ def test_qc_of_the_smoke_run_agrees_with_the_evaluation(smoke_run):
         name = row["class"]
         assert summary.loc[row["case"], f"{name}_ml"] == pytest.approx(row["reference_ml"], rel=1e-4), row["case"]
         assert summary.loc[row["case"], f"{name}_lesions"] == row["lesions_reference"], row["case"]
+
+
+def test_dicom_cases_were_converted_exactly_and_no_patient_tag_reached_any_output(smoke_run, tmp_path):
+    """toy_011 (training) and toy_102 (new) are DICOM series folders with made-up patient tags."""
+    import gzip
+    import zipfile
+
+    from workflow_scripts.toy_data import SYNTHETIC_PATIENT_TAGS, generate_toy_dataset
+
+    as_nifti = tmp_path / "toy"
+    generate_toy_dataset(as_nifti)  # the same phantoms, every case as NIfTI
+    for case, folder, original in (("toy_011", "train", "imagesTr"), ("toy_102", "test", "imagesTs")):
+        assert (smoke_run / "resources/toy" / original / case).is_dir()
+        converted = sitk.ReadImage(str(smoke_run / f"results/inputs/{folder}/{case}.nii.gz"))
+        expected = sitk.ReadImage(str(as_nifti / original / f"{case}.nii.gz"))
+        assert np.array_equal(sitk.GetArrayFromImage(converted), sitk.GetArrayFromImage(expected))
+        np.testing.assert_allclose(converted.GetSpacing(), expected.GetSpacing(), rtol=1e-5)
+        np.testing.assert_allclose(converted.GetOrigin(), expected.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(converted.GetDirection(), expected.GetDirection(), atol=1e-6)
+        for stage in ("ensemble", "refined"):
+            split = "oof" if folder == "train" else "test"
+            assert (smoke_run / f"results/predictions/{split}/{stage}/{case}.nii.gz").exists()
+    qc = pd.read_csv(smoke_run / "results/qc/qc_table.tsv", sep="\t")
+    series = qc[qc["check"] == "dicom_series"].set_index("case")["message"]
+    assert sorted(series.index) == ["toy_011", "toy_102"]
+    assert series["toy_011"].startswith("series 12 (CT, 32 slices) chosen by rule most_slices")
+    # Not one made-up patient tag in any output, log or the report (compressed files read inflated).
+    secrets = [value.encode() for value in SYNTHETIC_PATIENT_TAGS.values()]
+    scanned = 0
+    for root in ("results", "logs", "benchmarks"):
+        for path in (smoke_run / root).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                if path.name.endswith(".gz"):
+                    data = gzip.decompress(data)
+                elif path.suffix in (".npz", ".zip"):
+                    with zipfile.ZipFile(path) as archive:
+                        data = b"".join(archive.read(name) for name in archive.namelist())
+                assert not any(secret in data for secret in secrets), path
+                scanned += 1
+    assert scanned > 200
+    # The check can fail: the DICOM files themselves hold the tags.
+    dicom_file = next((smoke_run / "resources/toy/imagesTr/toy_011").iterdir()).read_bytes()
+    assert all(secret in dicom_file for secret in secrets)
 
 
 def test_metric_tables_of_the_smoke_run(smoke_run):

@@ -25,8 +25,23 @@ def _nnunet(args, augmentation_workers: int | None = None) -> None:
 def cmd_make_toy_data(args):
     from workflow_scripts.toy_data import generate_toy_dataset
 
-    cases = generate_toy_dataset(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
-    print(f"toy data: {len(cases['train'])} training and {len(cases['test'])} test cases in {args.out}")
+    cases = generate_toy_dataset(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                                 dicom_cases=tuple(args.dicom_cases))
+    dicom = [c for c in args.dicom_cases if c in cases["train"] + cases["test"]]
+    print(f"toy data: {len(cases['train'])} training and {len(cases['test'])} test cases in {args.out}"
+          + (f" ({', '.join(dicom)} as DICOM series folders)" if dicom else ""))
+
+
+def cmd_convert_dicom(args):
+    from workflow_scripts.dicom import DicomError, convert_series_folder
+
+    try:
+        findings = convert_series_folder(args.case, Path(args.folder), Path(args.out), Path(args.findings),
+                                         _json(args.settings) if args.settings else None)
+    except DicomError as err:
+        sys.exit(f"error: {err}")
+    print(f"{args.case}: {findings['chosen']} (rule {findings['rule']}), {findings['missing_slices']} missing "
+          f"slice(s), other series: {findings['other_series'] or 'none'}")
 
 
 def cmd_qc_case(args):
@@ -34,7 +49,8 @@ def cmd_qc_case(args):
 
     table = write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None, args.label_values,
                           Path(args.out), _json(args.settings) if args.settings else None,
-                          Path(args.measurements) if args.measurements else None)
+                          Path(args.measurements) if args.measurements else None,
+                          Path(args.dicom_findings) if args.dicom_findings else None)
     for row in table[table["severity"] != "info"].itertuples():
         print(f"{row.severity}: [{row.check}] {row.message}")
 
@@ -230,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=12)
     p.add_argument("--n-test", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dicom-cases", nargs="*", default=["toy_011", "toy_102"],
+                   help="cases written as DICOM series folders (default: one training and one new case)")
 
     p = verb("qc-case", cmd_qc_case)
     p.add_argument("--case", required=True)
@@ -239,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", help="the config's qc section as JSON (default: the schema's defaults)")
     p.add_argument("--out", required=True)
     p.add_argument("--measurements", help="JSON file for the case's measurements (dataset summary)")
+    p.add_argument("--dicom-findings", help="JSON findings of the case's DICOM conversion (convert-dicom)")
+
+    p = verb("convert-dicom", cmd_convert_dicom)
+    p.add_argument("--case", required=True)
+    p.add_argument("--folder", required=True, help="the case's DICOM folder (searched recursively)")
+    p.add_argument("--settings", help="the config's data.dicom section as JSON (default: the schema's defaults)")
+    p.add_argument("--out", required=True, help="NIfTI image to write")
+    p.add_argument("--findings", required=True, help="JSON findings for QC to write")
 
     p = verb("qc-aggregate", cmd_qc_aggregate)
     p.add_argument("--out", required=True)

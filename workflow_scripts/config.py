@@ -138,16 +138,27 @@ def load_config(path: str | Path, base: str | Path = ".") -> dict:
 
 
 def discover_cases(folder: str | Path, pattern: str) -> list[str]:
-    """Case ids of the ``<case>.nii.gz`` files in ``folder``; a name off ``pattern`` is an error."""
+    """Case ids in ``folder``: ``<case>.nii.gz`` files and ``<case>/`` DICOM series folders (hidden entries are
+    skipped); a name off ``pattern`` or an id given both ways is an error."""
     folder = Path(folder)
-    names = sorted(p.name[: -len(IMAGE_SUFFIX)] for p in folder.glob(f"*{IMAGE_SUFFIX}"))
-    bad = [n for n in names if not re.match(pattern, n)]
+    images = sorted(p.name[: -len(IMAGE_SUFFIX)] for p in folder.glob(f"*{IMAGE_SUFFIX}"))
+    series = sorted(dicom_folders(folder))
+    bad = [n for n in images + series if not re.match(pattern, n)]
     if bad:
         raise ConfigError(f"case ids {bad} in {folder} do not match data.case_pattern '{pattern}'; rename the "
-                          "files or change the pattern")
-    if not names:
-        raise ConfigError(f"no '*{IMAGE_SUFFIX}' images in {folder}")
-    return names
+                          "files or folders, or change the pattern")
+    both = sorted(set(images) & set(series))
+    if both:
+        raise ConfigError(f"cases {both} in {folder} are given both as <case>{IMAGE_SUFFIX} and as a DICOM folder "
+                          "<case>/; keep one")
+    if not images and not series:
+        raise ConfigError(f"no '*{IMAGE_SUFFIX}' images or DICOM series folders in {folder}")
+    return sorted(images + series)
+
+
+def dicom_folders(folder: str | Path) -> dict[str, str]:
+    """{case: folder} of the DICOM series folders among a folder's entries."""
+    return {p.name: str(p) for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
 def input_cases(config: dict) -> tuple[list[str], list[str], dict[str, str]]:

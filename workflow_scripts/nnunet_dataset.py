@@ -43,6 +43,21 @@ def remap_label(label: sitk.Image, label_mapping: dict[str, list[int]]) -> sitk.
     return array_like(label_lookup(label_mapping)[array], label)
 
 
+def _on_image_grid(label: sitk.Image, image_path: Path) -> sitk.Image:
+    """The label with its image's spacing, origin and direction: QC has checked that they agree within the
+    ``qc`` tolerances, and nnU-Net refuses any difference above float rounding (e.g. a DICOM series' spacing
+    from slice positions against a label saved by another tool)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(image_path))
+    reader.ReadImageInformation()
+    if tuple(reader.GetSize()) != label.GetSize():
+        raise ValueError(f"label of {image_path.name} has size {label.GetSize()}, the image {reader.GetSize()}")
+    label.SetSpacing(reader.GetSpacing())
+    label.SetOrigin(reader.GetOrigin())
+    label.SetDirection(reader.GetDirection())
+    return label
+
+
 def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_root: Path, dataset_id: int,
                     name: str, label_mapping: dict[str, list[int]], summary_path: Path) -> dict:
     """Write ``raw_root/DatasetNNN_name`` (images linked, labels remapped) and a summary JSON."""
@@ -57,8 +72,8 @@ def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_ro
         if link.is_symlink() or link.exists():
             link.unlink()
         os.symlink(target, link)
-        label = read_image(Path(labels_dir) / f"{case}.nii.gz")
-        write_image(remap_label(label, label_mapping), folder / "labelsTr" / f"{case}.nii.gz")
+        label = remap_label(read_image(Path(labels_dir) / f"{case}.nii.gz"), label_mapping)
+        write_image(_on_image_grid(label, target), folder / "labelsTr" / f"{case}.nii.gz")
     dataset_json = {
         "channel_names": {"0": "CT"},
         "labels": {class_name: index for index, class_name in enumerate(label_mapping)},

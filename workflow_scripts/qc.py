@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from workflow_scripts.config import section_defaults
+from workflow_scripts.dicom import dicom_rows
 from workflow_scripts.io import pyplot, read_json, write_figure, write_json, write_table
 from workflow_scripts.metrics import bounding_box
 
@@ -284,8 +285,13 @@ def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[sl
 
 
 def write_case_qc(case: str, image_path: Path, label_path: Path | None, label_values: list[int],
-                  out: Path, settings: dict | None = None, out_measurements: Path | None = None) -> pd.DataFrame:
+                  out: Path, settings: dict | None = None, out_measurements: Path | None = None,
+                  dicom_findings: Path | None = None) -> pd.DataFrame:
+    """The case's QC table (and measurements) written; a DICOM case's conversion findings come first."""
     table, measured = inspect_case(case, image_path, label_path, label_values, settings)
+    if dicom_findings is not None:
+        rows = [_row(case, *row) for row in dicom_rows(read_json(dicom_findings))]
+        table = pd.concat([pd.DataFrame(rows, columns=COLUMNS), table], ignore_index=True)
     write_table(table, out)
     if out_measurements is not None:
         write_json(measured, out_measurements)

@@ -6,6 +6,9 @@ real data. Layout written under ``out``::
 
     imagesTr/<case>.nii.gz  labelsTr/<case>.nii.gz  anatomy/<case>.nii.gz
     imagesTs/<case>.nii.gz  labelsTs/<case>.nii.gz   (labelsTs: for evaluation only)
+
+Cases named in ``dicom_cases`` get their image as a DICOM series folder ``images*/<case>/`` instead, with made-up
+patient tags, so that the smoke run converts DICOM and proves that no tag reaches an output.
 """
 from __future__ import annotations
 
@@ -109,6 +112,58 @@ def make_phantom(rng: np.random.Generator, shape=(32, 96, 96), with_metastases: 
     return Phantom(image=np.round(image).astype(np.int16), label=label, anatomy=anatomy, spacing=(sxy, sxy, sz))
 
 
+# Made-up patient tags written into toy DICOM series: no output of the workflow may contain them.
+SYNTHETIC_PATIENT_TAGS = {"PatientName": "Doe^Jane^Secret", "PatientID": "PID-7731-SECRET", "PatientBirthDate": "19470312",
+               "InstitutionName": "St Secret Hospital", "AccessionNumber": "ACC99887766"}
+
+
+def write_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.7, 2.5), origin=(-120.0, -100.0, 50.0),
+                 orientation=(1, 0, 0, 0, 1, 0), series_number: int = 2, series_uid: str | None = None,
+                 drop: tuple[int, ...] = (), z_jitter: dict[int, float] | None = None, seed: int = 0) -> list[Path]:
+    """One file per slice of ``hu`` (z, y, x), stored as unsigned pixels with intercept -1024; ``spacing``
+    is (column, row, slice) in mm. ``drop`` leaves slices out, ``z_jitter`` moves slices along the normal (mm).
+    Files get random names so their order says nothing."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    iop = np.asarray(orientation, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    paths = []
+    for k in range(hu.shape[0]):
+        if k in drop:
+            continue
+        position = (np.asarray(origin) + (k * spacing[2] + (z_jitter or {}).get(k, 0.0)) * normal)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        for tag, value in SYNTHETIC_PATIENT_TAGS.items():
+            setattr(ds, tag, value)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", series_number, k + 1
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
+        ds.PixelSpacing = [f"{spacing[1]:.10g}", f"{spacing[0]:.10g}"]  # row spacing, column spacing
+        ds.SliceThickness = f"{spacing[2]:.10g}"
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
+        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        path = folder / f"{rng.integers(1 << 40):x}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
 def _to_image(array: np.ndarray, spacing) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
@@ -117,8 +172,9 @@ def _to_image(array: np.ndarray, spacing) -> sitk.Image:
 
 
 def generate_toy_dataset(out: str | Path, n_train: int = 12, n_test: int = 3, seed: int = 0,
-                         shape=(32, 96, 96)) -> dict:
-    """Write the toy dataset; every third case has no metastasis. Returns the case lists."""
+                         shape=(32, 96, 96), dicom_cases: tuple[str, ...] = ()) -> dict:
+    """Write the toy dataset; every third case has no metastasis; ``dicom_cases`` as DICOM series folders.
+    Returns the case lists."""
     out = Path(out)
     cases = {"train": [f"toy_{i:03d}" for i in range(n_train)],
              "test": [f"toy_{100 + i:03d}" for i in range(n_test)]}
@@ -127,8 +183,13 @@ def generate_toy_dataset(out: str | Path, n_train: int = 12, n_test: int = 3, se
             index = int(case.split("_")[1])
             rng = np.random.default_rng([seed, index])
             phantom = make_phantom(rng, shape=shape, with_metastases=index % 3 != 0)
-            write_image(_to_image(phantom.image, phantom.spacing), out / f"images{suffix}" / f"{case}.nii.gz")
+            if case in dicom_cases:
+                write_series(out / f"images{suffix}" / case, phantom.image, spacing=phantom.spacing,
+                             origin=(0.0, 0.0, 0.0), series_number=index + 1, seed=index)
+            else:
+                write_image(_to_image(phantom.image, phantom.spacing), out / f"images{suffix}" / f"{case}.nii.gz")
             write_image(_to_image(phantom.label, phantom.spacing), out / f"labels{suffix}" / f"{case}.nii.gz")
             write_image(_to_image(phantom.anatomy, phantom.spacing), out / "anatomy" / f"{case}.nii.gz")
-    write_json({"seed": seed, "shape_zyx": list(shape), **cases}, out / "toy_dataset.json")
+    write_json({"seed": seed, "shape_zyx": list(shape), **cases, "dicom": sorted(dicom_cases)},
+               out / "toy_dataset.json")
     return cases

@@ -1,0 +1,211 @@
+"""DICOM series folders as NIfTI: one series chosen per case, slice gaps and uneven spacing found, and no tag copied.
+
+Only the geometry (positions, orientation, pixel spacing), the rescale and the voxels are read into the NIfTI;
+findings name series by their number, never by UID or any patient tag, so a case is known by its id only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from workflow_scripts.io import write_image, write_json
+
+SERIES_RULES = ("most_slices", "thinnest_slices", "lowest_series_number")
+
+
+class DicomError(RuntimeError):
+    """A folder that cannot be made into one volume; the message names the case and the fix."""
+
+
+@dataclass
+class Series:
+    number: int | None
+    modality: str
+    slices: list = field(default_factory=list)  # (path, dataset without pixels)
+
+    @property
+    def normal(self) -> np.ndarray:
+        iop = _orientation(self.slices[0][1])
+        return np.cross(iop[:3], iop[3:])
+
+    def positions(self) -> np.ndarray:
+        return np.asarray([np.dot([float(v) for v in ds.ImagePositionPatient], self.normal)
+                           for _, ds in self.slices])
+
+    @property
+    def median_gap(self) -> float:
+        gaps = np.diff(np.sort(self.positions()))
+        return float(np.median(gaps)) if gaps.size else float("inf")
+
+    def describe(self) -> str:
+        number = "?" if self.number is None else self.number
+        return f"series {number} ({self.modality}, {len(self.slices)} slices)"
+
+
+def _orientation(ds) -> np.ndarray:
+    return np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+
+
+def _is_image_slice(ds) -> bool:
+    return all(k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
+                                 "Columns"))
+
+
+def read_series(folder: Path) -> tuple[list[Series], int]:
+    """Image series of a folder (searched recursively), and the number of files that are no DICOM image."""
+    import pydicom
+
+    series: dict[str, Series] = {}
+    skipped = 0
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM (a DICOMDIR's neighbours, notes, thumbnails)
+            skipped += 1
+            continue
+        if not _is_image_slice(ds):
+            skipped += 1
+            continue
+        key = str(ds.get("SeriesInstanceUID", "")) + "/" + str(ds.get("SeriesNumber", ""))
+        number = ds.get("SeriesNumber")
+        series.setdefault(key, Series(int(number) if number not in (None, "") else None,
+                                      str(ds.get("Modality", "?")))).slices.append((path, ds))
+    return list(series.values()), skipped
+
+
+def choose_series(candidates: list[Series], rule: str) -> Series:
+    """The series a rule picks: most slices (then thinnest), thinnest slices (then most), or the lowest
+    series number; remaining ties go to the lower series number."""
+    number = lambda s: s.number if s.number is not None else 1 << 30  # noqa: E731
+    keys = {"most_slices": lambda s: (-len(s.slices), s.median_gap, number(s)),
+            "thinnest_slices": lambda s: (s.median_gap, -len(s.slices), number(s)),
+            "lowest_series_number": lambda s: (number(s), -len(s.slices))}
+    if rule not in keys:
+        raise ValueError(f"unknown series rule {rule!r}; one of {SERIES_RULES}")
+    return min(candidates, key=keys[rule])
+
+
+@dataclass
+class SliceFindings:
+    missing: int            # slices missing in gaps of about k times the usual spacing
+    gaps_mm: list[float]    # the gaps that hold missing slices
+    uneven: float           # (largest - smallest) / median of the other gaps
+    duplicates: int         # slices at a position already taken
+
+
+def inspect_slices(positions: np.ndarray, gap_factor: float = 1.5) -> SliceFindings:
+    """Missing slices (a gap above ``gap_factor`` x the median gap) and the spread of the remaining gaps."""
+    positions = np.sort(positions)
+    gaps = np.diff(positions)
+    duplicates = int(np.sum(gaps < 1e-3))
+    gaps = gaps[gaps >= 1e-3]
+    if gaps.size == 0:
+        return SliceFindings(0, [], 0.0, duplicates)
+    median = float(np.median(gaps))
+    large = gaps > gap_factor * median
+    missing = int(sum(round(g / median) - 1 for g in gaps[large]))
+    regular = gaps[~large]
+    uneven = float((regular.max() - regular.min()) / median) if regular.size else 0.0
+    return SliceFindings(missing, [round(float(g), 3) for g in gaps[large]], uneven, duplicates)
+
+
+def _volume(series: Series) -> tuple[np.ndarray, tuple, tuple, tuple]:
+    """Voxels (z, y, x) in the series' rescaled units and the LPS geometry (origin, spacing, direction)."""
+    import pydicom
+
+    first = series.slices[0][1]
+    iop = _orientation(first)
+    problems = []
+    for _, ds in series.slices:
+        if not np.allclose(_orientation(ds), iop, atol=1e-4):
+            problems.append("orientation")
+        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
+            problems.append("size")
+        if not np.allclose([float(v) for v in ds.PixelSpacing], [float(v) for v in first.PixelSpacing], rtol=1e-4):
+            problems.append("pixel spacing")
+    if problems:
+        raise DicomError(f"slices of {series.describe()} differ in {', '.join(sorted(set(problems)))}")
+    positions = series.positions()
+    order = np.argsort(positions, kind="stable")
+    slices = []
+    for index in order:
+        path = series.slices[index][0]
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+        if pixels.ndim != 2:
+            raise DicomError(f"{series.describe()}: a slice holds {pixels.ndim}D pixels (multi-frame or colour); "
+                             "export the series as single-frame greyscale slices")
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        slices.append(pixels.astype(np.float64) * slope + intercept)
+    voxels = np.stack(slices)
+    if np.all(np.mod(voxels, 1) == 0) and voxels.min() >= -32768 and voxels.max() <= 32767:
+        voxels = voxels.astype(np.int16)
+    else:
+        voxels = voxels.astype(np.float32)
+    gaps = np.diff(positions[order])
+    slice_spacing = float(np.median(gaps)) if gaps.size else float(first.get("SliceThickness", 1.0) or 1.0)
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    origin = tuple(float(v) for v in series.slices[order[0]][1].ImagePositionPatient)
+    # ITK's direction columns are the x (along a row), y (down a column) and slice axes.
+    direction = tuple(np.column_stack([iop[:3], iop[3:], series.normal]).ravel().tolist())
+    return voxels, origin, (column_spacing, row_spacing, slice_spacing), direction
+
+
+DEFAULTS = {"series": "most_slices", "missing_gap_factor": 1.5, "spacing_tolerance": 0.01}
+
+
+def convert_series_folder(case: str, folder: Path, out_image: Path, out_findings: Path,
+                          settings: dict | None = None) -> dict:
+    """Write the chosen series of ``folder`` as NIfTI and the findings QC reports (series, slices).
+
+    ``settings``: the config's ``data.dicom`` section (series rule, missing-gap factor, spacing tolerance)."""
+    settings = {**DEFAULTS, **(settings or {})}
+    rule = settings["series"]
+    series, skipped = read_series(folder)
+    if not series:
+        raise DicomError(f"case {case}: no DICOM image slice in {folder} ({skipped} other files); give the case "
+                         "as one series folder of CT slices or as <case>.nii.gz")
+    chosen = choose_series(series, rule)
+    if len(chosen.slices) < 2:
+        raise DicomError(f"case {case}: {chosen.describe()} in {folder} has one slice; a 3D series is needed")
+    findings = inspect_slices(chosen.positions(), settings["missing_gap_factor"])
+    if findings.duplicates:
+        raise DicomError(f"case {case}: {chosen.describe()} has {findings.duplicates} slice(s) at a position "
+                         "already taken (two acquisitions in one series?); split the series or remove the copies")
+    voxels, origin, spacing, direction = _volume(chosen)
+    image = sitk.GetImageFromArray(voxels)  # a new image: no metadata of the DICOM files comes along
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    write_image(image, out_image)
+    report = {"case": case, "rule": rule, "chosen": chosen.describe(), "series_number": chosen.number,
+              "other_series": sorted(s.describe() for s in series if s is not chosen),
+              "slices": len(chosen.slices), "slice_spacing_mm": round(spacing[2], 4),
+              "missing_slices": findings.missing, "missing_gaps_mm": findings.gaps_mm,
+              "uneven_spacing": round(findings.uneven, 4), "spacing_tolerance": settings["spacing_tolerance"],
+              "skipped_files": skipped}
+    write_json(report, out_findings)
+    return report
+
+
+def dicom_rows(findings: dict) -> list[tuple[str, str, str]]:
+    """(check, severity, message) rows of a conversion's findings."""
+    case, uneven_tolerance = findings["case"], findings["spacing_tolerance"]
+    rows = [("dicom_series", "info", f"{findings['chosen']} chosen by rule {findings['rule']}"
+             + (f" over {', '.join(findings['other_series'])}" if findings["other_series"] else "")
+             + (f"; {findings['skipped_files']} file(s) not DICOM images skipped" if findings["skipped_files"] else ""))]
+    if findings["missing_slices"]:
+        rows.append(("dicom_missing_slices", "error",
+                     f"{findings['missing_slices']} slice(s) missing from case {case}'s {findings['chosen']} (gaps of "
+                     f"{findings['missing_gaps_mm']} mm where the spacing is {findings['slice_spacing_mm']} mm); "
+                     "re-export the complete series, or allow the check for this case (qc.allow) to use it "
+                     "with stretched geometry"))
+    if findings["uneven_spacing"] > uneven_tolerance:
+        rows.append(("dicom_uneven_spacing", "warning",
+                     f"slice gaps of case {case} vary by {findings['uneven_spacing']:.1%} of "
+                     f"{findings['slice_spacing_mm']} mm (data.dicom.spacing_tolerance {uneven_tolerance}); the volume "
+                     "is stored with the median gap, so positions drift along the scan"))
+    return rows
