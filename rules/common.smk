@@ -37,7 +37,15 @@ def _alternatives(names):
 
 
 def cases(split):
-    return TRAIN_CASES if split == "oof" else TEST_CASES
+    """The cases of a split that go on after QC. With qc.on_error: stop (default), all of them (QC stops the run
+    on an error), known at start-up; with exclude, the training cases without errors, known once the qc_report
+    checkpoint has run (call this only inside rule functions then). New cases are never left out automatically."""
+    if split == "test":
+        return TEST_CASES
+    if CONFIG["qc"]["on_error"] == "stop":
+        return TRAIN_CASES
+    with open(checkpoints.qc_report.get().output.cases) as f:
+        return json.load(f)["train"]
 
 
 def _configured_images_dir(split):
@@ -46,9 +54,10 @@ def _configured_images_dir(split):
 
 # DICOM series folders ({case: folder}) are converted; a split holding one gets a folder of NIfTI images under
 # results/inputs/ (converted series, links to the NIfTI cases) that every rule reads in place of the configured one.
+INPUT_CASES = {"oof": TRAIN_CASES, "test": TEST_CASES}  # before QC
 DICOM_CASES = {case: folder for split in ("oof", "test") for case, folder in
-               dicom_folders(_configured_images_dir(split)).items() if case in cases(split)}
-STAGED_SPLITS = [split for split in ("oof", "test") if any(case in DICOM_CASES for case in cases(split))]
+               dicom_folders(_configured_images_dir(split)).items() if case in INPUT_CASES[split]}
+STAGED_SPLITS = [split for split in ("oof", "test") if any(case in DICOM_CASES for case in INPUT_CASES[split])]
 INPUT_FOLDERS = {"oof": "train", "test": "test"}
 
 

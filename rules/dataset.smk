@@ -8,7 +8,7 @@ rule make_splits:
     output:
         "results/splits/splits_final.json",
     params:
-        cases=" ".join(TRAIN_CASES),
+        cases=lambda w: " ".join(cases("oof")),
         labels_dir=CONFIG["data"]["labels_tr"],
         labels=as_json(CONFIG["labels"]),
         n_folds=CONFIG["splits"]["n_folds"],
@@ -30,7 +30,7 @@ rule convert_dataset:
     output:
         "results/datasets/{configuration}/dataset_summary.json",
     params:
-        cases=" ".join(TRAIN_CASES),
+        cases=lambda w: " ".join(cases("oof")),
         nnunet_root=NNUNET_ROOT,
         images_dir=images_dir("oof"),
         labels_dir=CONFIG["data"]["labels_tr"],

@@ -4,16 +4,16 @@
 
 rule select_ensemble:
     input:
-        probabilities=expand("results/predictions/oof/{configuration}/{case}.npz",
-                             configuration=ensemble_configurations(), case=TRAIN_CASES),
-        references=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["labels_tr"], case=TRAIN_CASES),
+        probabilities=lambda w: expand("results/predictions/oof/{configuration}/{case}.npz",
+                                       configuration=ensemble_configurations(), case=cases("oof")),
+        references=lambda w: expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["labels_tr"], case=cases("oof")),
     output:
         table=report("results/ensemble/candidates.tsv", caption="report/ensemble_candidates.rst",
                      category="Ensemble"),
         selection="results/ensemble/selected.json",
     params:
         settings=selection_settings(),
-        cases=" ".join(TRAIN_CASES),
+        cases=lambda w: " ".join(cases("oof")),
         references_dir=lambda w, input: os.path.dirname(input.references[0]),
     threads: threads_of("select_ensemble")
     resources:

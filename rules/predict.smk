@@ -1,27 +1,28 @@
-# Per configuration: out-of-fold probabilities from the folds' validation, and new cases with all folds.
+# Per configuration: out-of-fold probabilities of each training case from the fold that held it out, and new
+# cases with all folds.
 
 
 rule gather_oof:
     input:
-        lambda w: training_summaries(w.configuration),
+        summaries=lambda w: training_summaries(w.configuration),
+        image=lambda w: image_path(w.case),
     output:
-        expand("results/predictions/oof/{{configuration}}/{case}.{ext}", case=TRAIN_CASES, ext=["npz", "nii.gz"]),
+        npz="results/predictions/oof/{configuration}/{case}.npz",
+        seg="results/predictions/oof/{configuration}/{case}.nii.gz",
     params:
         channel_labels=lambda w: as_json(channel_labels(w.configuration)),
-        cases=" ".join(TRAIN_CASES),
-        images_dir=images_dir("oof"),
     threads: threads_of("gather_oof")
     resources:
         **resources_of("gather_oof"),
     log:
-        "logs/gather_oof/{configuration}.log",
+        "logs/gather_oof/{configuration}/{case}.log",
     benchmark:
-        "benchmarks/gather_oof/{configuration}.tsv"
+        "benchmarks/gather_oof/{configuration}/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts gather-oof --training-summaries {input} --class-label-values {params.channel_labels:q} "
-        "--images-dir {params.images_dir} --cases {params.cases} "
+        "python -m workflow_scripts gather-oof --training-summaries {input.summaries} "
+        "--class-label-values {params.channel_labels:q} --case {wildcards.case} --image {input.image} "
         "--out-dir results/predictions/oof/{wildcards.configuration} > {log} 2>&1"
 
 

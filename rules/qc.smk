@@ -1,4 +1,5 @@
-# Quality control of every input case, then one table; the run stops naming each case with an error,
+# Quality control of every input case, then one table; the run stops naming each case with an error (or, with
+# qc.on_error: exclude, leaves failing training cases out: a checkpoint, as the later case lists depend on it);
 # warnings are listed and never block.
 
 
@@ -33,7 +34,7 @@ rule qc_case:
         "--measurements {output.measurements} {params.dicom} > {log} 2>&1"
 
 
-rule qc_report:
+checkpoint qc_report:
     input:
         tables=expand("results/qc/cases/{case}.tsv", case=TRAIN_CASES + TEST_CASES),
         measurements=expand("results/qc/cases/{case}.json", case=TRAIN_CASES + TEST_CASES),
@@ -42,12 +43,14 @@ rule qc_report:
         summary=report("results/qc/dataset_summary.tsv", caption="report/qc_dataset.rst",
                        category="Quality control"),
         figure=report("results/qc/dataset.png", caption="report/qc_dataset.rst", category="Quality control"),
+        cases="results/qc/passing_cases.json",
     params:
         exclude=as_json(CONFIG["qc"]["exclude"]),
         allow=as_json(CONFIG["qc"]["allow"]),
         orphan_labels=as_json(ORPHAN_LABELS),
         splits=as_json({**{c: "train" for c in TRAIN_CASES}, **{c: "test" for c in TEST_CASES}}),
         labels=as_json(CONFIG["labels"]),
+        on_error=CONFIG["qc"]["on_error"],
     log:
         "logs/qc_report.log",
     conda:
@@ -56,4 +59,4 @@ rule qc_report:
         "python -m workflow_scripts qc-aggregate --out {output.table} --exclude {params.exclude:q} "
         "--allow {params.allow:q} --orphan-labels {params.orphan_labels:q} --tables {input.tables} "
         "--measurements {input.measurements} --splits {params.splits:q} --labels {params.labels:q} "
-        "--summary {output.summary} --figure {output.figure} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "--summary {output.summary} --figure {output.figure} --on-error {params.on_error} --passing {output.cases} > {log} 2>&1 || (cat {log} >&2; exit 1)"

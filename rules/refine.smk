@@ -30,18 +30,18 @@ rule segment_anatomy:
 
 rule select_refinement:
     input:
-        segmentations=expand("results/predictions/oof/ensemble/{case}.nii.gz", case=TRAIN_CASES),
-        anatomy=[anatomy_map(case) for case in TRAIN_CASES],
-        images=[image_path(case) for case in TRAIN_CASES],
-        references=expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["labels_tr"], case=TRAIN_CASES),
+        segmentations=lambda w: [prediction("oof", "ensemble", case) for case in cases("oof")],
+        anatomy=lambda w: [anatomy_map(case) for case in cases("oof")],
+        images=lambda w: [image_path(case) for case in cases("oof")],
+        references=lambda w: [f"{reference_dir('oof')}/{case}.nii.gz" for case in cases("oof")],
     output:
         table=report("results/refinement/rule_subsets.tsv", caption="report/refinement_rules.rst",
                      category="Refinement"),
         selection="results/refinement/selected_rules.json",
     params:
         settings=refinement_settings(),
-        cases=" ".join(TRAIN_CASES),
-        anatomy=lambda w, input: as_json(dict(zip(TRAIN_CASES, input.anatomy))),
+        cases=lambda w: " ".join(cases("oof")),
+        anatomy=lambda w, input: as_json(dict(zip(cases("oof"), input.anatomy))),
         images_dir=lambda w, input: os.path.dirname(input.images[0]),
         references_dir=lambda w, input: os.path.dirname(input.references[0]),
         segmentation_dir=lambda w, input: os.path.dirname(input.segmentations[0]),

@@ -185,6 +185,38 @@ def test_aggregate_names_every_failing_case(toy_dir, tmp_path):
     assert (tmp_path / "table.tsv").exists() and set(table["case"]) == {"toy_001"}
 
 
+def test_on_error_exclude_leaves_out_failing_training_cases_only(toy_dir, tmp_path):
+    from workflow_scripts.qc import passing_cases
+
+    write_case_qc("toy_001", toy_dir / "imagesTr/toy_001.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz", VALUES,
+                  tmp_path / "good.tsv", TOY_QC)
+    write_case_qc("lost", toy_dir / "imagesTr/toy_003.nii.gz", tmp_path / "missing.nii.gz", VALUES,
+                  tmp_path / "lost.tsv", TOY_QC)
+    write_case_qc("new_1", toy_dir / "imagesTs/toy_100.nii.gz", None, VALUES, tmp_path / "new.tsv", TOY_QC)
+    splits = {"toy_001": "train", "lost": "train", "new_1": "test"}
+    tables = [tmp_path / "good.tsv", tmp_path / "lost.tsv", tmp_path / "new.tsv"]
+    with pytest.raises(QCError, match="or set qc.on_error: exclude"):  # the default stops and names the option
+        aggregate_qc(tables, tmp_path / "table.tsv", splits=splits)
+    table = aggregate_qc(tables, tmp_path / "table.tsv", exclude={"old": "phantom scan"}, on_error="exclude",
+                         splits=splits)
+    excluded = table[table["check"] == "excluded"].set_index("case")["message"]
+    assert excluded["lost"] == ("excluded by qc.on_error: exclude after errors in label_exists: never used for "
+                                "training or evaluation")
+    assert errors(table)["case"].tolist() == ["lost"]  # the error itself stays in the table
+    assert passing_cases(table, splits) == {"train": ["toy_001"], "test": ["new_1"],
+                                            "excluded": {"old": excluded["old"], "lost": excluded["lost"]}}
+    # A new case is never left out automatically: it was asked for.
+    write_case_qc("new_2", toy_dir / "imagesTs/toy_101.nii.gz", tmp_path / "missing.nii.gz", VALUES,
+                  tmp_path / "new_2.tsv", TOY_QC)
+    with pytest.raises(QCError, match="new_2: .label_exists.") as err:
+        aggregate_qc(tables + [tmp_path / "new_2.tsv"], tmp_path / "table.tsv", on_error="exclude",
+                     splits={**splits, "new_2": "test"})
+    assert "  lost:" not in str(err.value) and "not a new case you asked to segment" in str(err.value)
+    with pytest.raises(QCError, match="every training case has QC errors"):
+        aggregate_qc([tmp_path / "lost.tsv", tmp_path / "new.tsv"], tmp_path / "table.tsv", on_error="exclude",
+                     splits={"lost": "train", "new_1": "test"})
+
+
 def test_truncated_gzip_and_4d_volumes_are_errors(toy_dir, tmp_path):
     data = (toy_dir / "imagesTr/toy_001.nii.gz").read_bytes()
     (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])

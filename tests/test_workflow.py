@@ -135,6 +135,48 @@ def test_config_error_stops_with_one_clear_message(toy_workdir, tmp_path):
     assert "data.labels_tr: folder 'nowhere/labelsTr' does not exist" in result.stdout + result.stderr
 
 
+def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_workdir, tmp_path):
+    """A label with an unknown value stops the default run; with qc.on_error: exclude the case is left out of the
+    splits, the nnU-Net datasets and every later job, and QC says why."""
+    import shutil
+
+    shutil.copytree(toy_workdir / "resources", tmp_path / "resources", symlinks=True)
+    label_path = tmp_path / "resources/toy/labelsTr/toy_003.nii.gz"
+    label = sitk.ReadImage(str(label_path))
+    array = sitk.GetArrayFromImage(label)
+    array[0, 0, 0] = 7
+    broken = sitk.GetImageFromArray(array)
+    broken.CopyInformation(label)
+    sitk.WriteImage(broken, str(label_path))
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    (tmp_path / "stop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(tmp_path, "results/qc/qc_table.tsv", "--cores", "2", "--configfile", "stop.yaml", check=False)
+    assert result.returncode != 0
+    assert "toy_003: [label_values] label values [7]" in result.stderr and "qc.on_error: exclude" in result.stderr
+    config["qc"]["on_error"] = "exclude"
+    (tmp_path / "exclude.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    configurations = list(config["configurations"])
+    targets = ["results/splits/splits_final.json",
+               *[f"results/datasets/{name}/dataset_summary.json" for name in configurations]]
+    snakemake(tmp_path, *targets, "--cores", "2", "--configfile", "exclude.yaml")
+    passing = json.loads((tmp_path / "results/qc/passing_cases.json").read_text())
+    assert "toy_003" not in passing["train"] and len(passing["train"]) == 11 and len(passing["test"]) == 3
+    assert passing["excluded"]["toy_003"].startswith("excluded by qc.on_error: exclude after errors in label_values")
+    splits = json.loads((tmp_path / "results/splits/splits_final.json").read_text())
+    assert sorted(c for fold in splits for c in fold["val"]) == sorted(passing["train"])
+    for name in configurations:
+        summary = json.loads((tmp_path / f"results/datasets/{name}/dataset_summary.json").read_text())
+        assert sorted(summary["cases"]) == sorted(passing["train"])
+        assert not list((tmp_path / "results/nnunet/nnUNet_raw").glob("*/imagesTr/toy_003_0000.nii.gz"))
+    table = pd.read_csv(tmp_path / "results/qc/qc_table.tsv", sep="\t")
+    assert table[(table["case"] == "toy_003") & (table["check"] == "excluded")].shape[0] == 1
+    # The rest of the DAG, now that the checkpoint has run: 11 training cases everywhere, all 3 new cases.
+    plan = snakemake(tmp_path, "-n", "--configfile", "exclude.yaml").stdout
+    assert job_count(plan, "gather_oof") == 11 * len(configurations)
+    assert job_count(plan, "ensemble_case") == 11 + 3 and job_count(plan, "refine_case") == 11 + 3
+    assert "toy_003" not in plan
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The smoke DAG: every stage of the real workflow on the toy data, then the report.
 
@@ -486,8 +528,9 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
     jobs = slurm_jobs_by_rule(workdir)
     records = slurm_run["records"]
     assert len(list((workdir / "logs/slurm/rule_train_fold").iterdir())) == 15  # one folder per fold
-    for rule in ("rule_train_fold", "rule_predict_test", "rule_plan_and_preprocess", "rule_gather_oof"):
+    for rule in ("rule_train_fold", "rule_predict_test", "rule_plan_and_preprocess", "rule_convert_dicom"):
         assert rule in jobs, f"no SLURM job log for {rule}: {sorted(jobs)}"
+    assert any(name.startswith("group_out_of_fold") for name in jobs), sorted(jobs)  # 36 per-case gathers
     # 15 trainings, one of them submitted twice (preempted, then resubmitted).
     assert len(jobs["rule_train_fold"]) == 15 + bool(slurm_run["preempted"])
     # Per-case jobs are packed into group jobs: 15 QC cases in one SLURM job, not 15.

@@ -56,8 +56,8 @@ def cmd_qc_case(args):
 
 
 def cmd_qc_aggregate(args):
-    from workflow_scripts.io import write_table
-    from workflow_scripts.qc import QCError, aggregate_qc, dataset_summary, plot_dataset
+    from workflow_scripts.io import write_json, write_table
+    from workflow_scripts.qc import QCError, aggregate_qc, dataset_summary, passing_cases, plot_dataset
 
     dataset_rows = []
     if args.measurements:
@@ -67,9 +67,14 @@ def cmd_qc_aggregate(args):
         plot_dataset(summary, labels, Path(args.figure))
     try:
         table = aggregate_qc([Path(p) for p in args.tables], Path(args.out), _json(args.exclude), _json(args.allow),
-                             _json(args.orphan_labels), dataset_rows)
+                             _json(args.orphan_labels), dataset_rows, args.on_error, _json(args.splits))
     except QCError as err:
         sys.exit(str(err))
+    if args.passing:
+        passing = passing_cases(table, _json(args.splits))
+        write_json(passing, Path(args.passing))
+        for case, reason in passing["excluded"].items():
+            print(f"excluded {case}: {reason}")
     warnings = table[table["severity"] == "warning"]
     print(f"QC passed: {len(args.tables)} cases checked, {len(table)} rows, {len(warnings)} warning(s) in "
           f"{warnings['case'].nunique()} case(s)")
@@ -120,11 +125,9 @@ def cmd_train_fold(args):
 def cmd_gather_oof(args):
     from workflow_scripts.prediction import gather_out_of_fold
 
-    cases = gather_out_of_fold([Path(p) for p in args.training_summaries], _json(args.class_label_values),
-                               Path(args.images_dir), Path(args.out_dir))
-    expected = set(args.cases)
-    if set(cases) != expected:
-        sys.exit(f"out-of-fold predictions cover {sorted(set(cases))}, expected {sorted(expected)}")
+    folder = gather_out_of_fold([Path(p) for p in args.training_summaries], _json(args.class_label_values),
+                                args.case, Path(args.image), Path(args.out_dir))
+    print(f"{args.case}: out-of-fold probabilities from {folder}")
 
 
 def cmd_predict(args):
@@ -277,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="dataset summary TSV to write")
     p.add_argument("--figure", help="dataset figure PNG to write")
     p.add_argument("--tables", nargs="+", required=True, help="the cases' QC tables")
+    p.add_argument("--on-error", choices=["stop", "exclude"], default="stop", help="config qc.on_error")
+    p.add_argument("--passing", help="JSON to write: the cases of each split that go on, and the excluded ones")
 
     p = verb("make-splits", cmd_make_splits)
     p.add_argument("--cases", nargs="+", required=True)
@@ -318,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("gather-oof", cmd_gather_oof)
     p.add_argument("--training-summaries", nargs="+", required=True)
     p.add_argument("--class-label-values", required=True, help="JSON list")
-    p.add_argument("--images-dir", required=True)
-    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--case", required=True)
+    p.add_argument("--image", required=True, help="the case's image (the grid of the outputs)")
     p.add_argument("--out-dir", required=True)
 
     p = verb("predict", cmd_predict, nnunet=True)

@@ -35,21 +35,20 @@ def write_prediction(probabilities: np.ndarray, labels: list[int], reference_ima
                 Path(out_dir) / f"{case}.nii.gz")
 
 
-def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], images_dir: Path,
-                       out_dir: Path) -> list[str]:
-    """Convert each fold's validation probabilities (nnU-Net's export) into the common format."""
-    written = []
-    for summary_path in training_summaries:
-        summary = read_json(summary_path)
-        validation = Path(summary["output_folder"]) / "validation"
-        for case in summary["validation_cases"]:
-            with np.load(validation / f"{case}.npz") as data:
-                probabilities = data["probabilities"]
-            write_prediction(probabilities, class_label_values, Path(images_dir) / f"{case}.nii.gz", out_dir, case)
-            written.append(case)
-    if len(set(written)) != len(written):
-        raise RuntimeError(f"a case was validated in more than one fold: {sorted(written)}")
-    return written
+def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], case: str, image: Path,
+                       out_dir: Path) -> str:
+    """Convert a case's validation probabilities (nnU-Net's export) from the one fold that held it out into the
+    common format; returns that fold's output folder."""
+    summaries = [read_json(p) for p in training_summaries]
+    holding = [s for s in summaries if case in s["validation_cases"]]
+    if len(holding) != 1:
+        raise RuntimeError(f"{case} was validated in {len(holding)} folds, not exactly one: the folds' summaries "
+                           f"{[str(p) for p in training_summaries]} do not come from one split")
+    folder = Path(holding[0]["output_folder"])
+    with np.load(folder / "validation" / f"{case}.npz") as data:
+        probabilities = data["probabilities"]
+    write_prediction(probabilities, class_label_values, image, out_dir, case)
+    return str(folder)
 
 
 def predict_cases(model_folder: Path, folds: list[int], cases: list[str], images_dir: Path,

@@ -358,13 +358,28 @@ def plot_dataset(summary: pd.DataFrame, labels: dict[str, int], out: Path) -> No
     write_figure(fig, out, dpi=80)
 
 
+def excluded_cases(table: pd.DataFrame) -> dict[str, str]:
+    """{case: reason} of every excluded case in a QC table (by qc.exclude or by qc.on_error)."""
+    rows = table[table["check"] == "excluded"]
+    return dict(zip(rows["case"], rows["message"]))
+
+
+def passing_cases(table: pd.DataFrame, splits: dict[str, str]) -> dict:
+    """The cases of each split that go on after QC, and the excluded ones with their reason."""
+    excluded = excluded_cases(table)
+    return {"train": [c for c, s in splits.items() if s == "train" and c not in excluded],
+            "test": [c for c, s in splits.items() if s == "test" and c not in excluded], "excluded": excluded}
+
+
 def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
                  allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
-                 dataset_rows: list[dict] | None = None) -> pd.DataFrame:
+                 dataset_rows: list[dict] | None = None, on_error: str = "stop",
+                 splits: dict[str, str] | None = None) -> pd.DataFrame:
     """The dataset's QC table: the case tables, plus dataset-level rows (the same image under two ids, labels
     without an image, cases excluded by config, ``dataset_rows`` such as outliers); errors allowed by ``allow``
-    ({case: [check]}) become warnings. Raise ``QCError`` naming every case with an error, the fix, and the
-    config keys that allow or exclude it."""
+    ({case: [check]}) become warnings. With ``on_error="exclude"`` training cases with errors (``splits``:
+    {case: "train" | "test"}) get an ``excluded`` row and are left out. Raise ``QCError`` naming every remaining
+    case with an error, the fix, and the config keys that allow or exclude it."""
     table = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
     rows = list(dataset_rows or [])
     contents = table[table["check"] == "image_content"]
@@ -385,12 +400,25 @@ def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | N
         allowed = (table["case"] == case) & table["check"].isin(checks) & (table["severity"] == "error")
         table.loc[allowed, "message"] = "allowed by qc.allow: " + table.loc[allowed, "message"]
         table.loc[allowed, "severity"] = "warning"
-    write_table(table, out)
     errors = table[table["severity"] == "error"]
+    if on_error == "exclude":
+        failing = [c for c in errors["case"].unique() if (splits or {}).get(c) == "train"]
+        excluded = [_row(case, "excluded", "info", "excluded by qc.on_error: exclude after errors in "
+                         + ", ".join(sorted(set(errors.loc[errors["case"] == case, "check"])))
+                         + ": never used for training or evaluation") for case in failing]
+        table = pd.concat([table, pd.DataFrame(excluded, columns=COLUMNS)], ignore_index=True)
+        errors = errors[~errors["case"].isin(failing)]
+        if failing and not set(c for c, split in splits.items() if split == "train") - set(failing):
+            write_table(table, out)
+            raise QCError(f"every training case has QC errors; see {out}")
+    write_table(table, out)
     if len(errors):
         lines = [f"  {r.case}: [{r.check}] {r.message}" for r in errors.itertuples()]
         first = errors.iloc[0]
         raise QCError(f"QC found errors in {errors['case'].nunique()} case(s); see {out}. Fix each case, or in the "
                       f"config leave it out (qc.exclude: {{{first.case}: <reason>}}) or accept the check for it "
-                      f"(qc.allow: {{{first.case}: [{first.check}]}}):\n" + "\n".join(lines))
+                      f"(qc.allow: {{{first.case}: [{first.check}]}})"
+                      + (" (qc.on_error: exclude leaves out training cases only, not a new case you asked to segment)"
+                         if on_error == "exclude" else "; or set qc.on_error: exclude to leave out failing training "
+                         "cases") + ":\n" + "\n".join(lines))
     return table
