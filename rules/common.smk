@@ -17,14 +17,15 @@ def _load_config():
     raw = config or yaml.safe_load(open(os.path.join(workflow.basedir, "config", "config.yaml")))
     try:
         validated = validate_config(raw, base=os.getcwd())
-        train, test, orphan_labels = input_cases(validated)
+        found = input_cases(validated)
     except ConfigError as err:
         raise WorkflowError(str(err))
-    return validated, train, test, orphan_labels
+    return validated, found.train, found.test, found.orphan_labels, found.misnamed
 
 
-# Cases in qc.exclude are left out here, so they never reach any rule; QC reports them and the orphan labels.
-CONFIG, TRAIN_CASES, TEST_CASES, ORPHAN_LABELS = _load_config()
+# Cases in qc.exclude and images named off data.case_pattern are left out here, so they never reach any rule;
+# QC reports them, and the labels without an image.
+CONFIG, TRAIN_CASES, TEST_CASES, ORPHAN_LABELS, MISNAMED = _load_config()
 CONFIGURATIONS = list(CONFIG["configurations"])
 # New cases are always segmented; they are evaluated only when reference labels are given.
 EVALUATED_SPLITS = ["oof", "test"] if CONFIG["data"].get("labels_ts") else ["oof"]

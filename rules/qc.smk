@@ -48,7 +48,10 @@ checkpoint qc_report:
         exclude=as_json(CONFIG["qc"]["exclude"]),
         allow=as_json(CONFIG["qc"]["allow"]),
         orphan_labels=as_json(ORPHAN_LABELS),
-        splits=as_json({**{c: "train" for c in TRAIN_CASES}, **{c: "test" for c in TEST_CASES}}),
+        misnamed=as_json({name: path for name, (split, path) in MISNAMED.items()}),
+        pattern=CONFIG["data"]["case_pattern"],
+        splits=as_json({**{c: "train" for c in TRAIN_CASES}, **{c: "test" for c in TEST_CASES},
+                        **{name: split for name, (split, path) in MISNAMED.items()}}),
         labels=as_json(CONFIG["labels"]),
         on_error=CONFIG["qc"]["on_error"],
     log:
@@ -57,6 +60,7 @@ checkpoint qc_report:
         "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts qc-aggregate --out {output.table} --exclude {params.exclude:q} "
-        "--allow {params.allow:q} --orphan-labels {params.orphan_labels:q} --tables {input.tables} "
+        "--allow {params.allow:q} --orphan-labels {params.orphan_labels:q} "
+        "--misnamed {params.misnamed:q} --case-pattern {params.pattern:q} --tables {input.tables} "
         "--measurements {input.measurements} --splits {params.splits:q} --labels {params.labels:q} "
         "--summary {output.summary} --figure {output.figure} --on-error {params.on_error} --passing {output.cases} > {log} 2>&1 || (cat {log} >&2; exit 1)"

@@ -50,13 +50,15 @@ def test_config_errors_name_the_key(toy_config, edit, expected):
     assert expected in str(err.value)
 
 
-def test_discover_cases_rejects_bad_names(tmp_path):
+def test_discover_cases_sets_misnamed_images_apart(tmp_path):
     (tmp_path / "case_1.nii.gz").touch()
     (tmp_path / "case 2.nii.gz").touch()
-    with pytest.raises(ConfigError, match="case 2"):
+    cases, misnamed = discover_cases(tmp_path, r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    assert cases == ["case_1"] and misnamed == {"case 2": str(tmp_path / "case 2.nii.gz")}
+    for path in tmp_path.iterdir():
+        path.unlink()
+    with pytest.raises(ConfigError, match=r"no '\*\.nii\.gz' images or DICOM series folders in"):
         discover_cases(tmp_path, r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-    (tmp_path / "case 2.nii.gz").unlink()
-    assert discover_cases(tmp_path, r"^[A-Za-z0-9][A-Za-z0-9_-]*$") == ["case_1"]
 
 
 def test_excluded_cases_leave_every_list_and_orphan_labels_are_found(toy_config, tmp_path):
@@ -71,13 +73,22 @@ def test_excluded_cases_leave_every_list_and_orphan_labels_are_found(toy_config,
     config["data"]["images_tr"] = str(images)
     config["qc"] = {"exclude": {"toy_001": "motion artefacts", "toy_101": "no contrast"},
                     "allow": {"toy_002": ["label_values"]}}
-    train, test, orphans = input_cases(validate_config(config))
+    shutil.copyfile(images / "toy_004.nii.gz", images / "toy 4 copy.nii.gz")  # off the case pattern
+    shutil.copyfile(images / "toy_004.nii.gz", images / "toy#5.nii.gz")
+    config["qc"]["exclude"]["toy#5"] = "a test export"  # a misnamed image may be excluded by its name
+    train, test, orphans, misnamed = input_cases(validate_config(config))
     assert train == ["toy_000", "toy_002", "toy_004", "toy_005"]
     assert test == ["toy_100"]
     assert orphans == {"toy_003": str(Path(config["data"]["labels_tr"]) / "toy_003.nii.gz")}
+    assert misnamed == {"toy 4 copy": ["train", str(images / "toy 4 copy.nii.gz")]}
+    config["qc"]["allow"]["toy 4 copy"] = ["case_name"]
+    with pytest.raises(ConfigError, match=r"qc.exclude / qc.allow name cases \['toy 4 copy'\] .* rename them"):
+        input_cases(validate_config(config))
+    config["qc"]["allow"].pop("toy 4 copy")
+    config["qc"]["exclude"].pop("toy#5")
     config["qc"]["exclude"]["toy_999"] = "typo"
     with pytest.raises(ConfigError, match=r"qc.exclude / qc.allow name cases \['toy_999'\]"):
         input_cases(validate_config(config))
     config["qc"] = {"exclude": {"toy_100": "a", "toy_101": "b"}}
-    with pytest.raises(ConfigError, match="qc.exclude leaves no case in"):
+    with pytest.raises(ConfigError, match="no case left in .*: every image is in qc.exclude or named off"):
         input_cases(validate_config(config))

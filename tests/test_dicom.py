@@ -106,7 +106,7 @@ def test_case_discovery_takes_series_folders_and_refuses_an_id_given_twice(tmp_p
     sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(tmp_path / "case_a.nii.gz"))
     (tmp_path / ".hidden").mkdir()
     pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
-    assert discover_cases(tmp_path, pattern) == ["case_a", "case_b"]
+    assert discover_cases(tmp_path, pattern) == (["case_a", "case_b"], {})
     sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(tmp_path / "case_b.nii.gz"))
     with pytest.raises(ConfigError, match=r"cases \['case_b'\] .* both as <case>.nii.gz and as a DICOM folder"):
         discover_cases(tmp_path, pattern)

@@ -193,18 +193,23 @@ def test_on_error_exclude_leaves_out_failing_training_cases_only(toy_dir, tmp_pa
     write_case_qc("lost", toy_dir / "imagesTr/toy_003.nii.gz", tmp_path / "missing.nii.gz", VALUES,
                   tmp_path / "lost.tsv", TOY_QC)
     write_case_qc("new_1", toy_dir / "imagesTs/toy_100.nii.gz", None, VALUES, tmp_path / "new.tsv", TOY_QC)
-    splits = {"toy_001": "train", "lost": "train", "new_1": "test"}
+    splits = {"toy_001": "train", "lost": "train", "new_1": "test", "toy 4": "train"}
     tables = [tmp_path / "good.tsv", tmp_path / "lost.tsv", tmp_path / "new.tsv"]
-    with pytest.raises(QCError, match="or set qc.on_error: exclude"):  # the default stops and names the option
-        aggregate_qc(tables, tmp_path / "table.tsv", splits=splits)
+    misnamed = {"toy 4": "imagesTr/toy 4.nii.gz"}  # an image named off the case pattern
+    with pytest.raises(QCError, match="or set qc.on_error: exclude") as err:  # the default stops, naming the option
+        aggregate_qc(tables, tmp_path / "table.tsv", splits=splits, misnamed=misnamed, case_pattern="^[a-z0-9_]+$")
+    assert ("toy 4: [case_name] imagesTr/toy 4.nii.gz: the id 'toy 4' does not match data.case_pattern "
+            "'^[a-z0-9_]+$', so no rule can use it; rename the image (and its label)") in str(err.value)
     table = aggregate_qc(tables, tmp_path / "table.tsv", exclude={"old": "phantom scan"}, on_error="exclude",
-                         splits=splits)
+                         splits=splits, misnamed=misnamed, case_pattern="^[a-z0-9_]+$")
     excluded = table[table["check"] == "excluded"].set_index("case")["message"]
     assert excluded["lost"] == ("excluded by qc.on_error: exclude after errors in label_exists: never used for "
                                 "training or evaluation")
-    assert errors(table)["case"].tolist() == ["lost"]  # the error itself stays in the table
+    assert excluded["toy 4"].startswith("excluded by qc.on_error: exclude after errors in case_name")
+    assert sorted(errors(table)["case"]) == ["lost", "toy 4"]  # the errors themselves stay in the table
     assert passing_cases(table, splits) == {"train": ["toy_001"], "test": ["new_1"],
-                                            "excluded": {"old": excluded["old"], "lost": excluded["lost"]}}
+                                            "excluded": {"old": excluded["old"], "lost": excluded["lost"],
+                                                         "toy 4": excluded["toy 4"]}}
     # A new case is never left out automatically: it was asked for.
     write_case_qc("new_2", toy_dir / "imagesTs/toy_101.nii.gz", tmp_path / "missing.nii.gz", VALUES,
                   tmp_path / "new_2.tsv", TOY_QC)

@@ -136,8 +136,9 @@ def test_config_error_stops_with_one_clear_message(toy_workdir, tmp_path):
 
 
 def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_workdir, tmp_path):
-    """A label with an unknown value stops the default run; with qc.on_error: exclude the case is left out of the
-    splits, the nnU-Net datasets and every later job, and QC says why."""
+    """A label with an unknown value and an image named off the case pattern stop the default run; with
+    qc.on_error: exclude they are left out of the splits, the nnU-Net datasets and every later job, and QC says
+    why."""
     import shutil
 
     shutil.copytree(toy_workdir / "resources", tmp_path / "resources", symlinks=True)
@@ -148,11 +149,13 @@ def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_
     broken = sitk.GetImageFromArray(array)
     broken.CopyInformation(label)
     sitk.WriteImage(broken, str(label_path))
+    shutil.copyfile(tmp_path / "resources/toy/imagesTr/toy_004.nii.gz", tmp_path / "resources/toy/imagesTr/toy 4.nii.gz")
     config = yaml.safe_load(TOY_CONFIG.read_text())
     (tmp_path / "stop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     result = snakemake(tmp_path, "results/qc/qc_table.tsv", "--cores", "2", "--configfile", "stop.yaml", check=False)
     assert result.returncode != 0
     assert "toy_003: [label_values] label values [7]" in result.stderr and "qc.on_error: exclude" in result.stderr
+    assert "toy 4: [case_name]" in result.stderr  # an image named off data.case_pattern
     config["qc"]["on_error"] = "exclude"
     (tmp_path / "exclude.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     configurations = list(config["configurations"])
@@ -162,6 +165,7 @@ def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_
     passing = json.loads((tmp_path / "results/qc/passing_cases.json").read_text())
     assert "toy_003" not in passing["train"] and len(passing["train"]) == 11 and len(passing["test"]) == 3
     assert passing["excluded"]["toy_003"].startswith("excluded by qc.on_error: exclude after errors in label_values")
+    assert passing["excluded"]["toy 4"].startswith("excluded by qc.on_error: exclude after errors in case_name")
     splits = json.loads((tmp_path / "results/splits/splits_final.json").read_text())
     assert sorted(c for fold in splits for c in fold["val"]) == sorted(passing["train"])
     for name in configurations:

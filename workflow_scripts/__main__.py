@@ -67,7 +67,8 @@ def cmd_qc_aggregate(args):
         plot_dataset(summary, labels, Path(args.figure))
     try:
         table = aggregate_qc([Path(p) for p in args.tables], Path(args.out), _json(args.exclude), _json(args.allow),
-                             _json(args.orphan_labels), dataset_rows, args.on_error, _json(args.splits))
+                             _json(args.orphan_labels), dataset_rows, args.on_error, _json(args.splits),
+                             _json(args.misnamed), args.case_pattern)
     except QCError as err:
         sys.exit(str(err))
     if args.passing:
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", default="{}", help="JSON {case: reason} (config qc.exclude)")
     p.add_argument("--allow", default="{}", help="JSON {case: [check]} (config qc.allow)")
     p.add_argument("--orphan-labels", default="{}", help="JSON {case: label path} of labels without an image")
+    p.add_argument("--misnamed", default="{}", help="JSON {name: path} of images named off the case pattern")
+    p.add_argument("--case-pattern", default="", help="config data.case_pattern, for the message")
     p.add_argument("--measurements", nargs="+", help="the cases' QC measurement JSON files (dataset summary)")
     p.add_argument("--splits", default="{}", help="JSON {case: split} for the summary")
     p.add_argument("--labels", default="{}", help="JSON {name: value} of the labels")

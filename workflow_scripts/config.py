@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import jsonschema
 import yaml
@@ -137,23 +138,22 @@ def load_config(path: str | Path, base: str | Path = ".") -> dict:
     return validate_config(yaml.safe_load(Path(path).read_text()), base)
 
 
-def discover_cases(folder: str | Path, pattern: str) -> list[str]:
+def discover_cases(folder: str | Path, pattern: str) -> tuple[list[str], dict[str, str]]:
     """Case ids in ``folder``: ``<case>.nii.gz`` files and ``<case>/`` DICOM series folders (hidden entries are
-    skipped); a name off ``pattern`` or an id given both ways is an error."""
+    skipped); and the entries whose name is off ``pattern`` ({name: path}), which QC reports as errors (no rule
+    can use them). An id given both ways is an error."""
     folder = Path(folder)
-    images = sorted(p.name[: -len(IMAGE_SUFFIX)] for p in folder.glob(f"*{IMAGE_SUFFIX}"))
-    series = sorted(dicom_folders(folder))
-    bad = [n for n in images + series if not re.match(pattern, n)]
-    if bad:
-        raise ConfigError(f"case ids {bad} in {folder} do not match data.case_pattern '{pattern}'; rename the "
-                          "files or folders, or change the pattern")
-    both = sorted(set(images) & set(series))
+    entries = {p.name[: -len(IMAGE_SUFFIX)]: str(p) for p in folder.glob(f"*{IMAGE_SUFFIX}")}
+    series = dicom_folders(folder)
+    both = sorted(set(entries) & set(series))
     if both:
         raise ConfigError(f"cases {both} in {folder} are given both as <case>{IMAGE_SUFFIX} and as a DICOM folder "
                           "<case>/; keep one")
-    if not images and not series:
+    entries.update(series)
+    if not entries:
         raise ConfigError(f"no '*{IMAGE_SUFFIX}' images or DICOM series folders in {folder}")
-    return sorted(images + series)
+    misnamed = {name: path for name, path in sorted(entries.items()) if not re.match(pattern, name)}
+    return sorted(set(entries) - set(misnamed)), misnamed
 
 
 def dicom_folders(folder: str | Path) -> dict[str, str]:
@@ -161,28 +161,40 @@ def dicom_folders(folder: str | Path) -> dict[str, str]:
     return {p.name: str(p) for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
-def input_cases(config: dict) -> tuple[list[str], list[str], dict[str, str]]:
-    """Training and new case ids from the image folders, without the ones in ``qc.exclude``; and the labels
-    that have no image ({case: path}), which QC reports."""
+class InputCases(NamedTuple):
+    train: list[str]                  # training case ids, without the ones in qc.exclude
+    test: list[str]                   # new case ids, without the ones in qc.exclude
+    orphan_labels: dict[str, str]     # {case: label path} of labels without an image
+    misnamed: dict[str, list[str]]    # {name: [split, path]} of images whose name is off data.case_pattern
+
+
+def input_cases(config: dict) -> InputCases:
+    """The cases of the image folders; the labels without an image and the misnamed images, which QC reports."""
     data, qc = config["data"], config["qc"]
-    found = {split: discover_cases(data[key], data["case_pattern"])
-             for split, key in (("train", "images_tr"), ("test", "images_ts"))}
-    unknown = sorted((set(qc["exclude"]) | set(qc["allow"])) - set(found["train"]) - set(found["test"]))
+    found, misnamed = {}, {}
+    for split, key in (("train", "images_tr"), ("test", "images_ts")):
+        found[split], bad = discover_cases(data[key], data["case_pattern"])
+        misnamed.update({name: [split, path] for name, path in bad.items()})
+    known = set(found["train"]) | set(found["test"])
+    unknown = sorted((set(qc["exclude"]) - known - set(misnamed)) | (set(qc["allow"]) - known))
+    named_off = set(misnamed)
+    misnamed = {name: entry for name, entry in misnamed.items() if name not in qc["exclude"]}
     if unknown:
         raise ConfigError(f"qc.exclude / qc.allow name cases {unknown} that are in neither {data['images_tr']} nor "
-                          f"{data['images_ts']}; fix the ids")
+                          f"{data['images_ts']} (or, for qc.allow, off data.case_pattern: rename them); fix the ids")
     kept = {split: [c for c in cases if c not in qc["exclude"]] for split, cases in found.items()}
     for split, key in (("train", "images_tr"), ("test", "images_ts")):
         if not kept[split]:
-            raise ConfigError(f"qc.exclude leaves no case in {data[key]}")
+            raise ConfigError(f"no case left in {data[key]}: every image is in qc.exclude or named off "
+                              f"data.case_pattern '{data['case_pattern']}'")
     orphans = {}
     for split, key in (("train", "labels_tr"), ("test", "labels_ts")):
         if data.get(key):
             for path in sorted(Path(data[key]).glob(f"*{IMAGE_SUFFIX}")):
                 case = path.name[: -len(IMAGE_SUFFIX)]
-                if case not in found[split]:
+                if case not in found[split] and case not in named_off:
                     orphans[case] = str(path)
-    return kept["train"], kept["test"], orphans
+    return InputCases(kept["train"], kept["test"], orphans, misnamed)
 
 
 def rule_resources(config: dict, rule: str) -> dict:

@@ -374,9 +374,11 @@ def passing_cases(table: pd.DataFrame, splits: dict[str, str]) -> dict:
 def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
                  allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
                  dataset_rows: list[dict] | None = None, on_error: str = "stop",
-                 splits: dict[str, str] | None = None) -> pd.DataFrame:
+                 splits: dict[str, str] | None = None, misnamed: dict[str, str] | None = None,
+                 case_pattern: str = "") -> pd.DataFrame:
     """The dataset's QC table: the case tables, plus dataset-level rows (the same image under two ids, labels
-    without an image, cases excluded by config, ``dataset_rows`` such as outliers); errors allowed by ``allow``
+    without an image, images named off the case pattern (``misnamed``: {name: path}), cases excluded by config,
+    ``dataset_rows`` such as outliers); errors allowed by ``allow``
     ({case: [check]}) become warnings. With ``on_error="exclude"`` training cases with errors (``splits``:
     {case: "train" | "test"}) get an ``excluded`` row and are left out. Raise ``QCError`` naming every remaining
     case with an error, the fix, and the config keys that allow or exclude it."""
@@ -392,6 +394,10 @@ def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | N
     for case, path in sorted((orphan_labels or {}).items()):
         rows.append(_row(case, "label_without_image", "warning", f"label {path} has no image, so the case is left "
                          "out; add its image or remove the label"))
+    for name, path in sorted((misnamed or {}).items()):
+        rows.append(_row(name, "case_name", "error", f"{path}: the id '{name}' does not match data.case_pattern "
+                         f"'{case_pattern}', so no rule can use it; rename the image (and its label) or change the "
+                         "pattern"))
     for case, reason in sorted((exclude or {}).items()):
         rows.append(_row(case, "excluded", "info", f"excluded by qc.exclude ({reason}): never used for training, "
                          "prediction or evaluation"))
