@@ -73,6 +73,19 @@ def test_uneven_slice_spacing_is_a_warning(tmp_path):
     assert set(qc_rows(tmp_path, "case_2")["severity"]) == {"info"}
 
 
+def test_a_slice_without_its_position_is_left_out_as_an_error(tmp_path):
+    import pydicom
+
+    paths = sorted(write_series(tmp_path / "dicom", phantom_hu()))
+    ds = pydicom.dcmread(paths[0])
+    del ds.ImagePositionPatient  # its orientation, spacing and size are still there: an image slice, damaged
+    ds.save_as(paths[0])
+    findings = convert(tmp_path, tmp_path / "dicom")
+    assert findings["damaged_files"] == 1 and findings["slices"] == 11
+    row = qc_rows(tmp_path).loc["dicom_damaged_files"]
+    assert row["severity"] == "error" and row["message"].startswith("1 DICOM image file(s) in case case_1's folder")
+
+
 @pytest.mark.parametrize("rule, chosen", [("most_slices", 5), ("thinnest_slices", 7), ("lowest_series_number", 3)])
 def test_the_series_rule_chooses_among_several_series(tmp_path, rule, chosen):
     hu = phantom_hu()
@@ -91,7 +104,7 @@ def test_the_series_rule_chooses_among_several_series(tmp_path, rule, chosen):
 def test_folders_that_are_no_series_fail_with_the_case_and_the_fix(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("scan pending")
-    with pytest.raises(DicomError, match=r"case case_1: no DICOM image slice in .*empty \(1 other files\); give "):
+    with pytest.raises(DicomError, match=r"case case_1: no DICOM image slice in .*empty \(1 other files, 0 damaged\); give "):
         convert(tmp_path, tmp_path / "empty")
     hu = phantom_hu()
     write_series(tmp_path / "twice", hu, series_uid="1.2.3.4")
@@ -131,3 +144,39 @@ def test_findings_file_is_json_with_series_numbers_only(tmp_path):
     text = (tmp_path / "case_1.json").read_text()
     assert "1.2.826.0.1.3680043.99.1" not in text  # UIDs are identifiers too
     assert json.loads(text)["chosen"] == "series 2 (CT, 12 slices)"
+
+
+TAGS = ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "RescaleSlope",
+        "RescaleIntercept", "SeriesNumber", "BitsAllocated", "PixelData", "SeriesInstanceUID"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(tag=st.sampled_from(TAGS), value=st.one_of(st.none(), st.text(max_size=12), st.binary(max_size=16)),
+       slice_index=st.integers(0, 3), junk=st.binary(max_size=64))
+def test_damaged_headers_and_junk_files_give_a_volume_or_a_clear_error(tmp_path_factory, tag, value, slice_index,
+                                                                         junk):
+    """One slice's tag deleted or set to random text or bytes, plus a junk file: a volume or a DicomError naming
+    the case, never a traceback."""
+    import pydicom
+
+    folder = tmp_path_factory.mktemp("series")
+    paths = sorted(write_series(folder / "dicom", phantom_hu(shape=(4, 6, 5))))
+    ds = pydicom.dcmread(paths[slice_index])
+    if value is None:
+        if tag in ds:
+            delattr(ds, tag)
+    else:
+        try:
+            setattr(ds, tag, value)
+            ds.save_as(paths[slice_index])
+        except Exception:  # pydicom refuses to write some values at all: nothing to read back
+            return
+    if value is None:
+        ds.save_as(paths[slice_index])
+    (folder / "dicom" / "junk.bin").write_bytes(junk)
+    try:
+        findings = convert(folder, folder / "dicom")
+    except DicomError as err:
+        assert "case_1" in str(err)
+    else:
+        assert findings["slices"] >= 2 and (folder / "case_1.nii.gz").exists()

@@ -49,31 +49,53 @@ def _orientation(ds) -> np.ndarray:
     return np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=float)
 
 
-def _is_image_slice(ds) -> bool:
-    return all(k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
-                                 "Columns"))
+GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 
 
-def read_series(folder: Path) -> tuple[list[Series], int]:
-    """Image series of a folder (searched recursively), and the number of files that are no DICOM image."""
+def _valid_geometry(ds) -> bool:
+    """Position (3), orientation (6, two non-parallel axes), pixel spacing (2, positive) and size all readable."""
+    try:
+        position = [float(v) for v in ds.ImagePositionPatient]
+        orientation = _orientation(ds)
+        spacing = [float(v) for v in ds.PixelSpacing]
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except Exception:  # absent, empty, or not numbers
+        return False
+    return (len(position) == 3 and orientation.shape == (6,) and len(spacing) == 2
+            and np.all(np.isfinite(position + spacing)) and np.all(np.isfinite(orientation))
+            and min(spacing) > 0 and rows > 0 and columns > 0
+            and np.linalg.norm(np.cross(orientation[:3], orientation[3:])) > 0.5)
+
+
+def _series_number(ds) -> int | None:
+    try:
+        return int(ds.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        return None
+
+
+def read_series(folder: Path) -> tuple[list[Series], int, int]:
+    """Image series of a folder (searched recursively); the number of files that are no DICOM image (skipped),
+    and of DICOM image files whose geometry cannot be read (damaged, left out)."""
     import pydicom
 
     series: dict[str, Series] = {}
-    skipped = 0
+    skipped = damaged = 0
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # not DICOM (a DICOMDIR's neighbours, notes, thumbnails)
             skipped += 1
             continue
-        if not _is_image_slice(ds):
+        if not any(k in ds for k in GEOMETRY_TAGS):
             skipped += 1
             continue
+        if not _valid_geometry(ds):
+            damaged += 1
+            continue
         key = str(ds.get("SeriesInstanceUID", "")) + "/" + str(ds.get("SeriesNumber", ""))
-        number = ds.get("SeriesNumber")
-        series.setdefault(key, Series(int(number) if number not in (None, "") else None,
-                                      str(ds.get("Modality", "?")))).slices.append((path, ds))
-    return list(series.values()), skipped
+        series.setdefault(key, Series(_series_number(ds), str(ds.get("Modality", "?")))).slices.append((path, ds))
+    return list(series.values()), skipped, damaged
 
 
 def choose_series(candidates: list[Series], rule: str) -> Series:
@@ -132,13 +154,20 @@ def _volume(series: Series) -> tuple[np.ndarray, tuple, tuple, tuple]:
     order = np.argsort(positions, kind="stable")
     slices = []
     for index in order:
-        path = series.slices[index][0]
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-        if pixels.ndim != 2:
-            raise DicomError(f"{series.describe()}: a slice holds {pixels.ndim}D pixels (multi-frame or colour); "
-                             "export the series as single-frame greyscale slices")
-        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        try:
+            ds = pydicom.dcmread(series.slices[index][0])
+            pixels = ds.pixel_array
+            slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        except Exception as err:  # pixels that do not decode, a rescale that is not a number
+            raise DicomError(f"a slice of {series.describe()} cannot be decoded ({type(err).__name__}); re-export "
+                             "the series (uncompressed, if it is compressed)") from None
+        if pixels.shape != (first.Rows, first.Columns):
+            raise DicomError(f"a slice of {series.describe()} holds pixels of shape {pixels.shape}, not "
+                             f"{(first.Rows, first.Columns)} (multi-frame or colour); export the series as "
+                             "single-frame greyscale slices")
+        if not (np.isfinite(slope) and np.isfinite(intercept)):
+            raise DicomError(f"a slice of {series.describe()} has rescale slope {slope} and intercept {intercept}; "
+                             "re-export the series")
         slices.append(pixels.astype(np.float64) * slope + intercept)
     voxels = np.stack(slices)
     if np.all(np.mod(voxels, 1) == 0) and voxels.min() >= -32768 and voxels.max() <= 32767:
@@ -164,9 +193,9 @@ def convert_series_folder(case: str, folder: Path, out_image: Path, out_findings
     ``settings``: the config's ``data.dicom`` section (series rule, missing-gap factor, spacing tolerance)."""
     settings = {**DEFAULTS, **(settings or {})}
     rule = settings["series"]
-    series, skipped = read_series(folder)
+    series, skipped, damaged = read_series(folder)
     if not series:
-        raise DicomError(f"case {case}: no DICOM image slice in {folder} ({skipped} other files); give the case "
+        raise DicomError(f"case {case}: no DICOM image slice in {folder} ({skipped} other files, {damaged} damaged); give the case "
                          "as one series folder of CT slices or as <case>.nii.gz")
     chosen = choose_series(series, rule)
     if len(chosen.slices) < 2:
@@ -175,7 +204,10 @@ def convert_series_folder(case: str, folder: Path, out_image: Path, out_findings
     if findings.duplicates:
         raise DicomError(f"case {case}: {chosen.describe()} has {findings.duplicates} slice(s) at a position "
                          "already taken (two acquisitions in one series?); split the series or remove the copies")
-    voxels, origin, spacing, direction = _volume(chosen)
+    try:
+        voxels, origin, spacing, direction = _volume(chosen)
+    except DicomError as err:
+        raise DicomError(f"case {case}: {err}") from None
     image = sitk.GetImageFromArray(voxels)  # a new image: no metadata of the DICOM files comes along
     image.SetOrigin(origin)
     image.SetSpacing(spacing)
@@ -186,7 +218,7 @@ def convert_series_folder(case: str, folder: Path, out_image: Path, out_findings
               "slices": len(chosen.slices), "slice_spacing_mm": round(spacing[2], 4),
               "missing_slices": findings.missing, "missing_gaps_mm": findings.gaps_mm,
               "uneven_spacing": round(findings.uneven, 4), "spacing_tolerance": settings["spacing_tolerance"],
-              "skipped_files": skipped}
+              "skipped_files": skipped, "damaged_files": damaged}
     write_json(report, out_findings)
     return report
 
@@ -203,6 +235,11 @@ def dicom_rows(findings: dict) -> list[tuple[str, str, str]]:
                      f"{findings['missing_gaps_mm']} mm where the spacing is {findings['slice_spacing_mm']} mm); "
                      "re-export the complete series, or allow the check for this case (qc.allow) to use it "
                      "with stretched geometry"))
+    if findings.get("damaged_files"):
+        rows.append(("dicom_damaged_files", "error",
+                     f"{findings['damaged_files']} DICOM image file(s) in case {case}'s folder have no readable "
+                     "position, orientation, pixel spacing or size and were left out; re-export the series, or "
+                     "allow the check for this case (qc.allow) to use the rest"))
     if findings["uneven_spacing"] > uneven_tolerance:
         rows.append(("dicom_uneven_spacing", "warning",
                      f"slice gaps of case {case} vary by {findings['uneven_spacing']:.1%} of "
