@@ -27,6 +27,7 @@ localrules:
     link_image,
     qc_report,
     make_splits,
+    export_bundle,
     summarize_metrics,
     summarize_runtime,
 
@@ -39,6 +40,7 @@ include: "rules/predict.smk"
 include: "rules/ensemble.smk"
 include: "rules/refine.smk"
 include: "rules/evaluate.smk"
+include: "rules/bundle.smk"
 
 
 onsuccess:

@@ -8,14 +8,16 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)  # this checkout's package; jobs import the installed one (pip install -e .)
-from workflow_scripts.config import (RESERVED_STAGES, ConfigError, dicom_folders, input_cases, rule_resources,
-                                     validate_config)
+from workflow_scripts.config import (BUNDLE_MANIFEST, RESERVED_STAGES, ConfigError, dicom_folders, input_cases,
+                                     predict_config, rule_resources, validate_config)
 from workflow_scripts.nnunet_dataset import class_label_values
 
 
 def _load_config():
     raw = config or yaml.safe_load(open(os.path.join(workflow.basedir, "config", "config.yaml")))
     try:
+        if raw.get("bundle"):  # new cases segmented with an exported study: its config, this run's data
+            raw = predict_config(raw, base=os.getcwd())
         validated = validate_config(raw, base=os.getcwd())
         found = input_cases(validated)
     except ConfigError as err:
@@ -26,9 +28,16 @@ def _load_config():
 # Cases in qc.exclude and images named off data.case_pattern are left out here, so they never reach any rule;
 # QC reports them, and the labels without an image.
 CONFIG, TRAIN_CASES, TEST_CASES, ORPHAN_LABELS, MISNAMED = _load_config()
-CONFIGURATIONS = list(CONFIG["configurations"])
+# With a bundle: only new cases, and only the configurations its chosen ensemble uses (their models are in it).
+BUNDLE = CONFIG["bundle"]
+if BUNDLE:
+    with open(os.path.join(BUNDLE, BUNDLE_MANIFEST)) as f:
+        BUNDLE_MODELS = json.load(f)["configurations"]
+    CONFIGURATIONS = list(BUNDLE_MODELS)
+else:
+    CONFIGURATIONS = list(CONFIG["configurations"])
 # New cases are always segmented; they are evaluated only when reference labels are given.
-EVALUATED_SPLITS = ["oof", "test"] if CONFIG["data"].get("labels_ts") else ["oof"]
+EVALUATED_SPLITS = ([] if BUNDLE else ["oof"]) + (["test"] if CONFIG["data"].get("labels_ts") else [])
 STAGES = CONFIGURATIONS + list(RESERVED_STAGES)
 NNUNET_ROOT = "results/nnunet"
 
@@ -56,8 +65,9 @@ def _configured_images_dir(split):
 # DICOM series folders ({case: folder}) are converted; a split holding one gets a folder of NIfTI images under
 # results/inputs/ (converted series, links to the NIfTI cases) that every rule reads in place of the configured one.
 INPUT_CASES = {"oof": TRAIN_CASES, "test": TEST_CASES}  # before QC
-DICOM_CASES = {case: folder for split in ("oof", "test") for case, folder in
-               dicom_folders(_configured_images_dir(split)).items() if case in INPUT_CASES[split]}
+DICOM_CASES = {case: folder for split in ("oof", "test") if _configured_images_dir(split)
+               for case, folder in dicom_folders(_configured_images_dir(split)).items()
+               if case in INPUT_CASES[split]}
 STAGED_SPLITS = [split for split in ("oof", "test") if any(case in DICOM_CASES for case in INPUT_CASES[split])]
 INPUT_FOLDERS = {"oof": "train", "test": "test"}
 
@@ -126,14 +136,42 @@ def anatomy_map(case):
 
 
 def ensemble_configurations():
-    """Configurations an ensemble may draw on: the full-label members and the fused partial models."""
+    """Configurations an ensemble may draw on: the full-label members and the fused partial models (with a
+    bundle: those its chosen ensemble uses)."""
+    if BUNDLE:
+        return CONFIGURATIONS
     fused = [f["configuration"] for f in CONFIG["ensemble"]["fusions"]]
     return list(CONFIG["ensemble"]["members"]) + [c for c in fused if c not in CONFIG["ensemble"]["members"]]
 
 
 def ensemble_inputs(w):
     return {"probabilities": [prediction(w.split, c, w.case, "npz") for c in ensemble_configurations()],
-            "selection": "results/ensemble/selected.json", "image": image_path(w.case)}
+            "selection": chosen_ensemble(), "image": image_path(w.case)}
+
+
+def chosen_ensemble():
+    return os.path.join(BUNDLE, "ensemble.json") if BUNDLE else "results/ensemble/selected.json"
+
+
+def chosen_refinement():
+    return os.path.join(BUNDLE, "refinement.json") if BUNDLE else "results/refinement/selected_rules.json"
+
+
+def model_inputs(name):
+    """What predicting with a configuration reads: its folds' training summaries, or its files in the bundle."""
+    if BUNDLE:
+        return [os.path.join(BUNDLE, BUNDLE_MANIFEST)]
+    return training_summaries(name)
+
+
+def model_arguments(name):
+    if BUNDLE:
+        return f"--bundle {BUNDLE} --configuration {name}"
+    return "--training-summaries " + " ".join(training_summaries(name))
+
+
+def model_folds(name):
+    return BUNDLE_MODELS[name]["folds"] if BUNDLE else configuration(name)["folds"]
 
 
 def selection_settings():
@@ -153,8 +191,11 @@ def refinement_settings():
 
 
 def all_targets(runtime=True):
-    targets = ["results/qc/qc_table.tsv", "results/metrics/summary.tsv", "results/ensemble/candidates.tsv",
-               "results/refinement/rule_subsets.tsv"]
+    targets = ["results/qc/qc_table.tsv"]
+    if not BUNDLE:
+        targets += ["results/ensemble/candidates.tsv", "results/refinement/rule_subsets.tsv"]
+    if EVALUATED_SPLITS:
+        targets.append("results/metrics/summary.tsv")
     targets += expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES)
     targets += [prediction("test", "refined", case) for case in TEST_CASES]
     targets += ["results/burden/test/burden.tsv"]

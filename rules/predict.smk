@@ -28,14 +28,15 @@ rule gather_oof:
 
 rule predict_test:
     input:
-        summaries=lambda w: training_summaries(w.configuration),
+        models=lambda w: model_inputs(w.configuration),
         images=[image_path(case) for case in TEST_CASES],
     output:
         expand("results/predictions/test/{{configuration}}/{case}.{ext}", case=TEST_CASES, ext=["npz", "nii.gz"]),
     params:
         nnunet_root=NNUNET_ROOT,
         images_dir=lambda w, input: os.path.dirname(input.images[0]),
-        folds=lambda w: " ".join(str(f) for f in configuration(w.configuration)["folds"]),
+        models=lambda w: model_arguments(w.configuration),
+        folds=lambda w: " ".join(str(f) for f in model_folds(w.configuration)),
         channel_labels=lambda w: as_json(channel_labels(w.configuration)),
         cases=" ".join(TEST_CASES),
         device=CONFIG["compute"]["device"],
@@ -51,7 +52,7 @@ rule predict_test:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} --training-summaries {input.summaries} "
+        "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} {params.models} "
         "--folds {params.folds} --cases {params.cases} --images-dir {params.images_dir} "
         "--class-label-values {params.channel_labels:q} --device {params.device} "
         "--tile-step-size {params.step} {params.mirroring} "

@@ -66,7 +66,7 @@ rule refine_case:
         seg="results/predictions/{split}/ensemble/{case}.nii.gz",
         anatomy=lambda w: anatomy_map(w.case),
         image=lambda w: image_path(w.case),
-        selection="results/refinement/selected_rules.json",
+        selection=chosen_refinement(),
     output:
         seg="results/predictions/{split}/refined/{case}.nii.gz",
         removed="results/refinement/{split}/{case}.tsv",

@@ -73,8 +73,10 @@ def test_dry_run_default_target_and_every_rule(toy_workdir, profile):
             "refine_case", "evaluate_stage", "summarize_metrics"} <= set(rules)
     result = snakemake(toy_workdir, "-n", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG)
     assert job_count(result.stdout, "train_fold") == 15, result.stdout[-3000:]
+    result = snakemake(toy_workdir, "-n", "export_bundle", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG)
+    assert job_count(result.stdout, "export_bundle") == 1 and job_count(result.stdout, "train_fold") == 15
     for rule in rules:
-        if rule in ("all", "segment_anatomy"):
+        if rule in ("all", "segment_anatomy", "export_bundle"):
             continue
         result = snakemake(toy_workdir, "-n", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG,
                            "--until", rule)
@@ -437,6 +439,48 @@ def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):
     assert job_count(result.stdout, "train_fold") == 20
     assert job_count(result.stdout, "plan_and_preprocess") == 4
     assert "configuration=resenc_l_multiclass, fold=4" in result.stdout
+
+
+def test_an_exported_bundle_segments_new_scans_as_the_study_did(smoke_run, tmp_path):
+    """export_bundle, then a batch folder holding only two new scans (one NIfTI, one DICOM series) and a config
+    naming the bundle: nothing is trained, the refined label maps equal the study's for the same images, on the
+    input grid, and the burden table lists both scans."""
+    import shutil
+
+    snakemake(smoke_run, "export_bundle", "--configfile", TOY_CONFIG)
+    bundle = smoke_run / "results/bundle"
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    selected = json.loads((smoke_run / "results/ensemble/selected.json").read_text())
+    assert set(manifest["configurations"]) == set(selected["members"]) | {f["configuration"] for f in
+                                                                          selected["fusions"]}
+    batch = tmp_path / "batch"
+    toy = smoke_run / "resources/toy"
+    (batch / "new_scans").mkdir(parents=True)
+    shutil.copyfile(toy / "imagesTs/toy_100.nii.gz", batch / "new_scans/scan_a.nii.gz")
+    shutil.copytree(toy / "imagesTs/toy_102", batch / "new_scans/scan_b")
+    (batch / "anatomy").mkdir()
+    for new, old in (("scan_a", "toy_100"), ("scan_b", "toy_102")):
+        shutil.copyfile(toy / f"anatomy/{old}.nii.gz", batch / f"anatomy/{new}.nii.gz")
+    (batch / "predict.yaml").write_text(yaml.safe_dump({
+        "bundle": str(bundle), "data": {"images_ts": "new_scans"},
+        "anatomy": {"source": "precomputed", "precomputed_dir": "anatomy"}, "compute": {"device": "cpu"}}))
+    snakemake(batch, "--profile", PROFILES["local"], "--configfile", "predict.yaml", "--cores", "2", timeout=1200)
+    assert not (batch / "results/nnunet/nnUNet_results").exists() and not (batch / "results/training").exists()
+    for new, old, image in (("scan_a", "toy_100", "new_scans/scan_a.nii.gz"),
+                            ("scan_b", "toy_102", "results/inputs/test/scan_b.nii.gz")):
+        ours = sitk.ReadImage(str(batch / f"results/predictions/test/refined/{new}.nii.gz"))
+        study = sitk.ReadImage(str(smoke_run / f"results/predictions/test/refined/{old}.nii.gz"))
+        assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(study)), new
+        scan = sitk.ReadImage(str(batch / image))
+        assert ours.GetSize() == scan.GetSize() and ours.GetOrigin() == scan.GetOrigin()
+        assert ours.GetSpacing() == scan.GetSpacing() and ours.GetDirection() == scan.GetDirection()
+    burden = pd.read_csv(batch / "results/burden/test/burden.tsv", sep="\t")
+    assert sorted(burden["case"]) == ["scan_a", "scan_b"]
+    for name in manifest["configurations"]:
+        log = (batch / f"logs/predict_test/{name}.log").read_text()
+        assert f"model files of {name} match the manifest" in log
+    qc = pd.read_csv(batch / "results/qc/qc_table.tsv", sep="\t")
+    assert sorted(qc["case"].unique()) == ["scan_a", "scan_b"] and set(qc["severity"]) == {"info"}
 
 
 def test_plain_nnunet_predict_works_on_the_results(smoke_run, tmp_path):

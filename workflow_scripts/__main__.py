@@ -136,10 +136,31 @@ def cmd_predict(args):
     from workflow_scripts.io import read_json
     from workflow_scripts.prediction import predict_cases
 
-    fold_summary = read_json(args.training_summaries[0])
-    predict_cases(Path(fold_summary["output_folder"]).parent, args.folds, args.cases, Path(args.images_dir),
+    if args.bundle:  # a bundle's model: its files checked against the manifest before use
+        from workflow_scripts.bundle import BundleError, verify_files
+
+        try:
+            checked = verify_files(Path(args.bundle), f"models/{args.configuration}/")
+        except BundleError as err:
+            sys.exit(f"error: {err}")
+        print(f"bundle: {checked} model files of {args.configuration} match the manifest", flush=True)
+        model_folder = Path(args.bundle) / "models" / args.configuration
+    else:
+        model_folder = Path(read_json(args.training_summaries[0])["output_folder"]).parent
+    predict_cases(model_folder, args.folds, args.cases, Path(args.images_dir),
                   _json(args.class_label_values), args.device, args.tile_step_size, args.use_mirroring,
                   Path(args.out_dir))
+
+
+def cmd_export_bundle(args):
+    from workflow_scripts.bundle import export_bundle
+
+    summaries = {name: [Path(p) for p in paths] for name, paths in _json(args.training_summaries).items()}
+    manifest = export_bundle(Path(args.out), _json(args.config), Path(args.selection), Path(args.refinement),
+                             summaries, _json(args.channel_labels))
+    size = sum(p.stat().st_size for p in Path(args.out).rglob("*") if p.is_file())
+    print(f"bundle {args.out}: configurations {list(manifest['configurations'])}, {len(manifest['files'])} files, "
+          f"{size / 1e6:.1f} MB")
 
 
 def cmd_ensemble_case(args):
@@ -330,8 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="the case's image (the grid of the outputs)")
     p.add_argument("--out-dir", required=True)
 
+    p = verb("export-bundle", cmd_export_bundle)
+    p.add_argument("--config", required=True, help="the study's validated configuration as JSON")
+    p.add_argument("--selection", required=True, help="the chosen ensemble (results/ensemble/selected.json)")
+    p.add_argument("--refinement", required=True, help="the chosen rules (results/refinement/selected_rules.json)")
+    p.add_argument("--training-summaries", required=True, help="JSON {configuration: [fold summary JSON]}")
+    p.add_argument("--channel-labels", required=True, help="JSON {configuration: [label value per channel]}")
+    p.add_argument("--out", required=True)
+
     p = verb("predict", cmd_predict, nnunet=True)
-    p.add_argument("--training-summaries", nargs="+", required=True, help="JSON written by train-fold")
+    models = p.add_mutually_exclusive_group(required=True)
+    models.add_argument("--training-summaries", nargs="+", help="JSON written by train-fold (a study's models)")
+    models.add_argument("--bundle", help="an exported bundle (with --configuration)")
+    p.add_argument("--configuration", help="the configuration's name (its model folder in the bundle)")
     p.add_argument("--folds", type=int, nargs="+", required=True)
     p.add_argument("--cases", nargs="+", required=True)
     p.add_argument("--images-dir", required=True)

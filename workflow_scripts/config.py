@@ -71,6 +71,15 @@ def section_defaults(section: str) -> dict:
 def _cross_check(config: dict, base: Path) -> None:
     problems = []
     data = config["data"]
+    for key in ("images_tr", "labels_tr"):
+        if config["bundle"] and data[key]:
+            problems.append(f"data.{key}: a run with a bundle segments new cases only; leave {key} out")
+        elif not config["bundle"] and not data[key]:
+            problems.append(f"data.{key}: the folder of training cases is needed (or give a bundle to segment new "
+                            "cases with)")
+    if config["bundle"] and not (base / config["bundle"] / BUNDLE_MANIFEST).is_file():
+        problems.append(f"bundle: no {BUNDLE_MANIFEST} in '{config['bundle']}'; export one with "
+                        "`snakemake export_bundle --configfile <the study's config>`")
     for key in ("images_tr", "labels_tr", "images_ts", "labels_ts"):
         if data.get(key) and not (base / data[key]).is_dir():
             problems.append(f"data.{key}: folder '{data[key]}' does not exist")
@@ -134,6 +143,38 @@ def _cross_check(config: dict, base: Path) -> None:
         raise ConfigError("invalid configuration (see config/README.md):\n" + "\n".join(f"  {p}" for p in problems))
 
 
+BUNDLE_MANIFEST = "bundle.json"
+BUNDLE_CONFIG = "config.yaml"
+# What a run with a bundle may set; everything else (labels, configurations, ensemble, refinement) is the study's.
+PREDICT_KEYS = {"bundle", "data", "qc", "compute", "prediction", "anatomy", "evaluation"}
+
+
+def _merged(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else copy.deepcopy(value)
+    return merged
+
+
+def predict_config(config: dict, base: str | Path = ".") -> dict:
+    """A run with a bundle: the study's configuration stored in the bundle, with this run's data (new cases
+    only) and any qc, compute, prediction, anatomy or evaluation settings laid over it."""
+    unknown = sorted(set(config) - PREDICT_KEYS)
+    if unknown:
+        raise ConfigError(f"invalid configuration (see config/README.md):\n  {', '.join(unknown)}: set by the "
+                          f"bundle's study; a run with a bundle may set only {sorted(PREDICT_KEYS)}")
+    stored = Path(base) / config["bundle"] / BUNDLE_CONFIG
+    if not stored.is_file():
+        raise ConfigError(f"invalid configuration (see config/README.md):\n  bundle: no {BUNDLE_CONFIG} in "
+                          f"'{config['bundle']}'; export one with `snakemake export_bundle --configfile <the "
+                          "study's config>`")
+    study = yaml.safe_load(stored.read_text())
+    study.pop("bundle", None)
+    study["data"] = {"images_tr": None, "labels_tr": None, "labels_ts": None}
+    return _merged(study, config)
+
+
 def load_config(path: str | Path, base: str | Path = ".") -> dict:
     return validate_config(yaml.safe_load(Path(path).read_text()), base)
 
@@ -171,8 +212,10 @@ class InputCases(NamedTuple):
 def input_cases(config: dict) -> InputCases:
     """The cases of the image folders; the labels without an image and the misnamed images, which QC reports."""
     data, qc = config["data"], config["qc"]
-    found, misnamed = {}, {}
+    found, misnamed = {"train": []}, {}
     for split, key in (("train", "images_tr"), ("test", "images_ts")):
+        if not data[key]:  # a run with a bundle: new cases only
+            continue
         found[split], bad = discover_cases(data[key], data["case_pattern"])
         misnamed.update({name: [split, path] for name, path in bad.items()})
     known = set(found["train"]) | set(found["test"])
@@ -184,7 +227,7 @@ def input_cases(config: dict) -> InputCases:
                           f"{data['images_ts']} (or, for qc.allow, off data.case_pattern: rename them); fix the ids")
     kept = {split: [c for c in cases if c not in qc["exclude"]] for split, cases in found.items()}
     for split, key in (("train", "images_tr"), ("test", "images_ts")):
-        if not kept[split]:
+        if data[key] and not kept[split]:
             raise ConfigError(f"no case left in {data[key]}: every image is in qc.exclude or named off "
                               f"data.case_pattern '{data['case_pattern']}'")
     orphans = {}
