@@ -1,0 +1,118 @@
+"""Segmenting new scans: nnU-Net's default chain against this workflow's run with a bundle, on the same models.
+
+    python tests/benchmarks/bench_predict.py --study <a finished study's folder, e.g. a toy run> [--steps 0.5 1.0]
+
+Baseline (nnU-Net's defaults): ``nnUNetv2_predict`` for each full-label member of the chosen ensemble with
+``--save_probabilities``, then ``nnUNetv2_ensemble`` (it cannot fuse the metastasis-only model: other labels).
+This workflow: ``snakemake`` with a config naming the study's bundle (QC, prediction of every configuration the
+chosen ensemble uses, ensemble with fusion, refinement, burden table), once per tile step size. Printed: wall
+seconds, seconds per case, the time ratio (baseline / this workflow), and the mean Dice (primary tumour,
+metastasis) against the reference labels with its change from the baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(args, env=None, cwd=None):
+    start = time.perf_counter()
+    result = subprocess.run([str(a) for a in args], env=env, cwd=cwd, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{' '.join(map(str, args))} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return time.perf_counter() - start
+
+
+def mean_dice(prediction_dir: Path, reference_dir: Path, cases: list[str], labels=(1, 2)) -> float:
+    scores = []
+    for case in cases:
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction_dir / f"{case}.nii.gz")))
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_dir / f"{case}.nii.gz")))
+        for label in labels:
+            p, r = pred == label, ref == label
+            if r.any() or p.any():
+                scores.append(2 * (p & r).sum() / (p.sum() + r.sum()))
+    return float(np.mean(scores))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", type=Path, required=True, help="folder of a finished study run (toy or real)")
+    parser.add_argument("--configfile", type=Path, default=REPO / "config" / "toy.yaml")
+    parser.add_argument("--steps", type=float, nargs="+", default=[0.5, 1.0], help="tile step sizes to time")
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args()
+    study = args.study.resolve()
+    python = [sys.executable, "-m", "snakemake", "-s", REPO / "Snakefile"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if not (study / "results/bundle/bundle.json").exists():
+        run([*python, "--directory", study, "export_bundle", "--cores", "1", "--configfile", args.configfile], env)
+    bundle = study / "results/bundle"
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    config = yaml.safe_load((bundle / "config.yaml").read_text())
+    selection = json.loads((bundle / "ensemble.json").read_text())
+    images = study / "results/inputs/test" if (study / "results/inputs/test").is_dir() else \
+        study / config["data"]["images_ts"]
+    references = study / config["data"]["labels_ts"]
+    cases = sorted(p.name[: -len(".nii.gz")] for p in images.glob("*.nii.gz"))
+    work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    print(f"{len(cases)} cases from {images}; ensemble {selection['candidate']}; work folder {work}")
+
+    # nnU-Net's default chain.
+    raw = work / "nnunet_input"
+    raw.mkdir()
+    for case in cases:
+        shutil.copyfile(images / f"{case}.nii.gz", raw / f"{case}_0000.nii.gz")
+    nnunet_env = {**env, "nnUNet_results": str(study / "results/nnunet/nnUNet_results"),
+                  "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed")}
+    members = list(selection["members"])
+    baseline = 0.0
+    for name in members:
+        model = manifest["configurations"][name]
+        baseline += run(["nnUNetv2_predict", "-i", raw, "-o", work / "baseline" / name, "-d",
+                         config["configurations"][name]["dataset_id"], "-c", "3d_fullres", "-tr", model["trainer"],
+                         "-p", model["plans"], "-f", *model["folds"], "--save_probabilities", "-device", "cpu"],
+                        nnunet_env)
+    if len(members) > 1:
+        baseline += run(["nnUNetv2_ensemble", "-i", *[work / "baseline" / m for m in members], "-o",
+                         work / "baseline" / "ensemble"], nnunet_env)
+        baseline_out = work / "baseline" / "ensemble"
+    else:
+        baseline_out = work / "baseline" / members[0]
+    # Labels in nnU-Net's class order; the members predict every label in the study's order.
+    baseline_dice = mean_dice(baseline_out, references, cases)
+    print(f"baseline (nnUNetv2_predict x{len(members)} + nnUNetv2_ensemble, nnU-Net defaults): "
+          f"{baseline:.1f} s, {baseline / len(cases):.1f} s per case, mean Dice {baseline_dice:.4f}")
+
+    for step in args.steps:
+        batch = work / f"batch_step_{step}"
+        batch.mkdir()
+        os.symlink(images, batch / "new_scans")
+        anatomy = {"source": "precomputed", "precomputed_dir": str(study / config["anatomy"]["precomputed_dir"])} \
+            if config["anatomy"]["source"] == "precomputed" else {}
+        (batch / "predict.yaml").write_text(yaml.safe_dump({
+            "bundle": str(bundle), "data": {"images_ts": "new_scans"}, "anatomy": anatomy,
+            "prediction": {"tile_step_size": step}, "compute": {"device": "cpu"}}))
+        seconds = run([*python, "--directory", batch, "--configfile", batch / "predict.yaml", "--cores", args.cores],
+                      env, cwd=batch)
+        dice = mean_dice(batch / "results/predictions/test/refined", references, cases)
+        print(f"this workflow with the bundle, tile step {step} (QC, {len(manifest['configurations'])} models, "
+              f"fusion, refinement, burden): {seconds:.1f} s, {seconds / len(cases):.1f} s per case, "
+              f"ratio {baseline / seconds:.2f}x, mean Dice {dice:.4f} ({dice - baseline_dice:+.4f})")
+
+
+if __name__ == "__main__":
+    main()
