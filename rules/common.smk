@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 
 import yaml
@@ -157,21 +158,18 @@ def chosen_refinement():
     return os.path.join(BUNDLE, "refinement.json") if BUNDLE else "results/refinement/selected_rules.json"
 
 
-def model_inputs(name):
-    """What predicting with a configuration reads: its folds' training summaries, or its files in the bundle."""
+def model_inputs():
+    """What predicting new cases reads: every configuration's fold summaries, or the bundle's manifest."""
     if BUNDLE:
         return [os.path.join(BUNDLE, BUNDLE_MANIFEST)]
-    return training_summaries(name)
+    return [s for c in CONFIGURATIONS for s in training_summaries(c)]
 
 
-def model_arguments(name):
+def model_arguments():
     if BUNDLE:
-        return f"--bundle {BUNDLE} --configuration {name}"
-    return "--training-summaries " + " ".join(training_summaries(name))
-
-
-def model_folds(name):
-    return BUNDLE_MODELS[name]["folds"] if BUNDLE else configuration(name)["folds"]
+        return f"--bundle {BUNDLE}"
+    summaries = as_json({c: training_summaries(c) for c in CONFIGURATIONS})
+    return f"--training-summaries {shlex.quote(summaries)}"
 
 
 def selection_settings():

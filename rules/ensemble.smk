@@ -1,5 +1,6 @@
 # Ensemble of configurations on probabilities: the candidates scored on out-of-fold predictions, the best one
-# (or the configured one) applied per case, members averaged one file at a time, partial models fused into a class.
+# (or the configured one) applied per out-of-fold case, members averaged one file at a time, partial models fused
+# into a class.
 
 
 rule select_ensemble:
@@ -36,6 +37,8 @@ rule ensemble_case:
     output:
         npz="results/predictions/{split}/ensemble/{case}.npz",
         seg="results/predictions/{split}/ensemble/{case}.nii.gz",
+    wildcard_constraints:
+        split="oof",  # new cases are ensembled in memory by predict_test
     threads: threads_of("ensemble_case")
     resources:
         **resources_of("ensemble_case"),

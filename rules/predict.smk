@@ -1,5 +1,6 @@
-# Per configuration: out-of-fold probabilities of each training case from the fold that held it out, and new
-# cases with all folds.
+# Per configuration: out-of-fold probabilities of each training case from the fold that held it out. New cases:
+# one job predicts every configuration with all folds (models loaded once, cases streamed) and builds the chosen
+# ensemble in memory.
 
 
 rule gather_oof:
@@ -28,32 +29,32 @@ rule gather_oof:
 
 rule predict_test:
     input:
-        models=lambda w: model_inputs(w.configuration),
+        models=model_inputs(),
+        selection=chosen_ensemble(),
         images=[image_path(case) for case in TEST_CASES],
     output:
-        expand("results/predictions/test/{{configuration}}/{case}.{ext}", case=TEST_CASES, ext=["npz", "nii.gz"]),
+        expand("results/predictions/test/{stage}/{case}.{ext}", stage=CONFIGURATIONS + ["ensemble"], case=TEST_CASES,
+               ext=["npz", "nii.gz"] if CONFIG["prediction"]["save_probabilities"] else ["nii.gz"]),
     params:
         nnunet_root=NNUNET_ROOT,
         images_dir=lambda w, input: os.path.dirname(input.images[0]),
-        models=lambda w: model_arguments(w.configuration),
-        folds=lambda w: " ".join(str(f) for f in model_folds(w.configuration)),
-        channel_labels=lambda w: as_json(channel_labels(w.configuration)),
+        models=model_arguments(),
+        configurations=" ".join(CONFIGURATIONS),
+        channel_labels=as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
         cases=" ".join(TEST_CASES),
         device=CONFIG["compute"]["device"],
-        step=CONFIG["prediction"]["tile_step_size"],
-        mirroring="--use-mirroring" if CONFIG["prediction"]["use_mirroring"] else "--no-use-mirroring",
+        settings=as_json(CONFIG["prediction"]),
     threads: threads_of("predict_test")
     resources:
         **resources_of("predict_test"),
     log:
-        "logs/predict_test/{configuration}.log",
+        "logs/predict_test.log",
     benchmark:
-        "benchmarks/predict_test/{configuration}.tsv"
+        "benchmarks/predict_test.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} {params.models} "
-        "--folds {params.folds} --cases {params.cases} --images-dir {params.images_dir} "
-        "--class-label-values {params.channel_labels:q} --device {params.device} "
-        "--tile-step-size {params.step} {params.mirroring} "
-        "--out-dir results/predictions/test/{wildcards.configuration} > {log} 2>&1"
+        "--configurations {params.configurations} --selection {input.selection} "
+        "--channel-labels {params.channel_labels:q} --settings {params.settings:q} --cases {params.cases} "
+        "--images-dir {params.images_dir} --device {params.device} --out-dir results/predictions/test > {log} 2>&1"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from workflow_scripts.ensemble import average_members, ensemble_case, fuse_class
+from workflow_scripts.ensemble import average_members, ensemble_case, ensemble_probabilities, fuse_class
 from workflow_scripts.io import read_probabilities, write_probabilities
 
 
@@ -85,3 +85,28 @@ def test_in_place_fusion_and_argmax_match_the_plain_numpy_ones():
     fused[1, 1, 1, 1] = fused[0, 1, 1, 1]  # a tie goes to the first channel, as np.argmax
     np.testing.assert_array_equal(labels_from_probabilities(fused, [0, 1, 2]),
                                   np.array([0, 1, 2], np.uint8)[np.argmax(fused, axis=0)])
+
+
+def test_ensemble_in_memory_asks_each_member_once_and_equals_the_one_from_files(tmp_path):
+    """predict_test builds the ensemble from members predicted on demand; ensemble_case from their files: same."""
+    rng = np.random.default_rng(3)
+    maps = {"a": (random_probabilities(rng, 3), [0, 1, 2]), "b": (random_probabilities(rng, 3), [0, 1, 2]),
+            "m": (random_probabilities(rng, 2), [0, 2])}
+    for name, (probabilities, labels) in maps.items():
+        (tmp_path / name).mkdir()
+        # float16 as on disk, so both paths see the same numbers
+        maps[name] = (probabilities.astype(np.float16).astype(np.float32), labels)
+        write_probabilities(tmp_path / name / "c.npz", maps[name][0], labels)
+    selection = {"members": {"a": 2.0, "b": 1.0}, "fusions": [{"configuration": "m", "into": 2, "strategy": "max"}]}
+    asked = []
+
+    def member(name):
+        asked.append(name)
+        return maps[name][0].copy(), maps[name][1]
+
+    probabilities, labels = ensemble_probabilities(selection, member)
+    assert asked == ["a", "b", "m"] and labels == [0, 1, 2]
+    from_files, _ = ensemble_probabilities(selection, lambda n: read_probabilities(tmp_path / n / "c.npz"))
+    np.testing.assert_allclose(probabilities, from_files, rtol=1e-6)
+    mean = (2 * maps["a"][0] + maps["b"][0]) / 3
+    np.testing.assert_allclose(probabilities, fuse_class(mean, [0, 1, 2], maps["m"][0], [0, 2], 2, "max"), rtol=1e-5)

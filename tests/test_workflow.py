@@ -179,7 +179,8 @@ def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_
     # The rest of the DAG, now that the checkpoint has run: 11 training cases everywhere, all 3 new cases.
     plan = snakemake(tmp_path, "-n", "--configfile", "exclude.yaml").stdout
     assert job_count(plan, "gather_oof") == 11 * len(configurations)
-    assert job_count(plan, "ensemble_case") == 11 + 3 and job_count(plan, "refine_case") == 11 + 3
+    assert job_count(plan, "ensemble_case") == 11 and job_count(plan, "refine_case") == 11 + 3
+    assert job_count(plan, "predict_test") == 1  # every configuration and the ensemble of the 3 new cases
     assert "toy_003" not in plan
 
 
@@ -476,11 +477,43 @@ def test_an_exported_bundle_segments_new_scans_as_the_study_did(smoke_run, tmp_p
         assert ours.GetSpacing() == scan.GetSpacing() and ours.GetDirection() == scan.GetDirection()
     burden = pd.read_csv(batch / "results/burden/test/burden.tsv", sep="\t")
     assert sorted(burden["case"]) == ["scan_a", "scan_b"]
+    log = (batch / "logs/predict_test.log").read_text()
     for name in manifest["configurations"]:
-        log = (batch / f"logs/predict_test/{name}.log").read_text()
         assert f"model files of {name} match the manifest" in log
     qc = pd.read_csv(batch / "results/qc/qc_table.tsv", sep="\t")
     assert sorted(qc["case"].unique()) == ["scan_a", "scan_b"] and set(qc["severity"]) == {"info"}
+
+
+def test_speed_options_of_new_case_prediction_agree_with_the_study(smoke_run, tmp_path):
+    """The predict verb with torch resampling at export and a one-member ensemble without kept probabilities
+    (every configuration reduced by argmax on its logits, no .npz written) gives the study's label maps, which
+    were made with nnU-Net's resampling and probabilities, up to resampling differences at object borders."""
+    names = ["resenc_multiclass", "isotropic_multiclass"]
+    selection = tmp_path / "selected.json"
+    selection.write_text(json.dumps({"candidate": "resenc_multiclass", "members": {names[0]: 1.0}, "fusions": []}))
+    summaries = {n: [str(smoke_run / f"results/training/{n}/fold_{k}.json") for k in range(5)] for n in names}
+    settings = {"tile_step_size": 0.5, "use_mirroring": False, "half_precision": True, "export_resampling": "torch",
+                "save_probabilities": False}
+    cases = ["toy_100"]  # 10 models on one case: a minute and a half on 2 cores
+    result = run([sys.executable, "-m", "workflow_scripts", "predict", "--nnunet-root", "results/nnunet",
+                  "--threads", "2", "--training-summaries", json.dumps(summaries), "--configurations", *names,
+                  "--selection", selection, "--channel-labels", json.dumps({n: [0, 1, 2] for n in names}),
+                  "--settings", json.dumps(settings), "--cases", *cases, "--images-dir", "results/inputs/test",
+                  "--device", "cpu", "--out-dir", tmp_path / "out"], cwd=smoke_run)
+    assert "[1/1] toy_100" in result.stdout
+    assert not list((tmp_path / "out").rglob("*.npz"))
+    for case in cases:
+        ensemble = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"out/ensemble/{case}.nii.gz")))
+        for name in names:
+            ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"out/{name}/{case}.nii.gz")))
+            study = sitk.GetArrayFromImage(sitk.ReadImage(
+                str(smoke_run / f"results/predictions/test/{name}/{case}.nii.gz")))
+            assert (ours == study).mean() > 0.995, (case, name)
+            for label in {1, 2} & set(np.unique(study)):
+                both = ((ours == label) & (study == label)).sum()
+                assert 2 * both / max(1, (ours == label).sum() + (study == label).sum()) > 0.9, (case, name, label)
+        assert np.array_equal(ensemble, sitk.GetArrayFromImage(sitk.ReadImage(
+            str(tmp_path / f"out/{names[0]}/{case}.nii.gz"))))
 
 
 def test_plain_nnunet_predict_works_on_the_results(smoke_run, tmp_path):

@@ -134,22 +134,35 @@ def cmd_gather_oof(args):
 def cmd_predict(args):
     _nnunet(args)
     from workflow_scripts.io import read_json
-    from workflow_scripts.prediction import predict_cases
+    from workflow_scripts.prediction import predict_new_cases
 
-    if args.bundle:  # a bundle's model: its files checked against the manifest before use
+    labels = _json(args.channel_labels)
+    if args.bundle:  # a bundle's models: their files checked against the manifest before use
         from workflow_scripts.bundle import BundleError, verify_files
 
-        try:
-            checked = verify_files(Path(args.bundle), f"models/{args.configuration}/")
-        except BundleError as err:
-            sys.exit(f"error: {err}")
-        print(f"bundle: {checked} model files of {args.configuration} match the manifest", flush=True)
-        model_folder = Path(args.bundle) / "models" / args.configuration
+        manifest = read_json(Path(args.bundle) / "bundle.json")["configurations"]
+        models = {}
+        for name in args.configurations:
+            try:
+                checked = verify_files(Path(args.bundle), f"models/{name}/")
+            except BundleError as err:
+                sys.exit(f"error: {err}")
+            print(f"bundle: {checked} model files of {name} match the manifest", flush=True)
+            models[name] = {"folder": Path(args.bundle) / "models" / name, "folds": manifest[name]["folds"],
+                            "labels": labels[name]}
     else:
-        model_folder = Path(read_json(args.training_summaries[0])["output_folder"]).parent
-    predict_cases(model_folder, args.folds, args.cases, Path(args.images_dir),
-                  _json(args.class_label_values), args.device, args.tile_step_size, args.use_mirroring,
-                  Path(args.out_dir))
+        summaries = _json(args.training_summaries)
+        models = {}
+        for name in args.configurations:
+            folds = [read_json(p) for p in summaries[name]]
+            models[name] = {"folder": Path(folds[0]["output_folder"]).parent, "folds": [f["fold"] for f in folds],
+                            "labels": labels[name]}
+    settings = _json(args.settings)
+    selection = read_json(args.selection)
+    print(f"{len(args.cases)} cases, ensemble {selection.get('candidate', selection['members'])}, settings {settings}",
+          flush=True)
+    predict_new_cases(models, selection, args.cases, Path(args.images_dir), Path(args.out_dir), settings,
+                      args.device, args.threads)
 
 
 def cmd_export_bundle(args):
@@ -361,16 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("predict", cmd_predict, nnunet=True)
     models = p.add_mutually_exclusive_group(required=True)
-    models.add_argument("--training-summaries", nargs="+", help="JSON written by train-fold (a study's models)")
-    models.add_argument("--bundle", help="an exported bundle (with --configuration)")
-    p.add_argument("--configuration", help="the configuration's name (its model folder in the bundle)")
-    p.add_argument("--folds", type=int, nargs="+", required=True)
+    models.add_argument("--training-summaries", help="JSON {configuration: [fold summary JSON]} (a study's models)")
+    models.add_argument("--bundle", help="an exported bundle")
+    p.add_argument("--configurations", nargs="+", required=True)
+    p.add_argument("--selection", required=True, help="the chosen ensemble (JSON)")
+    p.add_argument("--channel-labels", required=True, help="JSON {configuration: [label value per channel]}")
+    p.add_argument("--settings", required=True, help="JSON: the config's prediction section")
     p.add_argument("--cases", nargs="+", required=True)
     p.add_argument("--images-dir", required=True)
-    p.add_argument("--class-label-values", required=True, help="JSON list")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tile-step-size", type=float, default=0.5)
-    p.add_argument("--use-mirroring", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out-dir", required=True)
 
     p = verb("select-ensemble", cmd_select_ensemble)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -12,17 +13,23 @@ FUSION_STRATEGIES = ("mean", "max", "union")
 
 
 def average_members(paths: list[Path], weights: list[float]) -> tuple[np.ndarray, list[int]]:
-    """Weighted mean of members that share one label set, accumulated one file at a time."""
-    if not paths or len(paths) != len(weights):
+    """Weighted mean of members that share one label set, read one file at a time."""
+    return accumulate_members((read_probabilities(p) for p in paths), weights, [str(p) for p in paths])
+
+
+def accumulate_members(maps: Iterable[tuple[np.ndarray, list[int]]], weights: list[float],
+                       names: list[str]) -> tuple[np.ndarray, list[int]]:
+    """Weighted mean of members' (probabilities, labels), taken from ``maps`` one at a time: one accumulator and
+    one member map in memory, whatever the member count. The first member's map becomes the accumulator."""
+    if not names or len(names) != len(weights):
         raise ValueError("an ensemble needs at least one member and one weight per member")
     total, labels = None, None
-    for path, weight in zip(paths, weights):
-        probabilities, member_labels = read_probabilities(path)
-        probabilities *= weight  # in place: one accumulator and one member map, whatever the member count
+    for name, weight, (probabilities, member_labels) in zip(names, weights, maps):
+        probabilities *= weight  # in place
         if labels is None:
             total, labels = probabilities, member_labels
         elif member_labels != labels:
-            raise ValueError(f"{path} has labels {member_labels}, the other members {labels}; members must "
+            raise ValueError(f"{name} has labels {member_labels}, the other members {labels}; members must "
                              "share one label set (fuse partial models instead)")
         else:
             total += probabilities
@@ -63,18 +70,25 @@ def fuse_class(probabilities: np.ndarray, labels: list[int], partial: np.ndarray
     return fused
 
 
-def ensemble_case(selection: dict, predictions_dir: Path, reference_image: Path, out_dir: Path, case: str) -> None:
-    """Ensemble one case as ``selection`` says (``members``: {configuration: weight}; ``fusions``: dicts with
-    ``configuration``, ``into`` (label value) and ``strategy``); probabilities are read from
-    ``predictions_dir/<configuration>/<case>.npz``, one file in memory at a time."""
-    def path(name):
-        return Path(predictions_dir) / name / f"{case}.npz"
-
-    probabilities, labels = average_members([path(m) for m in selection["members"]],
-                                            list(selection["members"].values()))
+def ensemble_probabilities(selection: dict, member: Callable[[str], tuple[np.ndarray, list[int]]]
+                           ) -> tuple[np.ndarray, list[int]]:
+    """The ensemble ``selection`` describes (``members``: {configuration: weight}; ``fusions``: dicts with
+    ``configuration``, ``into`` (label value) and ``strategy``); ``member(name)`` gives a configuration's
+    (probabilities, labels) when asked, so only one model's map is held beside the accumulator."""
+    names = list(selection["members"])
+    probabilities, labels = accumulate_members((member(n) for n in names), list(selection["members"].values()),
+                                               names)
     for fusion in selection["fusions"]:
-        partial, partial_labels = read_probabilities(path(fusion["configuration"]))
+        partial, partial_labels = member(fusion["configuration"])
         probabilities = fuse_class(probabilities, labels, partial, partial_labels, fusion["into"],
                                    fusion["strategy"], in_place=True)
         del partial
+    return probabilities, labels
+
+
+def ensemble_case(selection: dict, predictions_dir: Path, reference_image: Path, out_dir: Path, case: str) -> None:
+    """Ensemble one case as ``selection`` says from ``predictions_dir/<configuration>/<case>.npz``, one file in
+    memory at a time."""
+    probabilities, labels = ensemble_probabilities(
+        selection, lambda name: read_probabilities(Path(predictions_dir) / name / f"{case}.npz"))
     write_prediction(probabilities, labels, reference_image, out_dir, case)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from workflow_scripts.io import array_like, read_image, read_json, write_image, write_probabilities
 from workflow_scripts.nnunet_env import resolve_device
@@ -24,13 +25,16 @@ def labels_from_probabilities(probabilities: np.ndarray, labels: list[int]) -> n
     return result
 
 
-def write_prediction(probabilities: np.ndarray, labels: list[int], reference_image: Path, out_dir: Path,
-                     case: str) -> None:
-    reference = read_image(reference_image)
+def write_prediction(probabilities: np.ndarray, labels: list[int], reference_image: Path | sitk.Image,
+                     out_dir: Path, case: str, save_probabilities: bool = True) -> None:
+    """``<case>.nii.gz`` (argmax, in source label values) on the reference image's grid, and ``<case>.npz`` (the
+    probabilities) where asked."""
+    reference = reference_image if isinstance(reference_image, sitk.Image) else read_image(reference_image)
     if probabilities.shape[1:] != reference.GetSize()[::-1]:
         raise ValueError(f"{case}: probabilities of shape {probabilities.shape[1:]} do not match the image grid "
                          f"{reference.GetSize()[::-1]} of {reference_image}")
-    write_probabilities(Path(out_dir) / f"{case}.npz", probabilities, labels)
+    if save_probabilities:
+        write_probabilities(Path(out_dir) / f"{case}.npz", probabilities, labels)
     write_image(array_like(labels_from_probabilities(probabilities, labels), reference),
                 Path(out_dir) / f"{case}.nii.gz")
 
@@ -51,27 +55,92 @@ def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[
     return str(folder)
 
 
-def predict_cases(model_folder: Path, folds: list[int], cases: list[str], images_dir: Path,
-                  class_label_values: list[int], device: str, tile_step_size: float, use_mirroring: bool,
-                  out_dir: Path) -> None:
-    """Predict new cases with the mean of the folds' softmax outputs; models are loaded once for all cases.
+def make_predictor(model_folder: Path, folds: list[int], device: str, settings: dict, threads: int):
+    """nnU-Net's predictor for one trained configuration, its folds loaded once, with the ``prediction`` settings:
+    ``tile_step_size``, ``use_mirroring``, ``half_precision`` (float16 autocast on a GPU, nnU-Net's own default;
+    false runs float32) and ``export_resampling`` (``nnunet``: the plans' resampling of the logits back to the
+    image grid; ``torch``: nnU-Net's torch resampling, on the prediction device).
 
     nnU-Net must already be configured for this process (``configure_nnunet``).
     """
     import torch
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    class Predictor(nnUNetPredictor):
+        def _internal_maybe_mirror_and_predict(self, x):
+            if self.device.type == "cuda" and not settings["half_precision"]:
+                with torch.autocast("cuda", enabled=False):  # overrides nnU-Net's autocast around it
+                    return super()._internal_maybe_mirror_and_predict(x)
+            return super()._internal_maybe_mirror_and_predict(x)
+
     torch_device = resolve_device(device)
-    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor = Predictor(tile_step_size=settings["tile_step_size"], use_gaussian=True,
+                          use_mirroring=settings["use_mirroring"],
+                          perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
+                          verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                    checkpoint_name="checkpoint_final.pth")
+    if settings["export_resampling"] == "torch":
+        manager = predictor.configuration_manager
+        manager.configuration.update(
+            resampling_fn_probabilities="resample_torch_fornnunet",
+            resampling_fn_probabilities_kwargs={"is_seg": False, "num_threads": threads, "device": torch_device})
+        type(manager).resampling_fn_probabilities.fget.cache_clear()  # nnU-Net caches the plans' function
+    return predictor
+
+
+def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str], images_dir: Path, out_dir: Path,
+                      settings: dict, device: str, threads: int) -> None:
+    """Segment new cases with every configuration in ``models`` ({name: {"folder", "folds", "labels"}}) and the
+    ensemble ``selection`` describes, in one process: each model is loaded once, cases are streamed, and the
+    ensemble is built in memory one configuration's probabilities at a time.
+
+    Writes ``out_dir/<configuration>/<case>.nii.gz`` for every configuration and ``out_dir/ensemble/<case>.nii.gz``;
+    the ``.npz`` probabilities beside them only with ``settings["save_probabilities"]``. Configurations whose
+    probabilities nothing needs (not in the ensemble, or the ensemble's only member when no probabilities are kept)
+    are reduced by argmax on the logits, nnU-Net's fast path without softmax.
+    """
+    import time
+
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from workflow_scripts.ensemble import ensemble_probabilities
+
+    used = list(selection["members"]) + [f["configuration"] for f in selection["fusions"]]
+    missing = [n for n in used if n not in models]
+    if missing:
+        raise ValueError(f"the ensemble uses {missing}, which are not among the models given ({list(models)})")
+    keep = settings["save_probabilities"]
+    predictors = {name: make_predictor(m["folder"], m["folds"], device, settings, threads)
+                  for name, m in models.items()}
+    single = used if not selection["fusions"] and len(used) == 1 else []
+    with_probabilities = set(models) if keep else set() if single else set(used)
     reader = SimpleITKIO()
+    out_dir = Path(out_dir)
     for i, case in enumerate(cases, 1):
+        start = time.perf_counter()
         image_path = Path(images_dir) / f"{case}.nii.gz"
         image, properties = reader.read_images([str(image_path)])
-        _, probabilities = predictor.predict_single_npy_array(image, properties, None, None, True)
-        write_prediction(np.asarray(probabilities), class_label_values, image_path, out_dir, case)
-        print(f"[{i}/{len(cases)}] predicted {case}", flush=True)
+        reference = read_image(image_path)
+
+        def member(name):
+            _, probabilities = predictors[name].predict_single_npy_array(image, properties, None, None, True)
+            probabilities = np.asarray(probabilities)
+            write_prediction(probabilities, models[name]["labels"], reference, out_dir / name, case, keep)
+            return probabilities, models[name]["labels"]
+
+        for name in models:
+            if name in with_probabilities:
+                if name not in used:  # its probabilities are kept, though the ensemble does not read them
+                    member(name)
+                continue
+            indices = predictors[name].predict_single_npy_array(image, properties, None, None, False)
+            segmentation = np.asarray(models[name]["labels"], dtype=np.uint8)[np.asarray(indices)]
+            for folder in [name] + (["ensemble"] if name in single else []):
+                write_image(array_like(segmentation, reference), out_dir / folder / f"{case}.nii.gz")
+        if with_probabilities & set(used):
+            probabilities, labels = ensemble_probabilities(selection, member)
+            write_prediction(probabilities, labels, reference, out_dir / "ensemble", case, keep)
+            del probabilities
+        print(f"[{i}/{len(cases)}] {case}: {len(models)} configurations and the ensemble in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)

@@ -1,13 +1,17 @@
 """Segmenting new scans: nnU-Net's default chain against this workflow's run with a bundle, on the same models.
 
-    python tests/benchmarks/bench_predict.py --study <a finished study's folder, e.g. a toy run> [--steps 0.5 1.0]
+    python tests/benchmarks/bench_predict.py --study <a finished study's folder, e.g. a toy run>
+    python tests/benchmarks/bench_predict.py --study <...> --realistic 2   # two synthetic 512 x 512 x 200 scans
 
 Baseline (nnU-Net's defaults): ``nnUNetv2_predict`` for each full-label member of the chosen ensemble with
 ``--save_probabilities``, then ``nnUNetv2_ensemble`` (it cannot fuse the metastasis-only model: other labels).
-This workflow: ``snakemake`` with a config naming the study's bundle (QC, prediction of every configuration the
-chosen ensemble uses, ensemble with fusion, refinement, burden table), once per tile step size. Printed: wall
-seconds, seconds per case, the time ratio (baseline / this workflow), and the mean Dice (primary tumour,
-metastasis) against the reference labels with its change from the baseline.
+This workflow: ``snakemake`` with a config naming the study's bundle (QC, one prediction job for every
+configuration the chosen ensemble uses, the ensemble with fusion in memory, refinement, burden table), once per
+variant of the ``prediction`` settings (``--variants``, each laid over the study's). Printed per run: wall seconds,
+seconds per case, the time ratio (baseline / this run), and the mean Dice (primary tumour, metastasis) against the
+reference labels with its change from the baseline and from the first variant. ``--realistic N`` makes N synthetic
+scans of 200 x 512 x 512 voxels (the toy generator at that size, with labels and anatomy) instead of the study's
+new cases.
 """
 from __future__ import annotations
 
@@ -48,11 +52,21 @@ def mean_dice(prediction_dir: Path, reference_dir: Path, cases: list[str], label
     return float(np.mean(scores))
 
 
+VARIANTS = {
+    "default": {},
+    "torch_export": {"export_resampling": "torch"},
+    "step_0.75": {"export_resampling": "torch", "tile_step_size": 0.75},
+    "step_1.0": {"export_resampling": "torch", "tile_step_size": 1.0},
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", type=Path, required=True, help="folder of a finished study run (toy or real)")
     parser.add_argument("--configfile", type=Path, default=REPO / "config" / "toy.yaml")
-    parser.add_argument("--steps", type=float, nargs="+", default=[0.5, 1.0], help="tile step sizes to time")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="prediction settings to time (see VARIANTS)")
+    parser.add_argument("--realistic", type=int, default=0, help="time N synthetic 200 x 512 x 512 scans instead")
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     study = args.study.resolve()
@@ -64,18 +78,25 @@ def main():
     manifest = json.loads((bundle / "bundle.json").read_text())
     config = yaml.safe_load((bundle / "config.yaml").read_text())
     selection = json.loads((bundle / "ensemble.json").read_text())
-    images = study / "results/inputs/test" if (study / "results/inputs/test").is_dir() else \
-        study / config["data"]["images_ts"]
-    references = study / config["data"]["labels_ts"]
-    cases = sorted(p.name[: -len(".nii.gz")] for p in images.glob("*.nii.gz"))
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
-    print(f"{len(cases)} cases from {images}; ensemble {selection['candidate']}; work folder {work}")
+    if args.realistic:
+        from workflow_scripts.toy_data import generate_toy_dataset
+
+        generate_toy_dataset(work / "scans", n_train=0, n_test=args.realistic, seed=1, shape=(200, 512, 512))
+        images, references, anatomy_dir = work / "scans/imagesTs", work / "scans/labelsTs", work / "scans/anatomy"
+    else:
+        images = study / "results/inputs/test" if (study / "results/inputs/test").is_dir() else \
+            study / config["data"]["images_ts"]
+        references = study / config["data"]["labels_ts"]
+        anatomy_dir = study / config["anatomy"].get("precomputed_dir", "")
+    cases = sorted(p.name[: -len(".nii.gz")] for p in images.glob("*.nii.gz"))
+    print(f"{len(cases)} cases from {images}; ensemble {selection['candidate']}; work folder {work}", flush=True)
 
     # nnU-Net's default chain.
     raw = work / "nnunet_input"
     raw.mkdir()
     for case in cases:
-        shutil.copyfile(images / f"{case}.nii.gz", raw / f"{case}_0000.nii.gz")
+        os.symlink((images / f"{case}.nii.gz").resolve(), raw / f"{case}_0000.nii.gz")
     nnunet_env = {**env, "nnUNet_results": str(study / "results/nnunet/nnUNet_results"),
                   "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed")}
     members = list(selection["members"])
@@ -95,23 +116,30 @@ def main():
     # Labels in nnU-Net's class order; the members predict every label in the study's order.
     baseline_dice = mean_dice(baseline_out, references, cases)
     print(f"baseline (nnUNetv2_predict x{len(members)} + nnUNetv2_ensemble, nnU-Net defaults): "
-          f"{baseline:.1f} s, {baseline / len(cases):.1f} s per case, mean Dice {baseline_dice:.4f}")
+          f"{baseline:.1f} s, {baseline / len(cases):.1f} s per case, mean Dice {baseline_dice:.4f}", flush=True)
 
-    for step in args.steps:
-        batch = work / f"batch_step_{step}"
+    first_dice = None
+    for variant in args.variants:
+        batch = work / f"batch_{variant}"
         batch.mkdir()
         os.symlink(images, batch / "new_scans")
-        anatomy = {"source": "precomputed", "precomputed_dir": str(study / config["anatomy"]["precomputed_dir"])} \
+        anatomy = {"source": "precomputed", "precomputed_dir": str(anatomy_dir)} \
             if config["anatomy"]["source"] == "precomputed" else {}
+        prediction = {**config["prediction"], "save_probabilities": False, **VARIANTS[variant]}
         (batch / "predict.yaml").write_text(yaml.safe_dump({
             "bundle": str(bundle), "data": {"images_ts": "new_scans"}, "anatomy": anatomy,
-            "prediction": {"tile_step_size": step}, "compute": {"device": "cpu"}}))
+            "prediction": prediction, "compute": {"device": "cpu", "resources": {"predict_test": {
+                "threads": args.cores, "mem_mb": 8000, "runtime": 120, "gpu": False}}}}))
         seconds = run([*python, "--directory", batch, "--configfile", batch / "predict.yaml", "--cores", args.cores],
                       env, cwd=batch)
+        predict_seconds = float(open(batch / "benchmarks/predict_test.tsv").read().split("\n")[1].split("\t")[0])
         dice = mean_dice(batch / "results/predictions/test/refined", references, cases)
-        print(f"this workflow with the bundle, tile step {step} (QC, {len(manifest['configurations'])} models, "
-              f"fusion, refinement, burden): {seconds:.1f} s, {seconds / len(cases):.1f} s per case, "
-              f"ratio {baseline / seconds:.2f}x, mean Dice {dice:.4f} ({dice - baseline_dice:+.4f})")
+        first_dice = dice if first_dice is None else first_dice
+        print(f"this workflow, {variant} {prediction} (QC, {len(manifest['configurations'])} models, fusion, "
+              f"refinement, burden): {seconds:.1f} s ({predict_seconds:.1f} s in predict_test), "
+              f"{seconds / len(cases):.1f} s per case, ratio {baseline / seconds:.2f}x, mean Dice {dice:.4f} "
+              f"({dice - baseline_dice:+.4f} vs baseline, {dice - first_dice:+.4f} vs {args.variants[0]})",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""What each prediction speed option buys, step by step, on one realistic-size scan and one trained configuration.
+
+    python tests/benchmarks/bench_predict_options.py --study <a finished study's folder> [--shape 200 512 512]
+
+One synthetic scan (the toy generator at ``--shape``, z y x) is predicted with one fold of ``--configuration`` in
+this process, and each step is timed against nnU-Net's default for it, in the same run:
+
+- sliding window: tile step 0.5 (default) against 0.75 and 1.0; test-time mirroring (8 passes per tile in 3D)
+  against none, at step 1.0 (mirroring is forced on for the timing even if the trainer disallows it);
+- export to the scan's grid: nnU-Net's resampling of the logits against torch resampling, each with
+  probabilities (softmax, what an ensemble needs) and with the argmax taken on the logits;
+- writing: the float16 probabilities as compressed ``.npz`` (``--save_probabilities``) against the label map only.
+
+Printed: seconds, the ratio to the default, and the fraction of voxels whose label equals the default's.
+Half precision is a GPU setting (autocast); on a CPU it is not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", type=Path, required=True)
+    parser.add_argument("--configuration", default="resenc_multiclass")
+    parser.add_argument("--shape", type=int, nargs=3, default=[200, 512, 512], help="z y x")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    from workflow_scripts.nnunet_env import configure_nnunet
+
+    configure_nnunet(args.study / "results/nnunet", args.threads)
+    import SimpleITK as sitk
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    from workflow_scripts.io import read_json, write_image, write_probabilities
+    from workflow_scripts.prediction import make_predictor
+    from workflow_scripts.toy_data import _to_image, make_phantom
+
+    work = Path(tempfile.mkdtemp(prefix="bench_predict_options_"))
+    phantom = make_phantom(np.random.default_rng(1), shape=tuple(args.shape))
+    scan = work / "scan.nii.gz"
+    write_image(_to_image(phantom.image, phantom.spacing), scan)
+    image, properties = SimpleITKIO().read_images([str(scan)])
+    summary = read_json(args.study / f"results/training/{args.configuration}/fold_0.json")
+    folder = Path(summary["output_folder"]).parent
+    base = {"tile_step_size": 0.5, "use_mirroring": False, "half_precision": True, "export_resampling": "nnunet"}
+    predictor = make_predictor(folder, [0], "cpu", base, args.threads)
+    print(f"scan {tuple(args.shape)} at {phantom.spacing} mm; {args.configuration} fold 0 "
+          f"(patch {predictor.configuration_manager.patch_size}); {args.threads} threads", flush=True)
+
+    seconds, item = timed(lambda: next(PreprocessAdapterFromNpy(
+        [image], [None], [properties], [None], predictor.plans_manager, predictor.dataset_json,
+        predictor.configuration_manager, num_threads_in_multithreaded=1)))
+    data, data_properties = item["data"], item["data_properties"]
+    print(f"preprocessing (same for every option): {seconds:.1f} s, network input {tuple(data.shape[1:])}")
+
+    rows = []
+
+    def report(step, option, seconds, default_seconds, agreement=None):
+        rows.append((step, option, seconds, default_seconds / seconds if default_seconds else 1.0, agreement))
+        agree = "" if agreement is None else f", labels equal to the default's: {agreement:.5f}"
+        print(f"  {step:<15} {option:<42} {seconds:8.1f} s  {default_seconds / seconds:6.2f}x{agree}", flush=True)
+
+    def argmax(logits):
+        return logits.float().argmax(0).numpy()
+
+    print("sliding window (one fold):")
+    logits = {}
+    for step in (0.5, 0.75, 1.0):
+        predictor.tile_step_size = step
+        seconds, logits[step] = timed(predictor.predict_logits_from_preprocessed_data, data)
+        default = rows[0][2] if rows else seconds
+        report("sliding window", f"tile step {step}" + (" (default)" if step == 0.5 else ""), seconds, default,
+               None if step == 0.5 else float((argmax(logits[step]) == argmax(logits[0.5])).mean()))
+    predictor.tile_step_size = 1.0
+    predictor.use_mirroring, allowed = True, predictor.allowed_mirroring_axes
+    predictor.allowed_mirroring_axes = (0, 1, 2)
+    mirrored, _ = timed(predictor.predict_logits_from_preprocessed_data, data)
+    predictor.use_mirroring, predictor.allowed_mirroring_axes = False, allowed
+    unmirrored = rows[2][2]
+    report("sliding window", "mirroring on, step 1.0 (the default)", mirrored, mirrored)
+    report("sliding window", "mirroring off, step 1.0", unmirrored, mirrored)
+
+    print("export to the scan's grid (step 0.5 logits):")
+    manager = predictor.configuration_manager
+    original = dict(manager.configuration)
+    reference = None
+    for resampling in ("nnunet", "torch"):
+        manager.configuration.clear()
+        manager.configuration.update(original)
+        if resampling == "torch":
+            manager.configuration.update(resampling_fn_probabilities="resample_torch_fornnunet",
+                                         resampling_fn_probabilities_kwargs={"is_seg": False,
+                                                                             "num_threads": args.threads,
+                                                                             "device": torch.device("cpu")})
+        type(manager).resampling_fn_probabilities.fget.cache_clear()  # nnU-Net caches the function
+        for probabilities in (True, False):
+            seconds, result = timed(convert_predicted_logits_to_segmentation_with_correct_shape,
+                                    logits[0.5].clone(), predictor.plans_manager, manager, predictor.label_manager,
+                                    data_properties, return_probabilities=probabilities,
+                                    num_threads_torch=args.threads)
+            segmentation = result[0] if probabilities else result
+            first = reference is None
+            if first:
+                reference, default, kept = segmentation, seconds, result[1]
+            what = "probabilities" if probabilities else "argmax on logits"
+            report("export", f"{resampling} resampling, {what}" + (" (default)" if first else ""), seconds, default,
+                   None if first else float((segmentation == reference).mean()))
+    manager.configuration.clear()
+    manager.configuration.update(original)
+
+    print("writing:")
+    grid = sitk.ReadImage(str(scan))
+    seconds_npz, _ = timed(write_probabilities, work / "probabilities.npz", kept, [0, 1, 2])
+    label = sitk.GetImageFromArray(reference.astype(np.uint8))
+    label.CopyInformation(grid)
+    seconds_nii, _ = timed(write_image, label, work / "labels.nii.gz")
+    report("writing", "float16 probabilities .npz + label map (default)", seconds_npz + seconds_nii,
+           seconds_npz + seconds_nii)
+    report("writing", "label map only", seconds_nii, seconds_npz + seconds_nii)
+    for path in work.iterdir():
+        os.remove(path)
+    work.rmdir()
+
+
+if __name__ == "__main__":
+    main()
