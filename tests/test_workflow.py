@@ -492,7 +492,8 @@ def test_speed_options_of_new_case_prediction_agree_with_the_study(smoke_run, tm
     selection = tmp_path / "selected.json"
     selection.write_text(json.dumps({"candidate": "resenc_multiclass", "members": {names[0]: 1.0}, "fusions": []}))
     summaries = {n: [str(smoke_run / f"results/training/{n}/fold_{k}.json") for k in range(5)] for n in names}
-    settings = {"tile_step_size": 0.5, "use_mirroring": False, "half_precision": True, "export_resampling": "torch",
+    step = yaml.safe_load(TOY_CONFIG.read_text())["prediction"]["tile_step_size"]  # as the study predicted
+    settings = {"tile_step_size": step, "use_mirroring": False, "half_precision": True, "export_resampling": "torch",
                 "save_probabilities": False}
     cases = ["toy_100"]  # 10 models on one case: a minute and a half on 2 cores
     result = run([sys.executable, "-m", "workflow_scripts", "predict", "--nnunet-root", "results/nnunet",
@@ -527,6 +528,7 @@ def test_plain_nnunet_predict_works_on_the_results(smoke_run, tmp_path):
         [str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(tmp_path / "in"), "-o",
          str(tmp_path / "out"), "-d", "501", "-c", "3d_fullres", "-tr", "nnUNetTrainerNoMirroring", "-p",
          "nnUNetResEncUNetMPlans", "-f", "0", "1", "2", "3", "4", "-device", "cpu", "-npp", "1", "-nps", "1",
+         "-step_size", str(yaml.safe_load(TOY_CONFIG.read_text())["prediction"]["tile_step_size"]),
          "--disable_progress_bar"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "toy_100.nii.gz")))
