@@ -139,8 +139,9 @@ def cmd_predict(args):
     labels = _json(args.channel_labels)
     if args.bundle:  # a bundle's models: their files checked against the manifest before use
         from workflow_scripts.bundle import BundleError, verify_files
+        from workflow_scripts.config import BUNDLE_MANIFEST
 
-        manifest = read_json(Path(args.bundle) / "bundle.json")["configurations"]
+        manifest = read_json(Path(args.bundle) / BUNDLE_MANIFEST)["configurations"]
         models = {}
         for name in args.configurations:
             try:

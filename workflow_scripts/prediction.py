@@ -104,9 +104,10 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
 
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
+    from workflow_scripts.bundle import used_configurations
     from workflow_scripts.ensemble import ensemble_probabilities
 
-    used = list(selection["members"]) + [f["configuration"] for f in selection["fusions"]]
+    used = used_configurations(selection)
     missing = [n for n in used if n not in models]
     if missing:
         raise ValueError(f"the ensemble uses {missing}, which are not among the models given ({list(models)})")
