@@ -41,3 +41,51 @@ def test_a_case_is_gathered_from_the_one_fold_that_held_it_out(tmp_path):
     summaries.append(fold(tmp_path, 2, ["b"], shape))
     with pytest.raises(RuntimeError, match="b was validated in 2 folds"):
         gather_out_of_fold(summaries, [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out")
+
+
+def sliding_window_predictors(tile_batch_size, use_mirroring):
+    """nnU-Net's own predictor and the tile-batched one around the same small random network."""
+    import torch
+    from types import SimpleNamespace
+
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from workflow_scripts.prediction import tile_batch_predictor_class
+
+    torch.manual_seed(0)
+    network = PlainConvUNet(input_channels=1, n_stages=3, features_per_stage=(4, 8, 16), conv_op=torch.nn.Conv3d,
+                            kernel_sizes=3, strides=(1, 2, 2), n_conv_per_stage=1, num_classes=3,
+                            n_conv_per_stage_decoder=1, norm_op=torch.nn.InstanceNorm3d,
+                            norm_op_kwargs={"affine": True}, nonlin=torch.nn.LeakyReLU).eval()
+    predictors = []
+    for cls in (nnUNetPredictor, tile_batch_predictor_class()):
+        predictor = cls(tile_step_size=0.5, use_mirroring=use_mirroring, perform_everything_on_device=False,
+                        device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+        predictor.network = network
+        predictor.configuration_manager = SimpleNamespace(patch_size=[8, 16, 16], batch_size=2)
+        predictor.label_manager = SimpleNamespace(num_segmentation_heads=3)
+        predictor.allowed_mirroring_axes = (0, 1, 2)
+        predictors.append(predictor)
+    predictors[1].tile_batch_size = tile_batch_size
+    return predictors
+
+
+@pytest.mark.parametrize("tile_batch_size,use_mirroring", [(1, False), (2, True), (3, False), (None, False)])
+def test_tile_batches_give_nnunets_sliding_window_logits(tile_batch_size, use_mirroring):
+    import torch
+
+    nnunet, batched = sliding_window_predictors(tile_batch_size, use_mirroring)
+    image = torch.randn((1, 13, 37, 30), generator=torch.Generator().manual_seed(1))  # 3 x 4 x 3 tiles, uneven
+    assert len(nnunet._internal_get_sliding_window_slicers(image.shape[1:])) == 36
+    expected = nnunet.predict_sliding_window_return_logits(image)
+    passes = []  # batch size of every network pass
+    batched.network.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))
+    got = batched.predict_sliding_window_return_logits(image)
+    assert got.shape == expected.shape == (3, 13, 37, 30)
+    per_pass = tile_batch_size or 2  # None: the configuration's training batch size
+    assert passes == [min(per_pass, 36 - i) for i in range(0, 36, per_pass)] * (8 if use_mirroring else 1)
+    if tile_batch_size == 1:
+        assert torch.equal(got, expected)  # the same operations in the same order
+    else:  # float16 sums of float32 logits: batch size only changes torch's convolution kernel
+        torch.testing.assert_close(got.float(), expected.float(), atol=2e-3, rtol=2e-3)

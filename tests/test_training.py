@@ -61,3 +61,18 @@ def test_settings_are_nnunet_trainer_attributes():
     source = __import__("inspect").getsource(trainer_class.__init__)
     for name in TRAINER_SETTINGS:
         assert f"self.{name} =" in source, name
+
+
+def test_validation_predicts_with_the_tile_batched_predictor_and_restores_nnunets():
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from workflow_scripts.prediction import tile_batch_predictor_class
+    from workflow_scripts.training import tile_batched_validation
+
+    assert base.nnUNetPredictor is nnUNetPredictor
+    with pytest.raises(KeyboardInterrupt), tile_batched_validation():
+        assert base.nnUNetPredictor is tile_batch_predictor_class()
+        assert issubclass(base.nnUNetPredictor, nnUNetPredictor)
+        raise KeyboardInterrupt  # a killed validation
+    assert base.nnUNetPredictor is nnUNetPredictor

@@ -89,6 +89,19 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
+def image_grid(path: str | os.PathLike) -> sitk.Image:
+    """A blank uint8 image on the grid (size, origin, spacing, direction) of the image at ``path``, from its header
+    only: the grid to write label maps on without reading the voxels again."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    grid = sitk.Image(reader.GetSize(), sitk.sitkUInt8)
+    grid.SetOrigin(reader.GetOrigin())
+    grid.SetSpacing(reader.GetSpacing())
+    grid.SetDirection(reader.GetDirection())
+    return grid
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)

@@ -1,6 +1,7 @@
 """Training of one (configuration, fold) with nnU-Net's own trainer, resumed from its latest checkpoint."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +34,23 @@ def make_checkpoints_atomic(trainer) -> None:
             save(str(tmp))
 
     trainer.save_checkpoint = atomic_save
+
+
+@contextlib.contextmanager
+def tile_batched_validation():
+    """nnU-Net's validation builds its predictor through the name ``nnUNetPredictor`` in the trainer's base module;
+    point that name at the tile-batched predictor (training batch size per pass, same tiles and weights) while
+    it runs. A trainer that overrides ``perform_actual_validation`` in its own module keeps nnU-Net's predictor."""
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
+
+    from workflow_scripts.prediction import tile_batch_predictor_class
+
+    original = base.nnUNetPredictor
+    base.nnUNetPredictor = tile_batch_predictor_class()
+    try:
+        yield
+    finally:
+        base.nnUNetPredictor = original
 
 
 def training_curves(log: dict) -> pd.DataFrame:
@@ -97,7 +115,8 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
             resumed_from = f"epoch {trainer.current_epoch}"
             trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
         trainer.run_training()
-    trainer.perform_actual_validation(save_probabilities=True)
+    with tile_batched_validation():
+        trainer.perform_actual_validation(save_probabilities=True)
 
     log = trainer.logger.local_logger.my_fantastic_logging
     curves = training_curves(log)

@@ -7,9 +7,9 @@ Baseline (nnU-Net's defaults): ``nnUNetv2_predict`` for each full-label member o
 ``--save_probabilities``, then ``nnUNetv2_ensemble`` (it cannot fuse the metastasis-only model: other labels).
 This workflow: ``snakemake`` with a config naming the study's bundle (QC, one prediction job for every
 configuration the chosen ensemble uses, the ensemble with fusion in memory, refinement, burden table), once per
-variant of the ``prediction`` settings (``--variants``, each laid over the study's). Printed per run: wall seconds,
-seconds per case, the time ratio (baseline / this run), and the mean Dice (primary tumour, metastasis) against the
-reference labels with its change from the baseline and from the first variant. ``--realistic N`` makes N synthetic
+variant of the ``prediction`` settings (``--variants``, each laid over the schema's defaults). Printed per run:
+wall seconds, seconds per case, the time ratio (baseline / this run), and the mean Dice (primary tumour,
+metastasis) against the reference labels with its change from the baseline and from the first variant. ``--realistic N`` makes N synthetic
 scans of 200 x 512 x 512 voxels (the toy generator at that size, with labels and anatomy) instead of the study's
 new cases.
 """
@@ -30,6 +30,8 @@ import SimpleITK as sitk
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from workflow_scripts.config import section_defaults  # noqa: E402
 
 
 def run(args, env=None, cwd=None):
@@ -52,8 +54,10 @@ def mean_dice(prediction_dir: Path, reference_dir: Path, cases: list[str], label
     return float(np.mean(scores))
 
 
+# Each laid over the schema's prediction defaults (nnU-Net's: step 0.5, mirroring where the trainer allows it).
 VARIANTS = {
-    "default": {},
+    "one_tile": {"tile_batch_size": 1},  # nnU-Net's one tile per network pass
+    "default": {},                       # the training batch of tiles per pass
     "torch_export": {"export_resampling": "torch"},
     "step_0.75": {"export_resampling": "torch", "tile_step_size": 0.75},
     "step_1.0": {"export_resampling": "torch", "tile_step_size": 1.0},
@@ -125,7 +129,7 @@ def main():
         os.symlink(images, batch / "new_scans")
         anatomy = {"source": "precomputed", "precomputed_dir": str(anatomy_dir)} \
             if config["anatomy"]["source"] == "precomputed" else {}
-        prediction = {**config["prediction"], "save_probabilities": False, **VARIANTS[variant]}
+        prediction = {**section_defaults("prediction"), **VARIANTS[variant]}
         (batch / "predict.yaml").write_text(yaml.safe_dump({
             "bundle": str(bundle), "data": {"images_ts": "new_scans"}, "anatomy": anatomy,
             "prediction": prediction, "compute": {"device": "cpu", "resources": {"predict_test": {

@@ -6,7 +6,8 @@ One synthetic scan (the toy generator at ``--shape``, z y x) is preprocessed for
 and each step is timed against nnU-Net's default for it, in this one process:
 
 - sliding window, on a ``--window`` crop of the network input (the time per tile does not depend on the scan):
-  tile step 0.5 (default) against 0.75 and 1.0; test-time mirroring (8 passes per tile in 3D) against none, at
+  tile step 0.5 (default) against 0.75 and 1.0; one tile per network pass (default) against the training batch
+  size and 4; test-time mirroring (8 passes per tile in 3D) against none, at
   step 1.0 (forced on for the timing even where the trainer disallows it);
 - export of full-size logits (made from the scan's own label, so the labels have its structure) to the scan's
   grid: nnU-Net's resampling against torch resampling, each with probabilities (softmax: what an ensemble needs)
@@ -91,12 +92,21 @@ def main():
     crop = data[(slice(None), *[slice(c, c + w) for c, w in zip(centre, args.window)])]
     print(f"sliding window (one fold, crop {tuple(crop.shape[1:])} of the network input):")
     logits = {}
+    predictor.tile_batch_size = 1  # nnU-Net's one tile per network pass, for the step and mirroring rows
     for step in (0.5, 0.75, 1.0):
         predictor.tile_step_size = step
         seconds, logits[step] = timed(predictor.predict_logits_from_preprocessed_data, crop)
         default = rows[0][2] if rows else seconds
         report("sliding window", f"tile step {step}" + (" (default)" if step == 0.5 else ""), seconds, default,
                None if step == 0.5 else float((argmax(logits[step]) == argmax(logits[0.5])).mean()))
+    predictor.tile_step_size = 0.5
+    for batch in (None, 4):
+        predictor.tile_batch_size = batch
+        seconds, batched = timed(predictor.predict_logits_from_preprocessed_data, crop)
+        report("sliding window", f"step 0.5, {predictor.tiles_per_pass()} tiles per pass"
+               + (" (training batch)" if batch is None else ""), seconds, rows[0][2],
+               float((argmax(batched) == argmax(logits[0.5])).mean()))
+    predictor.tile_batch_size = 1
     predictor.tile_step_size = 1.0
     predictor.use_mirroring, allowed = True, predictor.allowed_mirroring_axes
     predictor.allowed_mirroring_axes = (0, 1, 2)
