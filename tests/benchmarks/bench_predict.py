@@ -9,9 +9,9 @@ This workflow: ``snakemake`` with a config naming the study's bundle (QC, one pr
 configuration the chosen ensemble uses, the ensemble with fusion in memory, refinement, burden table), once per
 variant of the ``prediction`` settings (``--variants``, each laid over the schema's defaults). Printed per run:
 wall seconds, seconds per case, the time ratio (baseline / this run), and the mean Dice (primary tumour,
-metastasis) against the reference labels with its change from the baseline and from the first variant. ``--realistic N`` makes N synthetic
-scans of 200 x 512 x 512 voxels (the toy generator at that size, with labels and anatomy) instead of the study's
-new cases.
+metastasis) against the reference labels with its change from the baseline and from the first variant.
+``--realistic N`` makes N synthetic scans of 200 x 512 x 512 voxels (the toy generator at that size, with labels
+and anatomy) instead of the study's new cases.
 """
 from __future__ import annotations
 
