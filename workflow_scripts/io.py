@@ -89,12 +89,18 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
-def image_grid(path: str | os.PathLike) -> sitk.Image:
-    """A blank uint8 image on the grid (size, origin, spacing, direction) of the image at ``path``, from its header
-    only: the grid to write label maps on without reading the voxels again."""
+def image_header(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """ITK's reader of the image at ``path`` with its header read (size, spacing, origin, direction), no voxels."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
+    return reader
+
+
+def image_grid(path: str | os.PathLike) -> sitk.Image:
+    """A blank uint8 image on the grid (size, origin, spacing, direction) of the image at ``path``, from its header
+    only: the grid to write label maps on without reading the voxels again."""
+    reader = image_header(path)
     grid = sitk.Image(reader.GetSize(), sitk.sitkUInt8)
     grid.SetOrigin(reader.GetOrigin())
     grid.SetSpacing(reader.GetSpacing())

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from workflow_scripts.io import array_like, read_image, write_image, write_json
+from workflow_scripts.io import array_like, image_header, read_image, write_image, write_json
 
 CHANNEL_SUFFIX = "_0000"
 
@@ -47,9 +47,7 @@ def _on_image_grid(label: sitk.Image, image_path: Path) -> sitk.Image:
     """The label with its image's spacing, origin and direction: QC has checked that they agree within the
     ``qc`` tolerances, and nnU-Net refuses any difference above float rounding (e.g. a DICOM series' spacing
     from slice positions against a label saved by another tool)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(image_path))
-    reader.ReadImageInformation()
+    reader = image_header(image_path)
     if tuple(reader.GetSize()) != label.GetSize():
         raise ValueError(f"label of {image_path.name} has size {label.GetSize()}, the image {reader.GetSize()}")
     label.SetSpacing(reader.GetSpacing())

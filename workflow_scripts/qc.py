@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from workflow_scripts.config import section_defaults
 from workflow_scripts.dicom import dicom_rows
-from workflow_scripts.io import pyplot, read_json, write_figure, write_json, write_table
+from workflow_scripts.io import image_header, pyplot, read_json, write_figure, write_json, write_table
 from workflow_scripts.metrics import bounding_box
 
 try:  # ISA-L's inflate and checksums, with the same CRC and truncation checks as the standard library's
@@ -79,9 +79,7 @@ def read_volume(path: Path) -> Volume:
         data = gzip_reader.decompress(data)
     nifti = _nifti_from_bytes(data)
     _check_header_geometry(nifti.header)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    reader = image_header(path)
     volume = Volume(reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(), reader.GetSpacing(),
                     reader.GetOrigin(), reader.GetDirection(), None)
     if volume.dimension != 3 or volume.components != 1:
