@@ -1,9 +1,10 @@
-# The README's two commands: `make toy` (the whole study on toy data) and `make test` (the test suite).
+# The README's commands: `make toy` (the whole study on toy data), `make check` (the everyday quick tier: unit
+# tests, lint, dry runs and config errors, no training) and `make test` (the full suite, what CI runs).
 VENV ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: toy test install
+.PHONY: toy check test install
 
 install: $(VENV)/.installed
 
@@ -20,6 +21,9 @@ toy: $(VENV)/.installed resources/toy/toy_dataset.json
 	snakemake --profile profiles/local --configfile config/toy.yaml
 	snakemake --configfile config/toy.yaml --report results/report.html
 	@echo "Done. Results: results/ (metrics: results/metrics/summary.tsv). Report: results/report.html"
+
+check: $(VENV)/.installed
+	python -m pytest -m "unit or dag"
 
 test: $(VENV)/.installed
 	python -m pytest

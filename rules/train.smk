@@ -16,6 +16,8 @@ rule train_fold:
         nnunet_root=NNUNET_ROOT,
         trainer=lambda w: configuration(w.configuration)["trainer"],
         settings=lambda w: as_json(configuration(w.configuration).get("trainer_settings", {})),
+        # Out-of-fold predictions made as the new cases' are: the ensemble and refinement are chosen on them.
+        validation=as_json({k: CONFIG["prediction"][k] for k in ("tile_step_size", "use_mirroring")}),
         device=CONFIG["compute"]["device"],
         augmentation_workers=CONFIG["compute"]["augmentation_workers"],
     threads: threads_of("train_fold")
@@ -31,5 +33,5 @@ rule train_fold:
         "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root} --threads {threads} "
         "--augmentation-workers {params.augmentation_workers} --plans-summary {input} "
         "--trainer {params.trainer} --fold {wildcards.fold} --settings {params.settings:q} "
-        "--device {params.device} --out {output.summary} --curves {output.curves} --progress {output.progress} "
+        "--validation {params.validation:q} --device {params.device} --out {output.summary} --curves {output.curves} --progress {output.progress} "
         "> {log} 2>&1"

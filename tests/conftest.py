@@ -6,7 +6,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-SHARED_EXAMPLE = REPO.parent / "shared" / "data" / "totalseg_example"
+TOTALSEG_EXAMPLE = REPO / "tests" / "data" / "totalseg_example"  # Apache-2.0, see its README
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +20,8 @@ def toy_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def totalseg_example():
-    if not (SHARED_EXAMPLE / "example_ct_sm.nii.gz").exists():
-        pytest.fail(f"the shared real CT example is missing: {SHARED_EXAMPLE} (see DEVELOPERS.md)")
-    return SHARED_EXAMPLE
+    """TotalSegmentator's small example CT and its label map, kept in the repository."""
+    return TOTALSEG_EXAMPLE
 
 
 @pytest.fixture
@@ -43,3 +42,25 @@ def copy_case(src_dir: Path, case: str, dst_dir: Path, new_case: str) -> Path:
     dst = dst_dir / f"{new_case}.nii.gz"
     shutil.copyfile(src_dir / f"{case}.nii.gz", dst)
     return dst
+
+
+TIERS = ("unit", "dag", "smoke", "slurm", "browser")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test gets one tier (see README, Testing): an explicit tier marker wins; otherwise a test of the SLURM
+    study is `slurm`, one that needs a trained toy study is `smoke`, the rest of test_workflow.py (lint, dry runs,
+    config errors, QC and planning without training) is `dag`, and everything else is `unit`."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "slurm_run" in fixtures:
+            tier = "slurm"
+        elif "smoke_run" in fixtures:
+            tier = "smoke"
+        elif item.path.name == "test_workflow.py":
+            tier = "dag"
+        else:
+            tier = "unit"
+        item.add_marker(getattr(pytest.mark, tier))

@@ -32,6 +32,7 @@ def segment(image, out, home, *extra):
                           timeout=600)
 
 
+@pytest.mark.smoke  # runs a TotalSegmentator model
 @pytest.mark.parametrize("options", [["--fast"], ["--fast", "--roi-subset", '["liver"]']],
                          ids=["fast", "fast-roi-subset"])
 def test_real_totalsegmentator_runs_offline_on_the_image_grid(totalseg_home, totalseg_example, tmp_path, options):

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from workflow_scripts.evaluation import (aggregate, compare_stages, evaluate_stage, holm, paired_comparison,
-                                         write_summary)
+                                         wilcoxon_signed_rank_p, write_summary)
 from workflow_scripts.metrics import Conventions
 from workflow_scripts.runtime import read_benchmarks, write_runtime
 
@@ -118,3 +118,18 @@ def test_runtime_table_from_benchmark_files(tmp_path):
     train = summary[summary["rule"] == "train_fold"].iloc[0]
     assert train["jobs"] == 2 and train["total_seconds"] == 180.0 and train["max_rss_mb"] == 2500.0
     assert (tmp_path / "runtime.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_exact_wilcoxon_equals_scipys_exact_test_with_ties_and_zeros(seed):
+    """scipy enumerates every sign pattern for small samples (up to 13 non-zero differences); ours counts them."""
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 14))
+    diff = np.round(rng.normal(0.1, 0.3, size=n), int(rng.integers(0, 3)))  # rounding makes ties and zeros
+    if not diff[diff != 0].size:
+        assert math.isnan(wilcoxon_signed_rank_p(diff))
+        return
+    expected = stats.wilcoxon(diff, zero_method="wilcox").pvalue
+    assert wilcoxon_signed_rank_p(diff) == pytest.approx(expected, rel=1e-9, abs=1e-12), diff

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from workflow_scripts.config import section_defaults
 from workflow_scripts.qc import QCError, aggregate_qc, check_case, write_case_qc
@@ -63,7 +64,7 @@ def test_geometry_outside_the_configured_ranges_is_a_warning(toy_dir, tmp_path):
     message = dict(zip(table["check"], table["message"]))
     assert "7.5 mm is outside [0.5, 5.0]" in message["slice_thickness"] and "qc.slice_thickness_mm" in \
         message["slice_thickness"]
-    # The toy phantoms are 96 voxels of <1 mm: a cropped field of view under the real template's threshold.
+    # The toy phantoms are 67-86 mm across: a cropped field of view under the real template's threshold.
     table = check_case("toy_001", toy_dir / "imagesTr/toy_001.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz", VALUES)
     assert flagged(table) == {"field_of_view": "warning"}
 
@@ -97,23 +98,34 @@ def test_empty_annotation_and_stray_voxels_are_warnings(toy_dir, tmp_path):
     table = check_case("empty", toy_dir / "imagesTr/toy_001.nii.gz", empty, VALUES, TOY_QC)
     assert flagged(table) == {"label_empty": "warning"}
     stray = label.copy()
-    stray[1, 5, 5] = 2  # one voxel (~2 mm3) in air, far from every lesion
+    stray[1, 5, 5] = 2  # one voxel (~4 mm3) in air, far from every lesion
     _, stray_path = write_case(toy_dir, tmp_path, "stray", label_array=stray)
     table = check_case("stray", toy_dir / "imagesTr/toy_001.nii.gz", stray_path, VALUES, TOY_QC)
     assert flagged(table) == {"label_tiny_components": "warning"}
     message = table[table["check"] == "label_tiny_components"]["message"].item()
-    assert message.startswith("label 2: 1 of 3 component(s) below 10 mm3")
+    metastases = ndimage.label(label == 2, structure=np.ones((3, 3, 3)))[1]  # QC's 26-connectivity
+    assert metastases >= 2 and message.startswith(f"label 2: 1 of {metastases + 1} component(s) below 10 mm3")
 
 
 def test_label_shifted_off_the_tissue_is_a_warning(toy_dir, tmp_path):
     image, label = toy_arrays(toy_dir)
-    # The lesions moved into the air in front of the body (a label written for another scan or flipped).
-    shifted = np.zeros_like(label)
+    # The lesions moved into the air in front of the body (a label written for another scan or flipped): the
+    # scan gets an air margin in front as deep as the lesions reach, and the label moves into it.
     z, y, x = np.nonzero(label)
+    padded = np.pad(image, ((0, 0), (y.max() + 1, 0), (0, 0)), constant_values=-1000)
+    shifted = np.zeros(padded.shape, dtype=label.dtype)
     shifted[z, y - y.min(), x] = label[z, y, x]
-    assert image[shifted > 0].mean() < -500
-    _, path = write_case(toy_dir, tmp_path, "shifted", label_array=shifted)
-    table = check_case("shifted", toy_dir / "imagesTr/toy_001.nii.gz", path, VALUES, TOY_QC)
+    assert padded[shifted > 0].mean() < -500
+    geometry = sitk.ReadImage(str(toy_dir / "imagesTr/toy_001.nii.gz"))
+    paths = []
+    for array, kind in ((padded, "image"), (shifted, "label")):
+        written = sitk.GetImageFromArray(array)
+        written.SetSpacing(geometry.GetSpacing())
+        written.SetDirection(geometry.GetDirection())
+        written.SetOrigin(geometry.GetOrigin())
+        paths.append(tmp_path / f"shifted_{kind}.nii.gz")
+        sitk.WriteImage(written, str(paths[-1]))
+    table = check_case("shifted", *paths, VALUES, TOY_QC)
     checks = table[table["severity"] != "info"]
     in_air = checks[checks["check"] == "label_in_air"]["message"].tolist()
     assert in_air and in_air[0].startswith("label 1: ") and "(qc.lesion_max_air_fraction)" in in_air[0]
@@ -225,7 +237,7 @@ def test_on_error_exclude_leaves_out_failing_training_cases_only(toy_dir, tmp_pa
 def test_truncated_gzip_and_4d_volumes_are_errors(toy_dir, tmp_path):
     data = (toy_dir / "imagesTr/toy_001.nii.gz").read_bytes()
     (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
-    assert sitk.ReadImage(str(tmp_path / "cut.nii.gz")).GetSize() == (96, 96, 32)  # ITK alone would not notice
+    assert sitk.ReadImage(str(tmp_path / "cut.nii.gz")).GetSize() == (64, 64, 32)  # ITK alone would not notice
     table = check_case("cut", tmp_path / "cut.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz", VALUES, TOY_QC)
     assert flagged(table) == {"image_readable": "error"}
     assert "cut.nii.gz" in table["message"].item() and "re-export" in table["message"].item()

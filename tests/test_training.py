@@ -2,6 +2,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from workflow_scripts.training import TRAINER_SETTINGS, make_checkpoints_atomic, training_curves
 
@@ -71,8 +72,13 @@ def test_validation_predicts_with_the_tile_batched_predictor_and_restores_nnunet
     from workflow_scripts.training import tile_batched_validation
 
     assert base.nnUNetPredictor is nnUNetPredictor
-    with pytest.raises(KeyboardInterrupt), tile_batched_validation():
-        assert base.nnUNetPredictor is tile_batch_predictor_class()
+    with pytest.raises(KeyboardInterrupt), tile_batched_validation(tile_step_size=1.0, use_mirroring=False):
+        assert issubclass(base.nnUNetPredictor, tile_batch_predictor_class())
         assert issubclass(base.nnUNetPredictor, nnUNetPredictor)
+        # nnU-Net's own call (tile step 0.5, mirroring) gets the study's settings instead.
+        predictor = base.nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                         perform_everything_on_device=True, device=torch.device("cpu"),
+                                         verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        assert predictor.tile_step_size == 1.0 and predictor.use_mirroring is False
         raise KeyboardInterrupt  # a killed validation
     assert base.nnUNetPredictor is nnUNetPredictor

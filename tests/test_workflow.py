@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,12 @@ def toy_workdir(tmp_path_factory):
 def test_nnunet_finds_trainers_by_name():
     """nnU-Net imports every trainer module (timm -> torchvision) to find a class: torch and torchvision match."""
     code = ("from workflow_scripts.training import find_trainer_class\n"
-            "for name in ('nnUNetTrainer', 'nnUNetTrainerNoMirroring', 'nnUNetTrainer_5epochs'):\n"
+            "for name in ('nnUNetTrainer', 'nnUNetTrainerNoMirroring', 'nnUNetTrainer_5epochs',\n"
+            "             'nnUNetTrainerAdam'):\n"
             "    print(find_trainer_class(name).__name__)\n")
     result = run([sys.executable, "-c", code], cwd=REPO)
-    assert result.stdout.split() == ["nnUNetTrainer", "nnUNetTrainerNoMirroring", "nnUNetTrainer_5epochs"]
+    assert result.stdout.split() == ["nnUNetTrainer", "nnUNetTrainerNoMirroring", "nnUNetTrainer_5epochs",
+                                     "nnUNetTrainerAdam"]
 
 
 def test_lint_is_clean(toy_workdir):
@@ -75,12 +78,15 @@ def test_dry_run_default_target_and_every_rule(toy_workdir, profile):
     assert job_count(result.stdout, "train_fold") == 15, result.stdout[-3000:]
     result = snakemake(toy_workdir, "-n", "export_bundle", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG)
     assert job_count(result.stdout, "export_bundle") == 1 and job_count(result.stdout, "train_fold") == 15
-    for rule in rules:
-        if rule in ("all", "segment_anatomy", "export_bundle"):
-            continue
-        result = snakemake(toy_workdir, "-n", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG,
-                           "--until", rule)
-        assert job_count(result.stdout, rule) > 0, f"--until {rule} plans no {rule} job:\n{result.stdout[-2000:]}"
+    planned = [rule for rule in rules if rule not in ("all", "segment_anatomy", "export_bundle")]
+
+    def dry_run_until(rule):
+        return snakemake(toy_workdir, "-n", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG,
+                         "--until", rule).stdout
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one Snakemake process per core
+        for rule, stdout in zip(planned, pool.map(dry_run_until, planned)):
+            assert job_count(stdout, rule) > 0, f"--until {rule} plans no {rule} job:\n{stdout[-2000:]}"
 
 
 def test_dry_run_with_totalsegmentator_anatomy(toy_workdir, tmp_path):
@@ -95,6 +101,7 @@ def test_dry_run_with_totalsegmentator_anatomy(toy_workdir, tmp_path):
     assert "gpu=1" in result.stdout
 
 
+@pytest.mark.smoke  # runs a TotalSegmentator model
 def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_path):
     """The rule as a CPU user runs it, with the weights folder from config (a fixture-built tiny model)."""
     from totalseg_fixture import build_tiny_totalseg_home
@@ -137,6 +144,7 @@ def test_config_error_stops_with_one_clear_message(toy_workdir, tmp_path):
     assert "data.labels_tr: folder 'nowhere/labelsTr' does not exist" in result.stdout + result.stderr
 
 
+@pytest.mark.smoke  # plans and preprocesses three nnU-Net datasets
 def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_workdir, tmp_path):
     """A label with an unknown value and an image named off the case pattern stop the default run; with
     qc.on_error: exclude they are left out of the splits, the nnU-Net datasets and every later job, and QC says
@@ -268,34 +276,52 @@ def test_predictions_of_every_stage_exist_on_the_input_grid(smoke_run):
         assert list(removed.columns)[:3] == ["case", "rule", "label"]
 
 
-def test_toy_ensemble_segments_held_out_cases(smoke_run):
-    """Dice floor on the 3 held-out cases.
+# Dice floors on the 3 held-out cases, averaged over the cases whose reference holds the class (the lesion-free
+# case, which scores 1 when left empty, carries none of them). The README's testing section gives the measured
+# spread over 3 toy runs with different data seeds; each floor lies below the lowest value seen there.
+DICE_FLOORS = {
+    "refined": {"primary": 0.6, "metastasis": 0.4},
+    "ensemble": {"primary": 0.6, "metastasis": 0.4},
+    "resenc_multiclass": {"primary": 0.3, "metastasis": 0.3},
+    "isotropic_multiclass": {"primary": 0.3, "metastasis": 0.3},
+    "metastasis_only": {"metastasis": 0.3},
+}
 
-    The primary tumour is one 2,000-3,000 voxel blob in a 295,000-voxel volume (a chance-level mask scores
-    about 0.01), and every configuration reached a pseudo-Dice around 0.7-0.9 in 300 iterations (the toy budget is
-    now 150, to keep the suite inside CI's time on 2 cores; test primary Dice is still 0.8-0.85). A floor of 0.5
-    for the ensemble's primary tumour therefore fails when training, prediction, ensembling or the label
-    bookkeeping breaks, yet leaves room for CPU nondeterminism.
-    Metastases (300-1,500 voxels) are not learnt in 150 iterations (the metastasis-only folds end at an EMA
-    pseudo-Dice of 0-0.19 and find none on the test cases), so their Dice has no floor here: a floor could only
-    be met through the metastasis-free test case, and failed when a few false-positive voxels appeared there.
-    They are checked for being scored, per stage, on every test case.
-    """
+
+def dice_over_cases_holding_the_class(results: Path, split: str, stage: str) -> pd.DataFrame:
+    """Mean Dice per class over the cases whose reference holds the class, with their count."""
+    per_case = pd.read_csv(results / f"metrics/{split}/{stage}.tsv", sep="\t")
+    held = per_case[per_case["reference_ml"] > 0]
+    return held.groupby("class")["dice"].agg(["mean", "count"])
+
+
+def test_toy_study_learns_both_lesion_classes(smoke_run):
+    """Every configuration learns every class it predicts, and the chosen pipeline segments both classes of the
+    held-out cases. A chance-level mask scores about 0.01 (lesions are 0.1-1 % of the volume), so a floor fails
+    when training, prediction, ensembling, fusion or the label bookkeeping breaks, or a class is not learned."""
     summary = pd.read_csv(smoke_run / "results/metrics/summary.tsv", sep="\t")
-    stages = set(summary["stage"])
-    assert stages == {"resenc_multiclass", "isotropic_multiclass", "metastasis_only", "ensemble", "refined"}
-    assert set(summary["split"]) == {"oof", "test"}
-    dice = summary[summary["metric"] == "dice"]
-    test = dice[dice["split"] == "test"].set_index(["stage", "class"])
-    assert test.loc[("ensemble", "primary"), "mean"] >= 0.5, summary.to_string()
-    assert test.loc[("refined", "primary"), "mean"] >= 0.5, summary.to_string()
-    metastasis = test.xs("metastasis", level="class")
-    assert set(metastasis.index) == stages and (metastasis["n"] == 3).all(), metastasis.to_string()
-    assert metastasis["mean"].between(0, 1).all(), metastasis.to_string()
-    per_case = pd.read_csv(smoke_run / "results/metrics/test/metastasis_only.tsv", sep="\t")
-    assert set(per_case["class"]) == {"metastasis"}, "a partial model is scored on its own class only"
+    assert set(summary["stage"]) == set(DICE_FLOORS) and set(summary["split"]) == {"oof", "test"}
+    test_dice = summary[(summary["metric"] == "dice") & (summary["split"] == "test")]
+    assert len(test_dice) == 9 and (test_dice["n"] == 3).all(), test_dice  # every class of every stage, every case
+    reference = {}
+    for case in ("toy_100", "toy_101", "toy_102"):
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(smoke_run / f"resources/toy/labelsTs/{case}.nii.gz")))
+        reference[case] = set(np.unique(label).tolist())
+    holding = {name: sum(value in labels for labels in reference.values())
+               for name, value in (("primary", 1), ("metastasis", 2))}
+    assert holding == {"primary": 3, "metastasis": 2}, reference  # toy_102 has no metastasis
+    seen = {}
+    for stage, floors in DICE_FLOORS.items():
+        dice = dice_over_cases_holding_the_class(smoke_run / "results", "test", stage)
+        assert set(dice.index) == set(floors), (stage, dice)  # a partial model is scored on its own class only
+        for name, floor in floors.items():
+            assert dice.loc[name, "count"] == holding[name], (stage, name, dice)
+            seen[(stage, name)] = round(float(dice.loc[name, "mean"]), 3)
+    failed = {key: value for key, value in seen.items() if value < DICE_FLOORS[key[0]][key[1]]}
+    assert not failed, f"below the floor: {failed}; all: {seen}"
 
 
+@pytest.mark.browser
 def test_report_pages_and_figures_load_in_headless_chromium(smoke_run):
     from report_browser import chromium_path, walk_report
 
@@ -529,11 +555,14 @@ def test_plain_nnunet_predict_works_on_the_results(smoke_run, tmp_path):
     nnunet = smoke_run / "results" / "nnunet"
     env = dict(os.environ, nnUNet_raw=str(nnunet / "nnUNet_raw"), nnUNet_results=str(nnunet / "nnUNet_results"),
                nnUNet_preprocessed=str(nnunet / "nnUNet_preprocessed"))
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    assert not config["prediction"]["use_mirroring"]  # as the study predicted: no test-time mirroring
     result = subprocess.run(
         [str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(tmp_path / "in"), "-o",
-         str(tmp_path / "out"), "-d", "501", "-c", "3d_fullres", "-tr", "nnUNetTrainerNoMirroring", "-p",
-         "nnUNetResEncUNetMPlans", "-f", "0", "1", "2", "3", "4", "-device", "cpu", "-npp", "1", "-nps", "1",
-         "-step_size", str(yaml.safe_load(TOY_CONFIG.read_text())["prediction"]["tile_step_size"]),
+         str(tmp_path / "out"), "-d", "501", "-c", "3d_fullres", "-tr",
+         config["configurations"]["resenc_multiclass"]["trainer"], "-p", "nnUNetResEncUNetMPlans",
+         "-f", "0", "1", "2", "3", "4", "-device", "cpu", "-npp", "1", "-nps", "1",
+         "-step_size", str(config["prediction"]["tile_step_size"]), "--disable_tta",
          "--disable_progress_bar"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "toy_100.nii.gz")))
@@ -546,6 +575,11 @@ def test_plain_nnunet_predict_works_on_the_results(smoke_run, tmp_path):
 # The same toy DAG through a real single-node SLURM cluster with the SLURM profile.
 
 SLURM_GPU_RULES = ("train_fold", "predict_test")
+# The SLURM study is the toy study with a shorter training: what SLURM changes is where jobs run, not what they
+# compute, and the local study already shows the learning. A checkpoint every epoch and four epochs leave the
+# preemption watcher a window of three epochs between a training's first checkpoint and its final one.
+SLURM_TRAINER_SETTINGS = {"num_epochs": 4, "num_iterations_per_epoch": 5, "num_val_iterations_per_epoch": 1,
+                          "save_every": 1}
 
 
 def slurm_jobs_by_rule(workdir):
@@ -573,7 +607,7 @@ def preempt_one_training(workdir, stop, preempted):
                 subprocess.run(["scancel", logs[0].stem], check=True, timeout=30)
                 preempted.update(configuration=configuration, fold=fold, job=logs[0].stem)
                 return
-        stop.wait(2)
+        stop.wait(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -590,6 +624,8 @@ def slurm_run(smoke_run, tmp_path_factory):
     config = yaml.safe_load(TOY_CONFIG.read_text())
     for rule in SLURM_GPU_RULES:  # the toy config's GPU rules ask for a (fake) GPU, as on a real cluster
         config["compute"]["resources"][rule]["gpu"] = True
+    for conf in config["configurations"].values():
+        conf["trainer_settings"] = {**conf["trainer_settings"], **SLURM_TRAINER_SETTINGS}
     (workdir / "slurm_toy.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # label order is meaningful
     cluster = SlurmCluster(memory_mb=16000, gpus=2)
     cluster.start()
@@ -647,8 +683,7 @@ def test_slurm_preempted_training_was_resubmitted_and_resumed(slurm_run):
     assert len(logs) == 2 and preempted["job"] in [log.stem for log in logs]
     summary = json.loads((workdir / f"results/training/{configuration}/fold_{fold}.json").read_text())
     assert summary["resumed_from"].startswith("epoch "), summary
-    assert summary["epochs"] == yaml.safe_load(TOY_CONFIG.read_text())["configurations"][configuration][
-        "trainer_settings"]["num_epochs"]
+    assert summary["epochs"] == SLURM_TRAINER_SETTINGS["num_epochs"]
 
 
 def results_files(workdir):
@@ -670,19 +705,19 @@ def test_slurm_results_match_the_local_run(slurm_run, smoke_run):
     for deterministic in [Path("qc/qc_table.tsv"), Path("splits/splits_final.json"), *preprocessed]:
         assert (slurm_workdir / "results" / deterministic).read_bytes() == \
             (smoke_run / "results" / deterministic).read_bytes(), deterministic
-    # CPU training is not bit-reproducible: the same rows, and the ensemble's and refinement's mean Dice of the
-    # primary tumour on the test cases close (each test case gets all 15 models). Out-of-fold means rest on one
-    # model per case and configuration and differed by 0.19 between a local and a SLURM run of the 150-iteration
-    # toy study (0.76 vs 0.57), toy metastasis Dice by up to 0.25: neither is compared.
+    # The SLURM study trains 4 epochs of 5 iterations (SLURM_TRAINER_SETTINGS), so its scores are not the local
+    # study's: the metric tables have the same rows, and every fold trained as its config said.
     local = pd.read_csv(smoke_run / "results/metrics/summary.tsv", sep="\t")
     cluster = pd.read_csv(slurm_workdir / "results/metrics/summary.tsv", sep="\t")
     keys = ["split", "stage", "class", "metric"]
     merged = local.merge(cluster, on=keys, suffixes=("_local", "_slurm"), validate="one_to_one")
     assert len(merged) == len(local) == len(cluster)
-    dice = merged[(merged["metric"] == "dice") & merged["stage"].isin(["ensemble", "refined"])
-                  & (merged["class"] == "primary") & (merged["split"] == "test")]
-    assert len(dice) == 2
-    assert ((dice["mean_local"] - dice["mean_slurm"]).abs() <= 0.1).all(), dice.to_string()
+    summaries = sorted((slurm_workdir / "results/training").glob("*/fold_*.json"))
+    assert len(summaries) == 15
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        assert summary["epochs"] == SLURM_TRAINER_SETTINGS["num_epochs"], path
+        assert SLURM_TRAINER_SETTINGS.items() <= summary["settings"].items(), path
 
 
 def test_slurm_cluster_start_fails_fast_with_the_daemon_logs(tmp_path):

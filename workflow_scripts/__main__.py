@@ -119,7 +119,8 @@ def cmd_train_fold(args):
     plans = read_json(args.plans_summary)
     summary = train_fold(plans["dataset"], plans["plans_identifier"], args.trainer, args.fold,
                          _json(args.settings), args.device, Path(args.out),
-                         Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None)
+                         Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None,
+                         _json(args.validation))
     print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")
 
 
@@ -357,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--curves", help="TSV of per-epoch losses and pseudo Dice")
     p.add_argument("--progress", help="copy of nnU-Net's progress.png")
+    p.add_argument("--validation", default="{}",
+                   help='JSON {"tile_step_size": .., "use_mirroring": ..} of the validation (default nnU-Net\'s)')
 
     p = verb("gather-oof", cmd_gather_oof)
     p.add_argument("--training-summaries", nargs="+", required=True)

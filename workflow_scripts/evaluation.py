@@ -89,6 +89,26 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def wilcoxon_signed_rank_p(diff: np.ndarray) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test of ``diff`` (zeros dropped, ties given average ranks),
+    exact: the null distribution of the positive rank sum over all 2^n sign patterns, counted by dynamic
+    programming over the (half-integer) ranks. This is the test scipy's ``wilcoxon`` runs by default for small
+    samples with ties or zeros, which it enumerates one sign pattern at a time in Python (0.2 s a test at n = 12,
+    100 s for the toy study's comparisons); for larger samples scipy approximates or samples where this stays exact.
+    """
+    nonzero = diff[diff != 0]
+    if not nonzero.size:
+        return math.nan
+    doubled = np.rint(2 * stats.rankdata(np.abs(nonzero))).astype(np.int64)  # average ranks are half-integers
+    null = np.zeros(int(doubled.sum()) + 1)
+    null[0] = 1.0
+    for rank in doubled:  # each rank joins the positive sum or not, with probability 1/2
+        null[rank:] = 0.5 * (null[rank:] + null[:-rank].copy())
+        null[:rank] *= 0.5
+    observed = int(doubled[nonzero > 0].sum())
+    return float(min(1.0, 2 * min(null[:observed + 1].sum(), null[observed:].sum())))
+
+
 def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
     """Paired tests of b - a: Wilcoxon signed-rank with the matched-pairs rank-biserial correlation, and a
     paired t-test only where Shapiro-Wilk (n >= 3) does not reject normal differences; Cohen's d_z always."""
@@ -101,7 +121,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
     if nonzero.size:
         ranks = stats.rankdata(np.abs(nonzero))
         row["rank_biserial"] = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
-        row["wilcoxon_p"] = float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
+        row["wilcoxon_p"] = wilcoxon_signed_rank_p(diff)
     if diff.size >= 3 and diff.std(ddof=1) > 0:
         row["cohens_dz"] = float(diff.mean() / diff.std(ddof=1))
         row["differences_normal"] = bool(stats.shapiro(diff).pvalue > 0.05)

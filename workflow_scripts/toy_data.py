@@ -26,8 +26,12 @@ ANATOMY_IDS = {"liver": 5, "sacrum": 25, "vertebrae_L5": 27, "vertebrae_L4": 28,
 LUMBAR = ["sacrum", "vertebrae_L5", "vertebrae_L4", "vertebrae_L3", "vertebrae_L2", "vertebrae_L1"]
 
 HU_AIR, HU_FAT, HU_SOFT, HU_LIVER, HU_BONE = -1000, -100, 40, 60, 450
-HU_PRIMARY, HU_METASTASIS = 100, 140
+# The primary tumour is an enhancing rim (as bright as the discs) around a core as dark as soft tissue and liver:
+# no threshold separates it, a model has to learn its shape. Metastases are uniformly brighter.
+HU_PRIMARY_RIM, HU_PRIMARY_CORE, HU_METASTASIS = 110, 50, 170
+PRIMARY_CORE_FRACTION = 0.5  # of the primary's radii
 NOISE_HU = 12.0
+METASTASIS_FREE_EVERY = 6  # case index % 6 == 0: no metastasis (toy_000, toy_006, toy_102)
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,14 @@ def _ellipsoid(coords, centre, radii) -> np.ndarray:
         + ((z - centre[2]) / radii[2]) ** 2 <= 1.0
 
 
-def make_phantom(rng: np.random.Generator, shape=(32, 96, 96), with_metastases: bool = True) -> Phantom:
+TOY_SHAPE = (32, 64, 64)  # (z, y, x): small enough that 15 trainings and their predictions fit a 2-core CPU
+FIELD_OF_VIEW_MM = (67.0, 86.0)  # in-plane, whatever the shape: the spacing follows the voxel count
+
+
+def make_phantom(rng: np.random.Generator, shape=TOY_SHAPE, with_metastases: bool = True) -> Phantom:
     """One phantom; ``shape`` is (z, y, x). Positions are fractions of the field of view, sizes in mm."""
     nz, ny, nx = shape
-    sxy = float(rng.uniform(0.7, 0.9))
+    sxy = float(rng.uniform(*FIELD_OF_VIEW_MM)) / nx
     sz = float(rng.uniform(2.0, 3.0))
     fov_x, fov_y, fov_z = nx * sxy, ny * sxy, nz * sz
     zz, yy, xx = np.meshgrid((np.arange(nz) + 0.5) * sz - fov_z / 2, (np.arange(ny) + 0.5) * sxy - fov_y / 2,
@@ -90,21 +98,23 @@ def make_phantom(rng: np.random.Generator, shape=(32, 96, 96), with_metastases: 
         image[wing] = HU_BONE + 100
         anatomy[wing] = ANATOMY_IDS[name]
 
-    # Primary tumour low in the abdomen, anterior to the spine.
-    r = rng.uniform(7.0, 11.0, size=3)
+    # Primary tumour low in the abdomen, anterior to the spine: enhancing rim, necrotic core (60 % of the radii).
+    r = rng.uniform(8.0, 12.0, size=3)
     centre = (rng.uniform(-0.1, 0.1) * fov_x, rng.uniform(-0.12, 0.0) * fov_y, rng.uniform(-0.2, -0.05) * fov_z)
     primary = _ellipsoid(coords, centre, r) & inner & (anatomy == 0)
-    image[primary] = HU_PRIMARY
+    image[primary] = HU_PRIMARY_RIM
+    image[primary & _ellipsoid(coords, centre, PRIMARY_CORE_FRACTION * r)] = HU_PRIMARY_CORE
     label[primary] = 1
 
-    # Peritoneal metastases: small spheres near the body wall in the upper abdomen.
-    n_metastases = int(rng.integers(1, 4)) if with_metastases else 0
+    # Peritoneal metastases: 2-4 nodules near the body wall in the upper abdomen, never touching the primary.
+    n_metastases = int(rng.integers(2, 5)) if with_metastases else 0
+    bone = np.isin(anatomy, [ANATOMY_IDS[n] for n in LUMBAR + ["hip_left", "hip_right"]])
     for _ in range(n_metastases):
         angle = rng.uniform(0, 2 * np.pi)
-        radius = rng.uniform(3.5, 6.0)
-        ex, ey = (body_a - 9) * np.cos(angle), (body_b - 9) * np.sin(angle)
-        met = _ellipsoid(coords, (ex, ey, rng.uniform(0.05, 0.35) * fov_z), (radius, radius, radius + 1.5))
-        met &= inner & ~np.isin(anatomy, [ANATOMY_IDS[n] for n in LUMBAR + ["hip_left", "hip_right"]])
+        radius = rng.uniform(5.0, 8.0)
+        ex, ey = (body_a - 12) * np.cos(angle), (body_b - 12) * np.sin(angle)
+        met = _ellipsoid(coords, (ex, ey, rng.uniform(0.1, 0.35) * fov_z), (radius, radius, radius + 2.0))
+        met &= inner & ~bone & (label == 0)
         image[met] = HU_METASTASIS
         label[met] = 2
 
@@ -172,8 +182,8 @@ def _to_image(array: np.ndarray, spacing) -> sitk.Image:
 
 
 def generate_toy_dataset(out: str | Path, n_train: int = 12, n_test: int = 3, seed: int = 0,
-                         shape=(32, 96, 96), dicom_cases: tuple[str, ...] = ()) -> dict:
-    """Write the toy dataset; every third case has no metastasis; ``dicom_cases`` as DICOM series folders.
+                         shape=TOY_SHAPE, dicom_cases: tuple[str, ...] = ()) -> dict:
+    """Write the toy dataset; every sixth case has no metastasis; ``dicom_cases`` as DICOM series folders.
     Returns the case lists."""
     out = Path(out)
     cases = {"train": [f"toy_{i:03d}" for i in range(n_train)],
@@ -182,7 +192,7 @@ def generate_toy_dataset(out: str | Path, n_train: int = 12, n_test: int = 3, se
         for case in cases[split]:
             index = int(case.split("_")[1])
             rng = np.random.default_rng([seed, index])
-            phantom = make_phantom(rng, shape=shape, with_metastases=index % 3 != 0)
+            phantom = make_phantom(rng, shape=shape, with_metastases=index % METASTASIS_FREE_EVERY != 0)
             if case in dicom_cases:
                 write_series(out / f"images{suffix}" / case, phantom.image, spacing=phantom.spacing,
                              origin=(0.0, 0.0, 0.0), series_number=index + 1, seed=index)

@@ -37,16 +37,22 @@ def make_checkpoints_atomic(trainer) -> None:
 
 
 @contextlib.contextmanager
-def tile_batched_validation():
-    """nnU-Net's validation builds its predictor through the name ``nnUNetPredictor`` in the trainer's base module;
-    point that name at the tile-batched predictor (training batch size per pass, same tiles and weights) while
-    it runs. A trainer that overrides ``perform_actual_validation`` in its own module keeps nnU-Net's predictor."""
+def tile_batched_validation(tile_step_size: float = 0.5, use_mirroring: bool = True):
+    """nnU-Net's validation builds its predictor through the name ``nnUNetPredictor`` in the trainer's base module
+    with a fixed tile step of 0.5 and mirroring; point that name at the tile-batched predictor (training batch size
+    per pass, same tiles and weights) with the study's tile step and mirroring while it runs, so that out-of-fold
+    predictions, on which the ensemble and refinement are chosen, are made as the new cases' are. A trainer that
+    overrides ``perform_actual_validation`` in its own module keeps nnU-Net's predictor."""
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
 
     from workflow_scripts.prediction import tile_batch_predictor_class
 
+    class ValidationPredictor(tile_batch_predictor_class()):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "tile_step_size": tile_step_size, "use_mirroring": use_mirroring})
+
     original = base.nnUNetPredictor
-    base.nnUNetPredictor = tile_batch_predictor_class()
+    base.nnUNetPredictor = ValidationPredictor
     try:
         yield
     finally:
@@ -74,8 +80,9 @@ def training_curves(log: dict) -> pd.DataFrame:
 
 def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict,
                device: str, summary_out: Path, curves_out: Path | None = None,
-               progress_out: Path | None = None) -> dict:
+               progress_out: Path | None = None, validation: dict | None = None) -> dict:
     """Train one fold and export its validation probabilities; resumes from checkpoint_latest.pth if present.
+    ``validation``: ``tile_step_size`` and ``use_mirroring`` of the validation (default nnU-Net's, 0.5 and on).
 
     A fold with checkpoint_final.pth is not trained again, only its validation is (re)exported.
     nnU-Net must already be configured for this process (``configure_nnunet``).
@@ -115,7 +122,8 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
             resumed_from = f"epoch {trainer.current_epoch}"
             trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
         trainer.run_training()
-    with tile_batched_validation():
+    validation = {"tile_step_size": 0.5, "use_mirroring": True, **(validation or {})}
+    with tile_batched_validation(**validation):
         trainer.perform_actual_validation(save_probabilities=True)
 
     log = trainer.logger.local_logger.my_fantastic_logging
@@ -125,6 +133,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
         "output_folder": str(folder), "epochs": trainer.current_epoch, "resumed_from": resumed_from,
         "device": str(torch_device),
         "settings": {k: getattr(trainer, k) for k in TRAINER_SETTINGS},
+        "validation": validation,
         "train_losses": curves["train_loss"].tolist(),
         "ema_fg_dice": curves["pseudo_dice_ema"].tolist(),
         "median_epoch_seconds": float(curves["epoch_seconds"].median()) if len(curves) else None,
