@@ -1,7 +1,7 @@
 import numpy as np
 import SimpleITK as sitk
 
-from workflow_scripts.toy_data import ANATOMY_IDS, HU_LIVER, generate_toy_dataset, make_phantom
+from workflow_scripts.toy_data import ANATOMY_IDS, HU_LIVER, TOY_IN_PLANE_MM, generate_toy_dataset, make_phantom
 
 
 def read(path):
@@ -29,7 +29,7 @@ def test_phantoms_look_like_abdominal_ct(toy_dir):
         anatomy, _ = read(toy_dir / "anatomy" / f"{case}.nii.gz")
         assert image.dtype == np.int16 and label.shape == image.shape == anatomy.shape
         assert spacing == label_spacing
-        assert 67 <= 64 * spacing[0] <= 86 and spacing[0] == spacing[1] and 2.0 <= spacing[2] <= 3.0
+        assert TOY_IN_PLANE_MM[0] <= spacing[0] == spacing[1] <= TOY_IN_PLANE_MM[1] and 2.0 <= spacing[2] <= 3.0
         assert image[0, 0, 0] == -1000  # air in the corner
         bone = np.isin(anatomy, [ANATOMY_IDS[n] for n in ANATOMY_IDS if n != "liver"])
         assert np.median(image[bone]) > 300

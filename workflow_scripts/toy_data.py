@@ -48,14 +48,18 @@ def _ellipsoid(coords, centre, radii) -> np.ndarray:
         + ((z - centre[2]) / radii[2]) ** 2 <= 1.0
 
 
-TOY_SHAPE = (32, 64, 64)  # (z, y, x): small enough that 15 trainings and their predictions fit a 2-core CPU
-FIELD_OF_VIEW_MM = (67.0, 86.0)  # in-plane, whatever the shape: the spacing follows the voxel count
+# (z, y, x) and in-plane spacing (mm) of the toy study: small enough that 15 trainings and their predictions fit a
+# 2-core CPU (67-86 mm across). Real CT has 0.7-0.9 mm, the default for other shapes (benchmarks).
+TOY_SHAPE, TOY_IN_PLANE_MM = (32, 64, 64), (67 / 64, 86 / 64)
+CT_IN_PLANE_MM = (0.7, 0.9)
 
 
-def make_phantom(rng: np.random.Generator, shape=TOY_SHAPE, with_metastases: bool = True) -> Phantom:
-    """One phantom; ``shape`` is (z, y, x). Positions are fractions of the field of view, sizes in mm."""
+def make_phantom(rng: np.random.Generator, shape=TOY_SHAPE, with_metastases: bool = True,
+                 in_plane_mm: tuple[float, float] = CT_IN_PLANE_MM) -> Phantom:
+    """One phantom; ``shape`` is (z, y, x), its in-plane spacing drawn from ``in_plane_mm``. Positions are
+    fractions of the field of view, sizes in mm."""
     nz, ny, nx = shape
-    sxy = float(rng.uniform(*FIELD_OF_VIEW_MM)) / nx
+    sxy = float(rng.uniform(*in_plane_mm))
     sz = float(rng.uniform(2.0, 3.0))
     fov_x, fov_y, fov_z = nx * sxy, ny * sxy, nz * sz
     zz, yy, xx = np.meshgrid((np.arange(nz) + 0.5) * sz - fov_z / 2, (np.arange(ny) + 0.5) * sxy - fov_y / 2,
@@ -182,7 +186,8 @@ def _to_image(array: np.ndarray, spacing) -> sitk.Image:
 
 
 def generate_toy_dataset(out: str | Path, n_train: int = 12, n_test: int = 3, seed: int = 0,
-                         shape=TOY_SHAPE, dicom_cases: tuple[str, ...] = ()) -> dict:
+                         shape=TOY_SHAPE, dicom_cases: tuple[str, ...] = (),
+                         in_plane_mm: tuple[float, float] = TOY_IN_PLANE_MM) -> dict:
     """Write the toy dataset; every sixth case has no metastasis; ``dicom_cases`` as DICOM series folders.
     Returns the case lists."""
     out = Path(out)
@@ -192,7 +197,8 @@ def generate_toy_dataset(out: str | Path, n_train: int = 12, n_test: int = 3, se
         for case in cases[split]:
             index = int(case.split("_")[1])
             rng = np.random.default_rng([seed, index])
-            phantom = make_phantom(rng, shape=shape, with_metastases=index % METASTASIS_FREE_EVERY != 0)
+            phantom = make_phantom(rng, shape=shape, with_metastases=index % METASTASIS_FREE_EVERY != 0,
+                                   in_plane_mm=in_plane_mm)
             if case in dicom_cases:
                 write_series(out / f"images{suffix}" / case, phantom.image, spacing=phantom.spacing,
                              origin=(0.0, 0.0, 0.0), series_number=index + 1, seed=index)

@@ -84,9 +84,10 @@ def main():
     selection = json.loads((bundle / "ensemble.json").read_text())
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     if args.realistic:
-        from workflow_scripts.toy_data import generate_toy_dataset
+        from workflow_scripts.toy_data import CT_IN_PLANE_MM, generate_toy_dataset
 
-        generate_toy_dataset(work / "scans", n_train=0, n_test=args.realistic, seed=1, shape=(200, 512, 512))
+        generate_toy_dataset(work / "scans", n_train=0, n_test=args.realistic, seed=1, shape=(200, 512, 512),
+                             in_plane_mm=CT_IN_PLANE_MM)
         images, references, anatomy_dir = work / "scans/imagesTs", work / "scans/labelsTs", work / "scans/anatomy"
     else:
         images = study / "results/inputs/test" if (study / "results/inputs/test").is_dir() else \
