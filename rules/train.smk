@@ -33,5 +33,6 @@ rule train_fold:
         "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root} --threads {threads} "
         "--augmentation-workers {params.augmentation_workers} --plans-summary {input} "
         "--trainer {params.trainer} --fold {wildcards.fold} --settings {params.settings:q} "
-        "--validation {params.validation:q} --device {params.device} --out {output.summary} --curves {output.curves} --progress {output.progress} "
+        "--validation {params.validation:q} --device {params.device} --out {output.summary} "
+        "--curves {output.curves} --progress {output.progress} "
         "> {log} 2>&1"

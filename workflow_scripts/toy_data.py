@@ -102,7 +102,7 @@ def make_phantom(rng: np.random.Generator, shape=TOY_SHAPE, with_metastases: boo
         image[wing] = HU_BONE + 100
         anatomy[wing] = ANATOMY_IDS[name]
 
-    # Primary tumour low in the abdomen, anterior to the spine: enhancing rim, necrotic core (60 % of the radii).
+    # Primary tumour low in the abdomen, anterior to the spine: enhancing rim around a core (PRIMARY_CORE_FRACTION).
     r = rng.uniform(8.0, 12.0, size=3)
     centre = (rng.uniform(-0.1, 0.1) * fov_x, rng.uniform(-0.12, 0.0) * fov_y, rng.uniform(-0.2, -0.05) * fov_z)
     primary = _ellipsoid(coords, centre, r) & inner & (anatomy == 0)
