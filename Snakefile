@@ -18,7 +18,7 @@ wildcard_constraints:
     configuration=_alternatives(CONFIGURATIONS),
     split="oof|test",
     fold=r"\d+",
-    stage=_alternatives(STAGES),
+    stage=_alternatives(STAGES + [NESTED_STAGE]),
 
 
 # Light aggregations run where Snakemake runs, never as cluster jobs.

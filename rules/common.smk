@@ -40,6 +40,10 @@ else:
 # New cases are always segmented; they are evaluated only when reference labels are given.
 EVALUATED_SPLITS = ([] if BUNDLE else ["oof"]) + (["test"] if CONFIG["data"].get("labels_ts") else [])
 STAGES = CONFIGURATIONS + list(RESERVED_STAGES)
+# Out-of-fold only: the ensemble and rules chosen on the other folds' cases, fold by fold (nested_selection).
+NESTED_STAGE = "oof_nested"
+EVALUATED = [(split, stage) for split in EVALUATED_SPLITS for stage in STAGES] + (
+    [("oof", NESTED_STAGE)] if "oof" in EVALUATED_SPLITS else [])
 NNUNET_ROOT = "results/nnunet"
 
 
@@ -188,13 +192,32 @@ def refinement_settings():
                     "conventions": CONFIG["evaluation"]})
 
 
+def metric_tables():
+    return [f"results/metrics/{split}/{stage}.tsv" for split, stage in EVALUATED]
+
+
+def stage_predictions(split, stage):
+    """What evaluate_stage reads: the stage's segmentation of every case (the nested stage's folder as a whole)."""
+    if stage == NESTED_STAGE:
+        return [f"results/predictions/oof/{NESTED_STAGE}"]
+    return [prediction(split, stage, c) for c in cases(split)]
+
+
+def selection_biased_stages():
+    """Out-of-fold stages chosen on the very cases they are scored on: the ensemble when candidates are
+    selected, and the refined stage after it or when rules are kept only if they improve the score."""
+    ensemble = CONFIG["ensemble"]["selection"]["enabled"]
+    refined = ensemble or CONFIG["refinement"]["apply"] == "if_improves"
+    return [stage for stage, biased in (("ensemble", ensemble), ("refined", refined)) if biased]
+
+
 def all_targets(runtime=True):
     targets = ["results/qc/qc_table.tsv"]
     if not BUNDLE:
         targets += ["results/ensemble/candidates.tsv", "results/refinement/rule_subsets.tsv"]
     if EVALUATED_SPLITS:
         targets.append("results/metrics/summary.tsv")
-    targets += expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES)
+    targets += metric_tables()
     targets += [prediction("test", "refined", case) for case in TEST_CASES]
     targets += ["results/burden/test/burden.tsv"]
     if runtime:

@@ -4,7 +4,7 @@
 
 rule evaluate_stage:
     input:
-        predictions=lambda w: [prediction(w.split, w.stage, c) for c in cases(w.split)],
+        predictions=lambda w: stage_predictions(w.split, w.stage),
         references=lambda w: [f"{reference_dir(w.split)}/{c}.nii.gz" for c in cases(w.split)],
     output:
         report("results/metrics/{split}/{stage}.tsv", caption="report/metrics_stage.rst", category="Metrics",
@@ -32,7 +32,7 @@ rule evaluate_stage:
 
 rule summarize_metrics:
     input:
-        expand("results/metrics/{split}/{stage}.tsv", split=EVALUATED_SPLITS, stage=STAGES),
+        metric_tables(),
     output:
         summary=report("results/metrics/summary.tsv", caption="report/metrics_summary.rst", category="Metrics",
                        subcategory="Summary"),
@@ -46,12 +46,14 @@ rule summarize_metrics:
                       subcategory="Summary"),
     params:
         settings=as_json(CONFIG["evaluation"]),
+        biased=",".join(selection_biased_stages()),
     log:
         "logs/summarize_metrics.log",
     conda:
         "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts summarize-metrics --out-dir results/metrics --settings {params.settings:q} "
+        "--selection-biased={params.biased:q} "
         "{input} > {log} 2>&1"
 
 

@@ -5,26 +5,27 @@
 
 rule gather_oof:
     input:
-        summaries=lambda w: training_summaries(w.configuration),
+        summaries=lambda w: [s for c in CONFIGURATIONS for s in training_summaries(c)],
         image=lambda w: image_path(w.case),
     output:
-        npz="results/predictions/oof/{configuration}/{case}.npz",
-        seg="results/predictions/oof/{configuration}/{case}.nii.gz",
+        npz=expand("results/predictions/oof/{configuration}/{{case}}.npz", configuration=CONFIGURATIONS),
+        seg=expand("results/predictions/oof/{configuration}/{{case}}.nii.gz", configuration=CONFIGURATIONS),
     params:
-        channel_labels=lambda w: as_json(channel_labels(w.configuration)),
+        summaries=lambda w: as_json({c: training_summaries(c) for c in CONFIGURATIONS}),
+        channel_labels=lambda w: as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
     threads: threads_of("gather_oof")
     resources:
         **resources_of("gather_oof"),
     log:
-        "logs/gather_oof/{configuration}/{case}.log",
+        "logs/gather_oof/{case}.log",
     benchmark:
-        "benchmarks/gather_oof/{configuration}/{case}.tsv"
+        "benchmarks/gather_oof/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts gather-oof --training-summaries {input.summaries} "
+        "python -m workflow_scripts gather-oof --training-summaries {params.summaries:q} "
         "--class-label-values {params.channel_labels:q} --case {wildcards.case} --image {input.image} "
-        "--out-dir results/predictions/oof/{wildcards.configuration} > {log} 2>&1"
+        "--out-dir results/predictions/oof > {log} 2>&1"
 
 
 rule predict_test:

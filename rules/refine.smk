@@ -115,3 +115,37 @@ rule tumour_burden:
         "python -m workflow_scripts tumour-burden --cases {params.cases} --segmentation-dir {params.segmentation_dir} "
         "--anatomy {params.anatomy:q} --classes {params.classes:q} --task {params.task} "
         "--out-lesions {output.lesions} --out-burden {output.burden} > {log} 2>&1"
+
+
+rule nested_selection:
+    input:
+        probabilities=lambda w: expand("results/predictions/oof/{configuration}/{case}.npz",
+                                       configuration=ensemble_configurations(), case=cases("oof")),
+        references=lambda w: [f"{reference_dir('oof')}/{case}.nii.gz" for case in cases("oof")],
+        anatomy=lambda w: [anatomy_map(case) for case in cases("oof")],
+        images=lambda w: [image_path(case) for case in cases("oof")],
+        splits="results/splits/splits_final.json",
+    output:
+        segmentations=directory(f"results/predictions/oof/{NESTED_STAGE}"),
+        table=report("results/nested/folds.tsv", caption="report/nested_folds.rst", category="Ensemble"),
+    params:
+        ensemble_settings=selection_settings(),
+        refinement_settings=refinement_settings(),
+        anatomy=lambda w, input: as_json(dict(zip(cases("oof"), input.anatomy))),
+        images_dir=lambda w, input: os.path.dirname(input.images[0]),
+        references_dir=lambda w, input: os.path.dirname(input.references[0]),
+    threads: threads_of("nested_selection")
+    resources:
+        **resources_of("nested_selection"),
+    log:
+        "logs/nested_selection.log",
+    benchmark:
+        "benchmarks/nested_selection.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts nested-selection --ensemble-settings {params.ensemble_settings:q} "
+        "--refinement-settings {params.refinement_settings:q} --splits {input.splits} "
+        "--oof-dir results/predictions/oof --anatomy {params.anatomy:q} --images-dir {params.images_dir} "
+        "--references-dir {params.references_dir} --out-dir {output.segmentations} --out-table {output.table} "
+        "> {log} 2>&1"

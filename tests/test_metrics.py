@@ -159,26 +159,95 @@ def test_dilation_is_the_3x3x3_cube_and_pinkcc_score_by_hand():
     assert dilate_cube(mask).sum() == 8  # clipped at the volume corner
     mask[0, 0, 0], mask[2, 2, 2] = False, True
     assert dilate_cube(mask).sum() == 27
+    eps = 1e-6
     rows = [
-        # case a: both classes present; case b: only primary present, a false metastasis predicted.
+        # a: both classes present; b: only the primary, a false metastasis predicted; c: lesion-free, a false
+        # primary predicted; d: both classes present, nothing predicted (an empty prediction).
         {"case": "a", "class": "primary", "reference_voxels": 10, "dice_dilated": 0.8, "tp_voxels": 8, "fp_voxels": 2, "fn_voxels": 2},
         {"case": "a", "class": "metastasis", "reference_voxels": 4, "dice_dilated": 0.4, "tp_voxels": 1, "fp_voxels": 0, "fn_voxels": 3},
         {"case": "b", "class": "primary", "reference_voxels": 6, "dice_dilated": 1.0, "tp_voxels": 6, "fp_voxels": 0, "fn_voxels": 0},
         {"case": "b", "class": "metastasis", "reference_voxels": 0, "dice_dilated": 0.0, "tp_voxels": 0, "fp_voxels": 5, "fn_voxels": 0},
+        {"case": "c", "class": "primary", "reference_voxels": 0, "dice_dilated": 0.0, "tp_voxels": 0, "fp_voxels": 3, "fn_voxels": 0},
+        {"case": "c", "class": "metastasis", "reference_voxels": 0, "dice_dilated": 1.0, "tp_voxels": 0, "fp_voxels": 0, "fn_voxels": 0},
+        {"case": "d", "class": "primary", "reference_voxels": 5, "dice_dilated": 0.0, "tp_voxels": 0, "fp_voxels": 0, "fn_voxels": 5},
+        {"case": "d", "class": "metastasis", "reference_voxels": 2, "dice_dilated": 0.0, "tp_voxels": 0, "fp_voxels": 0, "fn_voxels": 2},
     ]
     score = pinkcc_score(rows)
-    dice_part = ((0.8 + 0.4) / 2 + 1.0) / 2
-    f2_primary = 5 * 14 / (5 * 14 + 4 * 2 + 2)
-    f2_metastasis = 5 * 1 / (5 * 1 + 4 * 3 + 5)
-    assert score["dilated_dice"] == pytest.approx(dice_part)
-    assert score["f2_primary"] == pytest.approx(f2_primary) and score["f2_metastasis"] == pytest.approx(f2_metastasis)
-    assert score["pinkcc_score"] == pytest.approx(0.5 * dice_part + 0.5 * (f2_primary + f2_metastasis) / 2)
+    # Per case: the classes present in the reference, summed and divided by their count (+ 1e-6); the lesion-free
+    # case c scores 0 and counts in the mean over the four cases.
+    dice_part = ((0.8 + 0.4) / (2 + eps) + 1.0 / (1 + eps) + 0.0 + 0.0 / (2 + eps)) / 4
+    # F2 per class from the counts summed over the cases: primary TP 14, FP 5, FN 7; metastasis TP 1, FP 5, FN 5.
+    f2_primary = 5 * 14 / (5 * 14 + 4 * 7 + 5)
+    f2_metastasis = 5 * 1 / (5 * 1 + 4 * 5 + 5)
+    assert score["dilated_dice"] == pytest.approx(dice_part, abs=1e-9)
+    assert score["f2_primary"] == pytest.approx(f2_primary, abs=1e-6)
+    assert score["f2_metastasis"] == pytest.approx(f2_metastasis, abs=1e-6)
+    assert score["pinkcc_score"] == pytest.approx(0.5 * dice_part + 0.5 * (f2_primary + f2_metastasis) / 2, abs=1e-6)
+    # A class absent from every reference and every prediction has F2 0 and still counts in the mean of the F2s.
+    absent = [dict(row, **({"tp_voxels": 0, "fp_voxels": 0, "fn_voxels": 0, "reference_voxels": 0}
+                           if row["class"] == "metastasis" else {})) for row in rows]
+    score = pinkcc_score(absent)
+    assert score["f2_metastasis"] == 0.0
+    assert score["f2"] == pytest.approx(f2_primary / 2, abs=1e-6)
+    assert score["dilated_dice"] == pytest.approx((0.8 / (1 + eps) + 1.0 / (1 + eps) + 0 + 0) / 4, abs=1e-9)
+
+
+def organisers_pinkcc(references: list, predictions: list) -> float:
+    """The PINKCC score as the definition in the organisers' evaluation code reads, written independently with
+    torch: one-hot label maps, dilation by 3x3x3 max-pooling, per case the mean over the classes present in the
+    reference, voxel counts per class summed over cases for F2."""
+    import torch
+    import torch.nn.functional as F
+
+    eps, per_case, counts = 1e-6, [], torch.zeros(2, 3, dtype=torch.float64)
+    for reference, prediction in zip(references, predictions):
+        ref = F.one_hot(torch.from_numpy(reference).long(), 3).permute(3, 0, 1, 2)[None].double()
+        pred = F.one_hot(torch.from_numpy(prediction).long(), 3).permute(3, 0, 1, 2)[None].double()
+        dilate = lambda x: F.max_pool3d(x, kernel_size=3, stride=1, padding=1)  # noqa: E731
+        total, present = 0.0, 0
+        for c in (1, 2):
+            a, b = ref[:, c:c + 1], pred[:, c:c + 1]
+            dice = ((a * dilate(b)).sum() + (b * dilate(a)).sum()) / (a.sum() + b.sum() + eps)
+            if a.sum() > 0:
+                total, present = total + float(dice), present + 1
+            counts[c - 1] += torch.tensor([(a * b).sum(), ((1 - a) * b).sum(), (a * (1 - b)).sum()])
+        per_case.append(total / (present + eps))
+    tp, fp, fn = counts.T
+    precision, recall = tp / (tp + fp + eps), tp / (tp + fn + eps)
+    f2 = 5 * precision * recall / (4 * precision + recall + eps)
+    return 0.5 * float(np.mean(per_case)) + 0.5 * float(f2.mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pinkcc_score_of_label_maps_equals_the_organisers_definition(seed):
+    """Random label maps of six cases, among them a lesion-free reference, an empty prediction and (seed 2) a
+    metastasis class absent from every reference and prediction: the workflow's metrics (cropped to the masks,
+    as evaluation runs them) give the score of the organisers' definition to 1e-9."""
+    rng = np.random.default_rng(seed)
+    shape = (12, 14, 10)
+    references, predictions, rows = [], [], []
+    for case in range(6):
+        reference = np.zeros(shape, np.uint8)
+        prediction = np.zeros(shape, np.uint8)
+        for volume, n_blobs in ((reference, 0 if case == 0 else 3), (prediction, 0 if case == 1 else 4)):
+            for _ in range(n_blobs):
+                label = 1 if seed == 2 else int(rng.integers(1, 3))
+                centre = rng.integers(0, shape)
+                volume[ball(shape, centre, float(rng.uniform(1.0, 3.5)))] = label
+        references.append(reference)
+        predictions.append(prediction)
+        for value, name in ((1, "primary"), (2, "metastasis")):
+            row = class_metrics(reference == value, prediction == value, (2.5, 0.8, 0.8), CONVENTIONS)
+            rows.append({"case": f"case_{case}", "class": name, **row})
+    assert pinkcc_score(rows)["pinkcc_score"] == pytest.approx(organisers_pinkcc(references, predictions), abs=1e-9)
 
 
 def test_dilated_dice_forgives_a_one_voxel_boundary_shift():
     ref = np.zeros((12, 12, 12), bool)
     ref[3:8, 3:8, 3:8] = True
-    pred = np.roll(ref, 1, axis=0)
-    m = class_metrics(ref, pred, (1, 1, 1), CONVENTIONS)
+    m = class_metrics(ref, np.roll(ref, 1, axis=0), (1, 1, 1), CONVENTIONS)
     assert m["dice"] == pytest.approx(0.8)
-    assert m["dice_dilated"] == pytest.approx(2 * 7 * 7 * 6 / (2 * 7 * 7 * 7))
+    assert m["dice_dilated"] == pytest.approx(1.0)  # every voxel of either mask is within one voxel of the other
+    m = class_metrics(ref, np.roll(ref, 2, axis=0), (1, 1, 1), CONVENTIONS)
+    assert m["dice"] == pytest.approx(0.6)
+    assert m["dice_dilated"] == pytest.approx(0.8)  # four of five slices of each mask within one voxel

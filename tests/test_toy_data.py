@@ -38,6 +38,12 @@ def test_phantoms_look_like_abdominal_ct(toy_dir):
         # Lesions lie in soft tissue, never in bone. The primary's core has the intensities of soft tissue and
         # liver, its rim is brighter (no threshold separates it); metastases are brighter than both.
         assert not np.any(bone & (label > 0))
+        # Metastases keep 4 mm from bone: none is wrapped around a vertebra.
+        bone_image = sitk.GetImageFromArray(bone.astype(np.uint8))
+        bone_image.SetSpacing(spacing)
+        distance_mm = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(bone_image, squaredDistance=False,
+                                                                                   useImageSpacing=True))
+        assert distance_mm[label == 2].min(initial=np.inf) > 4.0, case
         primary = image[label == 1]
         assert 60 < primary.mean() < 140
         assert (primary < HU_LIVER).mean() > 0.05 and (primary > HU_LIVER + 20).mean() > 0.6

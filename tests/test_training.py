@@ -82,3 +82,28 @@ def test_validation_predicts_with_the_tile_batched_predictor_and_restores_nnunet
         assert predictor.tile_step_size == 1.0 and predictor.use_mirroring is False
         raise KeyboardInterrupt  # a killed validation
     assert base.nnUNetPredictor is nnUNetPredictor
+
+
+def test_one_process_validation_pools_run_as_threads_and_nnunets_are_restored(monkeypatch):
+    import multiprocessing
+    from multiprocessing.pool import ThreadPool
+
+    import nnunetv2.configuration
+    import nnunetv2.evaluation.evaluate_predictions as evaluation
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
+
+    from workflow_scripts.training import in_process_validation_pools
+
+    monkeypatch.setattr(nnunetv2.configuration, "default_num_processes", 1)
+    with pytest.raises(KeyboardInterrupt), in_process_validation_pools():
+        for module in (base, evaluation):
+            with module.multiprocessing.get_context("spawn").Pool(1) as pool:
+                assert isinstance(pool, ThreadPool)
+                assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+                assert all(worker.is_alive() for worker in pool._pool)  # what nnU-Net checks of its workers
+        raise KeyboardInterrupt  # a killed validation
+    assert base.multiprocessing is multiprocessing and evaluation.multiprocessing is multiprocessing
+
+    monkeypatch.setattr(nnunetv2.configuration, "default_num_processes", 2)  # larger pools stay processes
+    with in_process_validation_pools():
+        assert base.multiprocessing is multiprocessing and evaluation.multiprocessing is multiprocessing

@@ -127,9 +127,11 @@ def cmd_train_fold(args):
 def cmd_gather_oof(args):
     from workflow_scripts.prediction import gather_out_of_fold
 
-    folder = gather_out_of_fold([Path(p) for p in args.training_summaries], _json(args.class_label_values),
-                                args.case, Path(args.image), Path(args.out_dir))
-    print(f"{args.case}: out-of-fold probabilities from {folder}")
+    labels = _json(args.class_label_values)
+    for configuration, summaries in _json(args.training_summaries).items():
+        folder = gather_out_of_fold([Path(p) for p in summaries], labels[configuration], args.case, Path(args.image),
+                                    Path(args.out_dir) / configuration)
+        print(f"{args.case}: {configuration} out-of-fold probabilities from {folder}")
 
 
 def cmd_predict(args):
@@ -233,6 +235,16 @@ def cmd_select_refinement(args):
                       Path(args.references_dir), Path(args.out_table), Path(args.out_selection))
 
 
+def cmd_nested_selection(args):
+    from workflow_scripts.io import read_json
+    from workflow_scripts.nested_selection import nested_selection
+
+    folds = [split["val"] for split in read_json(args.splits)]
+    nested_selection(_json(args.ensemble_settings), _json(args.refinement_settings), folds, Path(args.oof_dir),
+                     Path(args.references_dir), {case: Path(p) for case, p in _json(args.anatomy).items()},
+                     Path(args.images_dir), Path(args.out_dir), Path(args.out_table))
+
+
 def cmd_evaluate_stage(args):
     from workflow_scripts.evaluation import evaluate_stage
     from workflow_scripts.io import write_table
@@ -252,8 +264,9 @@ def cmd_summarize_metrics(args):
     from workflow_scripts.metrics import Conventions
 
     settings = _json(args.settings)
+    biased = [stage for stage in args.selection_biased.split(",") if stage]
     tables = write_summary([Path(p) for p in args.tables], Path(args.out_dir), Conventions.from_settings(settings),
-                           worst_per_stage=settings.get("worst_cases", 3))
+                           worst_per_stage=settings.get("worst_cases", 3), selection_biased=biased)
     with pd.option_context("display.width", 200, "display.max_columns", 12):
         print(tables["pinkcc"].drop(columns="convention").to_string(index=False))
         summary = tables["summary"]
@@ -362,11 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='JSON {"tile_step_size": .., "use_mirroring": ..} of the validation (default nnU-Net\'s)')
 
     p = verb("gather-oof", cmd_gather_oof)
-    p.add_argument("--training-summaries", nargs="+", required=True)
-    p.add_argument("--class-label-values", required=True, help="JSON list")
+    p.add_argument("--training-summaries", required=True, help="JSON {configuration: [fold summary JSON]}")
+    p.add_argument("--class-label-values", required=True, help="JSON {configuration: [label value per channel]}")
     p.add_argument("--case", required=True)
     p.add_argument("--image", required=True, help="the case's image (the grid of the outputs)")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="gets <configuration>/<case>.{npz,nii.gz}")
 
     p = verb("export-bundle", cmd_export_bundle)
     p.add_argument("--config", required=True, help="the study's validated configuration as JSON")
@@ -437,6 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-selection", required=True)
 
+    p = verb("nested-selection", cmd_nested_selection)
+    p.add_argument("--ensemble-settings", required=True, help="JSON, as select-ensemble's --settings")
+    p.add_argument("--refinement-settings", required=True, help="JSON, as select-refinement's --settings")
+    p.add_argument("--splits", required=True, help="splits_final.json: each fold's held-out cases under 'val'")
+    p.add_argument("--oof-dir", required=True, help="holds <configuration>/<case>.npz")
+    p.add_argument("--anatomy", required=True, help="JSON {case: anatomy map path}")
+    p.add_argument("--images-dir", required=True)
+    p.add_argument("--references-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="folder of the oof_nested segmentations")
+    p.add_argument("--out-table", required=True, help="TSV: per fold the choices and their inner scores")
+
     p = verb("tumour-burden", cmd_tumour_burden)
     p.add_argument("--cases", nargs="+", required=True)
     p.add_argument("--segmentation-dir", required=True)
@@ -459,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("summarize-metrics", cmd_summarize_metrics)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--settings", default="{}", help="JSON of the config's evaluation section")
+    p.add_argument("--selection-biased", default="",
+                   help="comma-separated stages chosen on their own out-of-fold cases (optimistic oof scores)")
     p.add_argument("tables", nargs="+")
 
     p = verb("summarize-runtime", cmd_summarize_runtime)

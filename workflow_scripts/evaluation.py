@@ -194,14 +194,28 @@ def plot_metrics(metrics: pd.DataFrame, metric_names: list[str], out: Path) -> N
     write_figure(fig, out)
 
 
+def flag_selection_bias(tables: dict[str, pd.DataFrame], biased: list[str]) -> None:
+    """``selection_biased``: a row's out-of-fold score (or a comparison with it) belongs to a stage chosen on those
+    very cases, so it is optimistic; the nested stage (``oof_nested``) is the unbiased estimate beside it."""
+    for name in ("summary", "pinkcc"):
+        table = tables[name]
+        table["selection_biased"] = (table["split"] == "oof") & table["stage"].isin(biased)
+    table = tables["comparisons"]
+    if len(table):
+        table["selection_biased"] = (table["split"] == "oof") & (table["stage_a"].isin(biased)
+                                                                 | table["stage_b"].isin(biased))
+
+
 def write_summary(case_tables: list[Path], out_dir: Path, conventions: Conventions,
-                  worst_per_stage: int = 3) -> dict[str, pd.DataFrame]:
-    """Aggregates, stage comparisons, PINKCC scores, worst cases (TSV) and the box plot figure in ``out_dir``."""
+                  worst_per_stage: int = 3, selection_biased: list[str] = ()) -> dict[str, pd.DataFrame]:
+    """Aggregates, stage comparisons, PINKCC scores, worst cases (TSV) and the box plot figure in ``out_dir``;
+    ``selection_biased``: stages whose out-of-fold rows are flagged (:func:`flag_selection_bias`)."""
     metrics = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
     names = [m for m in summary_metrics(conventions) if m in metrics.columns]
     long = metrics.melt(id_vars=["split", "stage", "case", "class"], value_vars=names, var_name="metric")
     tables = {"summary": aggregate(metrics, names), "comparisons": compare_stages(long, COMPARED),
               "pinkcc": pinkcc_table(metrics), "worst_cases": worst_cases(metrics, worst_per_stage)}
+    flag_selection_bias(tables, list(selection_biased))
     out_dir = Path(out_dir)
     for name, table in tables.items():
         table["convention"] = conventions.describe()

@@ -10,8 +10,9 @@ Conventions (printed in every table by :meth:`Conventions.describe`):
   which gives exactly the values of a Euclidean distance transform evaluated at those voxels.
 - Lesions are 26-connected components. A reference lesion is detected when a predicted component overlaps
   it by at least ``lesion_min_overlap`` voxels; a predicted component overlapping no reference lesion is
-  a false lesion. Lesion-wise Dice (BraTS 2023) is the sum over reference lesions of the Dice between the
-  lesion and the predicted components overlapping it, divided by (reference lesions + false lesions).
+  a false lesion. Lesion-wise Dice (after BraTS) is the sum over reference lesions of the Dice between the
+  lesion and the predicted components overlapping it, divided by (reference lesions + false lesions); BraTS
+  2023's evaluation also dilates lesions before matching and drops small ones, which is not done here.
 """
 from __future__ import annotations
 
@@ -192,11 +193,22 @@ def overlap_metrics(reference: np.ndarray, prediction: np.ndarray, voxel_ml: flo
             "relative_volume_difference": _ratio(n_pred - n_ref, n_ref)}
 
 
+# The PINKCC organisers' evaluation (github.com/MaximeD34/public_pinkcc_challenge, eval/): a small constant in
+# every denominator, kept so that their values are reproduced to rounding, empty masks included.
+PINKCC_EPSILON = 1e-6
+
+
 def dilated_dice(reference: np.ndarray, prediction: np.ndarray, both_empty: float) -> float:
-    """Dice of both masks dilated by one voxel with a 3x3x3 cube (the PINKCC score's tolerant Dice)."""
-    ref, pred = dilate_cube(reference), dilate_cube(prediction)
-    denominator = int(np.count_nonzero(ref)) + int(np.count_nonzero(pred))
-    return both_empty if denominator == 0 else 2.0 * np.count_nonzero(ref & pred) / denominator
+    """The PINKCC tolerant Dice (eval/dilated_dice_score.py): (|A & D(B)| + |B & D(A)|) / (|A| + |B| + 1e-6), A the
+    reference, B the prediction, D the dilation by the 3x3x3 cube (their max-pool, eval/dilate3D.py). A voxel of
+    either mask within one voxel of the other counts as matched. ``both_empty`` where neither mask has the class
+    (the score leaves such a class out)."""
+    n_ref, n_pred = int(np.count_nonzero(reference)), int(np.count_nonzero(prediction))
+    if n_ref == 0 and n_pred == 0:
+        return both_empty
+    matched = (np.count_nonzero(reference & dilate_cube(prediction))
+               + np.count_nonzero(prediction & dilate_cube(reference)))
+    return float(matched / (n_ref + n_pred + PINKCC_EPSILON))
 
 
 def class_metrics(reference: np.ndarray, prediction: np.ndarray, spacing, conventions: Conventions) -> dict:
@@ -216,29 +228,41 @@ def class_metrics(reference: np.ndarray, prediction: np.ndarray, spacing, conven
 
 
 def f_beta(tp: float, fp: float, fn: float, beta: float = 2.0) -> float:
+    """F-beta from voxel counts as the PINKCC evaluation computes it (eval/eval_pipeline.py): precision and recall
+    each with 1e-6 in the denominator, so a class with no voxel in either mask scores 0, not undefined."""
+    precision = tp / (tp + fp + PINKCC_EPSILON)
+    recall = tp / (tp + fn + PINKCC_EPSILON)
     b2 = beta * beta
-    denominator = (1 + b2) * tp + b2 * fn + fp
-    return (1 + b2) * tp / denominator if denominator else math.nan
+    return (1 + b2) * precision * recall / (b2 * precision + recall + PINKCC_EPSILON)
 
 
 def pinkcc_score(rows) -> dict:
     """PINKCC score of one stage from per case and class rows (dicts or a DataFrame's records) holding
-    ``case``, ``class``, ``reference_voxels``, ``dice_dilated``, ``tp_voxels``, ``fp_voxels``, ``fn_voxels``.
+    ``case``, ``class``, ``reference_voxels``, ``dice_dilated``, ``tp_voxels``, ``fp_voxels``, ``fn_voxels``;
+    as the organisers' evaluation computes it (github.com/MaximeD34/public_pinkcc_challenge, eval/):
 
-    0.5 x (per case mean over the classes present in the reference of the dilated Dice, averaged over cases)
-    + 0.5 x (per class F2 of true/false positives and negatives pooled over all cases, averaged over classes).
-    F2 counts voxels of the undilated masks."""
-    per_case: dict[str, list[float]] = {}
+    - per case, the sum of the tolerant Dice (:func:`dilated_dice`) over the classes present in the reference,
+      divided by (their count + 1e-6): a case with no lesion class in its reference scores 0 and still counts
+      (eval/dilated_dice_score.py); then the mean over cases (eval/compute_global_score_from_batches.py);
+    - per class, F2 of the voxel true/false positives and negatives (undilated masks) summed over all cases
+      (:func:`f_beta`, eval/eval_pipeline.py), then the mean over the classes, a class absent from every case
+      and every prediction counting 0;
+    - score = 0.5 x mean tolerant Dice + 0.5 x mean F2.
+
+    The classes are those of the rows: both lesion classes for a full-label stage, its own for a partial model."""
+    present: dict[str, list[float]] = {}
     pooled: dict[str, list[int]] = {}
     for row in rows:
+        dice = present.setdefault(row["case"], [])
         if row["reference_voxels"] > 0:
-            per_case.setdefault(row["case"], []).append(row["dice_dilated"])
+            dice.append(row["dice_dilated"])
         counts = pooled.setdefault(row["class"], [0, 0, 0])
         counts[0] += int(row["tp_voxels"])
         counts[1] += int(row["fp_voxels"])
         counts[2] += int(row["fn_voxels"])
-    dice_part = float(np.mean([np.mean(v) for v in per_case.values()])) if per_case else math.nan
+    per_case = [sum(values) / (len(values) + PINKCC_EPSILON) for values in present.values()]
+    dice_part = float(np.mean(per_case)) if per_case else math.nan
     f2 = {name: f_beta(*counts) for name, counts in pooled.items()}
-    f2_part = float(np.nanmean(list(f2.values()))) if any(v == v for v in f2.values()) else math.nan
+    f2_part = float(np.mean(list(f2.values()))) if f2 else math.nan
     return {"dilated_dice": dice_part, "f2": f2_part, "pinkcc_score": 0.5 * dice_part + 0.5 * f2_part,
             **{f"f2_{name}": value for name, value in f2.items()}}

@@ -1,8 +1,11 @@
 """nnU-Net reads its folders and pool sizes from the environment at import time: set them first, per process."""
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import sys
+import types
 from pathlib import Path
 
 FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -47,3 +50,34 @@ def resolve_device(device: str):
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("config compute.device is 'cuda' but no GPU is visible; set it to 'cpu' or 'auto'")
     return torch.device(device)
+
+
+class _ThreadPoolContext:
+    """What ``multiprocessing.get_context("spawn")`` gives nnU-Net, with threads for processes."""
+
+    @staticmethod
+    def Pool(processes=None, *args, **kwargs):  # noqa: N802 (multiprocessing's name)
+        from multiprocessing.pool import ThreadPool
+
+        return ThreadPool(processes)
+
+
+@contextlib.contextmanager
+def pools_as_threads(modules: list[str], enabled: bool = True):
+    """While inside, the worker pools that the named nnU-Net modules open with
+    ``multiprocessing.get_context("spawn").Pool(n)`` are thread pools of n threads. A spawned worker imports torch
+    and nnU-Net again (4-5 s here) before any work; with one worker (a rule with one thread) a thread does the same
+    work without that start. ``enabled=False`` leaves nnU-Net's processes."""
+    if not enabled:
+        yield
+        return
+    targets = [importlib.import_module(name) for name in modules]
+    originals = [module.multiprocessing for module in targets]
+    threads = types.SimpleNamespace(get_context=lambda method=None: _ThreadPoolContext)
+    for module in targets:
+        module.multiprocessing = threads
+    try:
+        yield
+    finally:
+        for module, original in zip(targets, originals):
+            module.multiprocessing = original

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.io import copy_file, read_json, write_json
-from workflow_scripts.nnunet_env import CONFIGURATION
+from workflow_scripts.nnunet_env import CONFIGURATION, pools_as_threads
 
 # Lists in a network's arch_kwargs with one entry per encoder stage, and those with one per decoder stage.
 _PER_STAGE = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_blocks_per_stage")
@@ -52,6 +52,12 @@ def shrink_plans(plans: dict, n_stages: int | None = None, max_features: int | N
     return plans
 
 
+# nnU-Net modules that plan_and_preprocess runs whose work goes to spawned worker pools.
+SPAWNING_MODULES = ["nnunetv2.experiment_planning.verify_dataset_integrity",
+                    "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor",
+                    "nnunetv2.preprocessing.preprocessors.default_preprocessor"]
+
+
 def plan_and_preprocess(dataset_id: int, planner: str, target_spacing, plans_overrides: dict | None,
                         splits_file: Path, threads: int, plans_out: Path) -> dict:
     """Fingerprint, plan (nnU-Net planner by class name), apply overrides, install the shared splits, preprocess.
@@ -73,22 +79,25 @@ def plan_and_preprocess(dataset_id: int, planner: str, target_spacing, plans_ove
         raise ValueError(f"nnU-Net has no experiment planner named '{planner}' (e.g. ExperimentPlanner, "
                          "nnUNetPlannerResEncM, nnUNetPlannerResEncL)")
     name = convert_id_to_dataset_name(dataset_id)
-    fingerprint = extract_fingerprint_dataset(dataset_id, num_processes=threads, check_dataset_integrity=True,
-                                              clean=True, verbose=False, show_progress_bar=False)
-    if target_spacing == "isotropic":
-        target_spacing = isotropic_spacing(np.median(np.asarray(fingerprint["spacings"]), axis=0))
-    _, plans_identifier = plan_experiment_dataset(dataset_id, planner_class, overwrite_target_spacing=target_spacing)
+    # With one thread, nnU-Net's one-worker process pools as threads: no worker importing torch again.
+    with pools_as_threads(SPAWNING_MODULES, enabled=threads == 1):
+        fingerprint = extract_fingerprint_dataset(dataset_id, num_processes=threads, check_dataset_integrity=True,
+                                                  clean=True, verbose=False, show_progress_bar=False)
+        if target_spacing == "isotropic":
+            target_spacing = isotropic_spacing(np.median(np.asarray(fingerprint["spacings"]), axis=0))
+        _, plans_identifier = plan_experiment_dataset(dataset_id, planner_class,
+                                                      overwrite_target_spacing=target_spacing)
 
-    preprocessed = Path(nnUNet_preprocessed) / name
-    plans_file = preprocessed / f"{plans_identifier}.json"
-    plans = read_json(plans_file)
-    if plans_overrides:
-        plans = shrink_plans(plans, **plans_overrides)
-        write_json(plans, plans_file)
-    # The shared split goes in before any training reads it (nnU-Net issue 3064: concurrent folds).
-    copy_file(splits_file, preprocessed / "splits_final.json")
-    preprocess_dataset(dataset_id, plans_identifier, configurations=[CONFIGURATION], num_processes=[threads],
-                       verbose=False, show_progress_bar=False)
+        preprocessed = Path(nnUNet_preprocessed) / name
+        plans_file = preprocessed / f"{plans_identifier}.json"
+        plans = read_json(plans_file)
+        if plans_overrides:
+            plans = shrink_plans(plans, **plans_overrides)
+            write_json(plans, plans_file)
+        # The shared split goes in before any training reads it (nnU-Net issue 3064: concurrent folds).
+        copy_file(splits_file, preprocessed / "splits_final.json")
+        preprocess_dataset(dataset_id, plans_identifier, configurations=[CONFIGURATION], num_processes=[threads],
+                           verbose=False, show_progress_bar=False)
     conf = plans["configurations"][CONFIGURATION]
     summary = {"dataset": str(name), "plans_identifier": plans_identifier, "planner": planner,
                "spacing": conf["spacing"], "patch_size": conf["patch_size"], "batch_size": conf["batch_size"],

@@ -23,42 +23,53 @@ MAX_RULES = 8  # every subset is scored: 2^8 subsets per case at most
 
 
 def rule_subsets(n_rules: int) -> list[tuple[int, ...]]:
+    if n_rules > MAX_RULES:
+        raise ValueError(f"refinement.apply if_improves scores every subset of rules: at most {MAX_RULES} rules, "
+                         f"got {n_rules}")
     return [s for k in range(n_rules + 1) for s in itertools.combinations(range(n_rules), k)]
+
+
+def case_subset_rows(case: str, seg_image, anatomy_path: Path | None, image_path: Path, reference: np.ndarray,
+                     rules: list[dict], class_ids: dict[str, int] | None, classes: dict[str, int],
+                     conventions: Conventions) -> list[dict]:
+    """One case's rows for every rule subset: each rule run once on the segmentation (a SimpleITK image), each
+    subset removing the union of what its rules remove."""
+    segmentation = image_array(seg_image)
+    anatomy = read_anatomy(case, anatomy_path, seg_image)
+    image = image_array(read_image(image_path))
+    removed_by = []
+    for rule in rules:
+        refined, _ = refine(segmentation, anatomy, image, seg_image.GetSpacing(), [rule], class_ids, case,
+                            seg_image.GetDirection())
+        removed_by.append(refined != segmentation)
+    del anatomy, image
+    # Refinement only removes voxels: everything happens inside the box of reference and ensemble.
+    crop = union_crop(reference > 0, segmentation > 0) or tuple(slice(0, 0) for _ in reference.shape)
+    segmentation, reference = segmentation[crop], reference[crop]
+    removed_by = [r[crop] for r in removed_by]
+    rows = []
+    for subset in rule_subsets(len(rules)):
+        refined = segmentation.copy()
+        for k in subset:
+            refined[removed_by[k]] = 0
+        key = ",".join(rules[k]["name"] for k in subset) or "none"
+        rows += [{"rules": key, **r} for r in case_rows(case, reference, refined, classes, conventions)]
+    return rows
 
 
 def score_subsets(cases: list[str], segmentation_dir: Path, anatomy_paths: dict[str, Path | None],
                   image_dir: Path, reference_dir: Path, rules: list[dict], anatomy_task: str,
                   classes: dict[str, int], conventions: Conventions) -> pd.DataFrame:
     """Per rule subset, case and class: overlap and dilated Dice after removing what the subset removes."""
-    if len(rules) > MAX_RULES:
-        raise ValueError(f"refinement.apply if_improves scores every subset of rules: at most {MAX_RULES} rules, "
-                         f"got {len(rules)}")
     class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] in ANATOMY_KINDS for r in rules) else None
-    subsets = rule_subsets(len(rules))
+    n_subsets = len(rule_subsets(len(rules)))
     rows = []
     for i, case in enumerate(cases, 1):
         seg_image = read_image(Path(segmentation_dir) / f"{case}.nii.gz")
-        segmentation = image_array(seg_image)
-        anatomy = read_anatomy(case, anatomy_paths.get(case), seg_image)
-        image = image_array(read_image(Path(image_dir) / f"{case}.nii.gz"))
         reference = image_array(read_image(Path(reference_dir) / f"{case}.nii.gz"))
-        removed_by = []
-        for rule in rules:
-            refined, _ = refine(segmentation, anatomy, image, seg_image.GetSpacing(), [rule], class_ids, case,
-                                seg_image.GetDirection())
-            removed_by.append(refined != segmentation)
-        del anatomy, image
-        # Refinement only removes voxels: everything happens inside the box of reference and ensemble.
-        crop = union_crop(reference > 0, segmentation > 0) or tuple(slice(0, 0) for _ in reference.shape)
-        segmentation, reference = segmentation[crop], reference[crop]
-        removed_by = [r[crop] for r in removed_by]
-        for subset in subsets:
-            refined = segmentation.copy()
-            for k in subset:
-                refined[removed_by[k]] = 0
-            key = ",".join(rules[k]["name"] for k in subset) or "none"
-            rows += [{"rules": key, **r} for r in case_rows(case, reference, refined, classes, conventions)]
-        print(f"[{i}/{len(cases)}] {case}: {len(subsets)} rule subset(s) scored", flush=True)
+        rows += case_subset_rows(case, seg_image, anatomy_paths.get(case), Path(image_dir) / f"{case}.nii.gz",
+                                 reference, rules, class_ids, classes, conventions)
+        print(f"[{i}/{len(cases)}] {case}: {n_subsets} rule subset(s) scored", flush=True)
     return pd.DataFrame(rows)
 
 

@@ -7,11 +7,14 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.io import atomic_path, copy_file, write_json, write_table
-from workflow_scripts.nnunet_env import CONFIGURATION, resolve_device
+from workflow_scripts.nnunet_env import CONFIGURATION, pools_as_threads, resolve_device
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
+# probabilistic_oversampling: each patch centred on a foreground voxel with probability
+# oversample_foreground_percent; nnU-Net's default forces the last round(batch x (1 - p)) items of a batch, so
+# 0.33 and 0.5 both give one patch of two.
 TRAINER_SETTINGS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every",
-                    "initial_lr", "oversample_foreground_percent")
+                    "initial_lr", "oversample_foreground_percent", "probabilistic_oversampling")
 
 
 def find_trainer_class(name: str):
@@ -59,6 +62,20 @@ def tile_batched_validation(tile_step_size: float = 0.5, use_mirroring: bool = T
         base.nnUNetPredictor = original
 
 
+VALIDATION_POOL_MODULES = ["nnunetv2.training.nnUNetTrainer.nnUNetTrainer", "nnunetv2.evaluation.evaluate_predictions"]
+
+
+@contextlib.contextmanager
+def in_process_validation_pools():
+    """nnU-Net's validation exports its cases and then scores them in two spawned worker pools: 7 s of a toy
+    fold's 42 s. Where nnU-Net is sized to one process (``nnUNet_def_n_proc=1``, a rule with one thread) both run
+    as one thread instead (:func:`pools_as_threads`); larger pools stay nnU-Net's processes."""
+    from nnunetv2.configuration import default_num_processes
+
+    with pools_as_threads(VALIDATION_POOL_MODULES, enabled=default_num_processes == 1):
+        yield
+
+
 def training_curves(log: dict) -> pd.DataFrame:
     """Per-epoch losses, pseudo Dice (per class and EMA), learning rate and epoch time from nnU-Net's logger."""
     n = min(len(log[k]) for k in ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs",
@@ -78,6 +95,30 @@ def training_curves(log: dict) -> pd.DataFrame:
     return table.astype({c: float for c in table.columns if c != "epoch"})
 
 
+def make_trainer(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict, device):
+    """nnU-Net's trainer of one fold, found by name, with the config's ``trainer_settings`` set on it.
+    nnU-Net must already be configured for this process (``configure_nnunet``)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
+
+    unknown = set(settings) - set(TRAINER_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown trainer settings {sorted(unknown)}; allowed: {TRAINER_SETTINGS}")
+    preprocessed = Path(nnUNet_preprocessed) / dataset
+    plans = load_json(str(preprocessed / f"{plans_identifier}.json"))
+    trainer_class = find_trainer_class(trainer_name)
+    # Know whether this is a resume before the trainer opens its log.
+    folder = Path(nnUNet_results) / dataset / f"{trainer_name}__{plans_identifier}__{CONFIGURATION}" / f"fold_{fold}"
+    plans["continue_training"] = any((folder / f"checkpoint_{kind}.pth").exists() for kind in ("final", "latest"))
+    trainer = trainer_class(plans=plans, configuration=CONFIGURATION, fold=fold,
+                            dataset_json=load_json(str(preprocessed / "dataset.json")), device=device)
+    for key, value in settings.items():
+        setattr(trainer, key, value)
+    if Path(trainer.output_folder) != folder:
+        raise RuntimeError(f"nnU-Net writes fold {fold} to {trainer.output_folder}, expected {folder}")
+    return trainer
+
+
 def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict,
                device: str, summary_out: Path, curves_out: Path | None = None,
                progress_out: Path | None = None, validation: dict | None = None) -> dict:
@@ -88,27 +129,11 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     nnU-Net must already be configured for this process (``configure_nnunet``).
     """
     import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 
-    unknown = set(settings) - set(TRAINER_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown trainer settings {sorted(unknown)}; allowed: {TRAINER_SETTINGS}")
-    preprocessed = Path(nnUNet_preprocessed) / dataset
-    plans = load_json(str(preprocessed / f"{plans_identifier}.json"))
-    trainer_class = find_trainer_class(trainer_name)
-
-    # Know whether this is a resume before the trainer opens its log.
-    folder = Path(nnUNet_results) / dataset / f"{trainer_name}__{plans_identifier}__{CONFIGURATION}" / f"fold_{fold}"
-    final, latest = folder / "checkpoint_final.pth", folder / "checkpoint_latest.pth"
-    plans["continue_training"] = final.exists() or latest.exists()
     torch_device = resolve_device(device)
-    trainer = trainer_class(plans=plans, configuration=CONFIGURATION, fold=fold,
-                            dataset_json=load_json(str(preprocessed / "dataset.json")), device=torch_device)
-    for key, value in settings.items():
-        setattr(trainer, key, value)
-    if Path(trainer.output_folder) != folder:
-        raise RuntimeError(f"nnU-Net writes fold {fold} to {trainer.output_folder}, expected {folder}")
+    trainer = make_trainer(dataset, plans_identifier, trainer_name, fold, settings, torch_device)
+    folder = Path(trainer.output_folder)
+    final, latest = folder / "checkpoint_final.pth", folder / "checkpoint_latest.pth"
     make_checkpoints_atomic(trainer)
 
     resumed_from = None
@@ -123,7 +148,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
             trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
         trainer.run_training()
     validation = {"tile_step_size": 0.5, "use_mirroring": True, **(validation or {})}
-    with tile_batched_validation(**validation):
+    with tile_batched_validation(**validation), in_process_validation_pools():
         trainer.perform_actual_validation(save_probabilities=True)
 
     log = trainer.logger.local_logger.my_fantastic_logging
