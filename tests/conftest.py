@@ -48,7 +48,7 @@ TIERS = ("unit", "dag", "smoke", "slurm", "browser")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Each test gets one tier (see README, Testing): an explicit tier marker wins; otherwise a test of the SLURM
+    """Each test gets one tier (see docs/testing.md): an explicit tier marker wins; otherwise a test of the SLURM
     study is `slurm`, one that needs a trained toy study is `smoke`, the rest of test_workflow.py (lint, dry runs,
     config errors, QC and planning without training) is `dag`, and everything else is `unit`."""
     for item in items:

@@ -74,7 +74,7 @@ def test_ensemble_case_writes_labels_on_the_image_grid(tmp_path):
 
 
 def test_in_place_fusion_and_argmax_match_the_plain_numpy_ones():
-    from workflow_scripts.prediction import labels_from_probabilities
+    from workflow_scripts.io import labels_from_probabilities
 
     rng = np.random.default_rng(2)
     full, partial = random_probabilities(rng, 3, (6, 7, 8)), random_probabilities(rng, 2, (6, 7, 8))

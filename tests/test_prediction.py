@@ -51,7 +51,7 @@ def sliding_window_predictors(tile_batch_size, use_mirroring):
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from workflow_scripts.prediction import tile_batch_predictor_class
+    from workflow_scripts.nnunet_seam import tile_batch_predictor_class
 
     torch.manual_seed(0)
     network = PlainConvUNet(input_channels=1, n_stages=3, features_per_stage=(4, 8, 16), conv_op=torch.nn.Conv3d,

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from workflow_scripts.training import TRAINER_SETTINGS, make_checkpoints_atomic, training_curves
+from workflow_scripts.nnunet_seam import make_checkpoints_atomic
+from workflow_scripts.training import TRAINER_SETTINGS, training_curves
 
 
 def test_training_curves_from_nnunet_log():
@@ -56,7 +57,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_settings_are_nnunet_trainer_attributes():
-    from workflow_scripts.training import find_trainer_class
+    from workflow_scripts.nnunet_seam import find_trainer_class
 
     trainer_class = find_trainer_class("nnUNetTrainer")
     source = __import__("inspect").getsource(trainer_class.__init__)
@@ -68,8 +69,7 @@ def test_validation_predicts_with_the_tile_batched_predictor_and_restores_nnunet
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from workflow_scripts.prediction import tile_batch_predictor_class
-    from workflow_scripts.training import tile_batched_validation
+    from workflow_scripts.nnunet_seam import tile_batch_predictor_class, tile_batched_validation
 
     assert base.nnUNetPredictor is nnUNetPredictor
     with pytest.raises(KeyboardInterrupt), tile_batched_validation(tile_step_size=1.0, use_mirroring=False):
@@ -92,7 +92,7 @@ def test_one_process_validation_pools_run_as_threads_and_nnunets_are_restored(mo
     import nnunetv2.evaluation.evaluate_predictions as evaluation
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
 
-    from workflow_scripts.training import in_process_validation_pools
+    from workflow_scripts.nnunet_seam import in_process_validation_pools
 
     monkeypatch.setattr(nnunetv2.configuration, "default_num_processes", 1)
     with pytest.raises(KeyboardInterrupt), in_process_validation_pools():
@@ -107,3 +107,20 @@ def test_one_process_validation_pools_run_as_threads_and_nnunets_are_restored(mo
     monkeypatch.setattr(nnunetv2.configuration, "default_num_processes", 2)  # larger pools stay processes
     with in_process_validation_pools():
         assert base.multiprocessing is multiprocessing and evaluation.multiprocessing is multiprocessing
+
+
+def test_an_nnunet_outside_the_supported_range_stops_with_the_fix(monkeypatch):
+    from workflow_scripts import nnunet_seam
+
+    installed = nnunet_seam.metadata.version("nnunetv2")
+    assert nnunet_seam.require_supported_nnunet() == installed  # the pinned version is supported
+    nnunet_seam.require_supported_nnunet.cache_clear()
+    monkeypatch.setattr(nnunet_seam.metadata, "version", lambda package: "2.9.0")
+    try:
+        with pytest.raises(RuntimeError, match=r"nnunetv2 2.9.0 is installed.*pip install -r requirements.txt"):
+            nnunet_seam.require_supported_nnunet()
+        with pytest.raises(RuntimeError, match="nnunetv2 2.9.0"):
+            nnunet_seam.find_trainer_class("nnUNetTrainer")
+    finally:
+        nnunet_seam.require_supported_nnunet.cache_clear()
+

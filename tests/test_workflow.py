@@ -46,7 +46,7 @@ def toy_workdir(tmp_path_factory):
 
 def test_nnunet_finds_trainers_by_name():
     """nnU-Net imports every trainer module (timm -> torchvision) to find a class: torch and torchvision match."""
-    code = ("from workflow_scripts.training import find_trainer_class\n"
+    code = ("from workflow_scripts.nnunet_seam import find_trainer_class\n"
             "for name in ('nnUNetTrainer', 'nnUNetTrainerNoMirroring', 'nnUNetTrainer_5epochs',\n"
             "             'nnUNetTrainerAdam'):\n"
             "    print(find_trainer_class(name).__name__)\n")
@@ -278,7 +278,7 @@ def test_predictions_of_every_stage_exist_on_the_input_grid(smoke_run):
 
 # Dice floors on the 3 held-out cases, averaged over the cases whose reference holds the class (the lesion-free
 # case, which scores 1 when left empty, carries none of them). Each is the lowest value of 3 toy runs (`make toy`
-# with data seeds 0, 1, 2; README, Testing) less 0.15 for CPU training's run-to-run spread, rounded down to 0.05.
+# with data seeds 0, 1, 2; docs/testing.md) less 0.15 for CPU training's run-to-run spread, rounded down to 0.05.
 DICE_FLOORS = {
     "refined": {"primary": 0.6, "metastasis": 0.75},             # lowest seen 0.784, 0.944
     "ensemble": {"primary": 0.6, "metastasis": 0.7},             # 0.784, 0.895
@@ -471,20 +471,14 @@ OVERSAMPLING_PROBE = """
 import json, sys
 import numpy as np
 import torch
-from workflow_scripts.nnunet_env import configure_nnunet
+from workflow_scripts.nnunet_seam import configure_nnunet, training_patch_loader
 configure_nnunet(sys.argv[1], 1)
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from workflow_scripts.training import make_trainer
 for settings in map(json.loads, sys.argv[4:]):
     trainer = make_trainer(sys.argv[2], sys.argv[3], "nnUNetTrainer", 0, settings, torch.device("cpu"))
-    trainer._set_batch_size_and_oversample()  # what nnU-Net's initialize() does first
-    dataset, _ = trainer.get_tr_and_val_datasets()
-    patch = trainer.configuration_manager.patch_size
-    loader = nnUNetDataLoader(dataset, trainer.batch_size, patch, patch, trainer.label_manager,
-                              oversample_foreground_percent=trainer.oversample_foreground_percent,
-                              probabilistic_oversampling=trainer.probabilistic_oversampling)
+    loader = training_patch_loader(trainer)
     np.random.seed(0)
-    centre = tuple(s // 2 for s in patch)
+    centre = tuple(s // 2 for s in trainer.configuration_manager.patch_size)
     hits = total = 0
     for _ in range(300):
         target = loader.generate_train_batch()["target"]

@@ -16,7 +16,7 @@ def _json(text: str):
 
 
 def _nnunet(args, augmentation_workers: int | None = None) -> None:
-    from workflow_scripts.nnunet_env import configure_nnunet
+    from workflow_scripts.nnunet_seam import configure_nnunet
 
     workers = args.augmentation_workers if augmentation_workers is None else augmentation_workers
     configure_nnunet(args.nnunet_root, args.threads, workers)

@@ -6,8 +6,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from workflow_scripts.io import read_probabilities
-from workflow_scripts.prediction import write_prediction
+from workflow_scripts.io import read_probabilities, write_prediction
 
 FUSION_STRATEGIES = ("mean", "max", "union")
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.ensemble import fuse_class
-from workflow_scripts.io import image_array, read_image, read_probabilities, write_json, write_table
+from workflow_scripts.io import (image_array, labels_from_probabilities, read_image, read_probabilities, write_json,
+                                  write_table)
 from workflow_scripts.metrics import Conventions, dilated_dice, overlap_metrics, pinkcc_score, union_crop
-from workflow_scripts.prediction import labels_from_probabilities
 
 SELECTION_METRICS = ("pinkcc", "dice")
 

@@ -147,3 +147,28 @@ def write_probabilities(path: str | os.PathLike, probabilities: np.ndarray, labe
 def read_probabilities(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
     with np.load(path) as data:
         return data["probabilities"].astype(np.float32), [int(v) for v in data["labels"]]
+
+
+def labels_from_probabilities(probabilities: np.ndarray, labels: list[int]) -> np.ndarray:
+    """Argmax over channels (the first channel wins ties), without np.argmax's int64 index map."""
+    best = probabilities[0].copy()
+    result = np.full(best.shape, labels[0], dtype=np.uint8)
+    for label, channel in zip(labels[1:], probabilities[1:]):
+        higher = channel > best
+        result[higher] = label
+        np.maximum(best, channel, out=best)
+    return result
+
+
+def write_prediction(probabilities: np.ndarray, labels: list[int], reference_image: Path | sitk.Image,
+                     out_dir: Path, case: str, save_probabilities: bool = True) -> None:
+    """``<case>.nii.gz`` (argmax, in source label values) on the reference image's grid, and ``<case>.npz`` (the
+    probabilities) where asked."""
+    reference = reference_image if isinstance(reference_image, sitk.Image) else read_image(reference_image)
+    if probabilities.shape[1:] != reference.GetSize()[::-1]:
+        raise ValueError(f"{case}: probabilities of shape {probabilities.shape[1:]} do not match the image grid "
+                         f"{reference.GetSize()[::-1]} of {reference_image}")
+    if save_probabilities:
+        write_probabilities(Path(out_dir) / f"{case}.npz", probabilities, labels)
+    write_image(array_like(labels_from_probabilities(probabilities, labels), reference),
+                Path(out_dir) / f"{case}.nii.gz")

@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.ensemble_selection import combine, enumerate_candidates, rank_candidates, score_candidates
-from workflow_scripts.io import array_like, image_array, read_anatomy, read_image, read_probabilities, write_image, \
-    write_table
+from workflow_scripts.io import (array_like, image_array, labels_from_probabilities, read_anatomy, read_image,
+                                  read_probabilities, write_image, write_table)
 from workflow_scripts.metrics import Conventions
-from workflow_scripts.prediction import labels_from_probabilities
 from workflow_scripts.refinement import ANATOMY_KINDS, anatomy_class_ids, refine
 from workflow_scripts.refinement_selection import case_subset_rows, choose_rules
 

@@ -59,7 +59,7 @@ def _on_image_grid(label: sitk.Image, image_path: Path) -> sitk.Image:
 def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_root: Path, dataset_id: int,
                     name: str, label_mapping: dict[str, list[int]], summary_path: Path) -> dict:
     """Write ``raw_root/DatasetNNN_name`` (images linked, labels remapped) and a summary JSON."""
-    from workflow_scripts.nnunet_env import dataset_name
+    from workflow_scripts.nnunet_seam import dataset_name
 
     folder = Path(raw_root) / dataset_name(dataset_id, name)
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)

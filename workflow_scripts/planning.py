@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.io import copy_file, read_json, write_json
-from workflow_scripts.nnunet_env import CONFIGURATION, pools_as_threads
+from workflow_scripts.nnunet_seam import CONFIGURATION, PLANNING_POOL_MODULES, find_planner_class, pools_as_threads
 
 # Lists in a network's arch_kwargs with one entry per encoder stage, and those with one per decoder stage.
 _PER_STAGE = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_blocks_per_stage")
@@ -52,12 +52,6 @@ def shrink_plans(plans: dict, n_stages: int | None = None, max_features: int | N
     return plans
 
 
-# nnU-Net modules that plan_and_preprocess runs whose work goes to spawned worker pools.
-SPAWNING_MODULES = ["nnunetv2.experiment_planning.verify_dataset_integrity",
-                    "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor",
-                    "nnunetv2.preprocessing.preprocessors.default_preprocessor"]
-
-
 def plan_and_preprocess(dataset_id: int, planner: str, target_spacing, plans_overrides: dict | None,
                         splits_file: Path, threads: int, plans_out: Path) -> dict:
     """Fingerprint, plan (nnU-Net planner by class name), apply overrides, install the shared splits, preprocess.
@@ -65,22 +59,19 @@ def plan_and_preprocess(dataset_id: int, planner: str, target_spacing, plans_ove
     ``target_spacing`` is None (planner default), 'isotropic' or a list in nnU-Net's axis order.
     nnU-Net must already be configured for this process (``configure_nnunet``).
     """
-    import nnunetv2
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
                                                                       plan_experiment_dataset,
                                                                       preprocess_dataset)
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-    planner_class = recursive_find_python_class(str(Path(nnunetv2.__path__[0]) / "experiment_planning"), planner,
-                                                current_module="nnunetv2.experiment_planning")
+    planner_class = find_planner_class(planner)
     if planner_class is None:
         raise ValueError(f"nnU-Net has no experiment planner named '{planner}' (e.g. ExperimentPlanner, "
                          "nnUNetPlannerResEncM, nnUNetPlannerResEncL)")
     name = convert_id_to_dataset_name(dataset_id)
     # With one thread, nnU-Net's one-worker process pools as threads: no worker importing torch again.
-    with pools_as_threads(SPAWNING_MODULES, enabled=threads == 1):
+    with pools_as_threads(PLANNING_POOL_MODULES, enabled=threads == 1):
         fingerprint = extract_fingerprint_dataset(dataset_id, num_processes=threads, check_dataset_integrity=True,
                                                   clean=True, verbose=False, show_progress_bar=False)
         if target_spacing == "isotropic":

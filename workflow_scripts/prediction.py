@@ -5,39 +5,12 @@ and, where the stage has them, ``<case>.npz`` (class probabilities, float16, wit
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from workflow_scripts.io import array_like, image_grid, read_image, read_json, write_image, write_probabilities
-from workflow_scripts.nnunet_env import resolve_device
-
-
-def labels_from_probabilities(probabilities: np.ndarray, labels: list[int]) -> np.ndarray:
-    """Argmax over channels (the first channel wins ties), without np.argmax's int64 index map."""
-    best = probabilities[0].copy()
-    result = np.full(best.shape, labels[0], dtype=np.uint8)
-    for label, channel in zip(labels[1:], probabilities[1:]):
-        higher = channel > best
-        result[higher] = label
-        np.maximum(best, channel, out=best)
-    return result
-
-
-def write_prediction(probabilities: np.ndarray, labels: list[int], reference_image: Path | sitk.Image,
-                     out_dir: Path, case: str, save_probabilities: bool = True) -> None:
-    """``<case>.nii.gz`` (argmax, in source label values) on the reference image's grid, and ``<case>.npz`` (the
-    probabilities) where asked."""
-    reference = reference_image if isinstance(reference_image, sitk.Image) else read_image(reference_image)
-    if probabilities.shape[1:] != reference.GetSize()[::-1]:
-        raise ValueError(f"{case}: probabilities of shape {probabilities.shape[1:]} do not match the image grid "
-                         f"{reference.GetSize()[::-1]} of {reference_image}")
-    if save_probabilities:
-        write_probabilities(Path(out_dir) / f"{case}.npz", probabilities, labels)
-    write_image(array_like(labels_from_probabilities(probabilities, labels), reference),
-                Path(out_dir) / f"{case}.nii.gz")
+from workflow_scripts.io import array_like, image_grid, read_json, write_image, write_prediction
+from workflow_scripts.nnunet_seam import resolve_device, tile_batch_predictor_class, use_torch_export_resampling
 
 
 def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], case: str, image: Path,
@@ -54,68 +27,6 @@ def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[
         probabilities = data["probabilities"]
     write_prediction(probabilities, class_label_values, image, out_dir, case)
     return str(folder)
-
-
-@functools.cache
-def tile_batch_predictor_class():
-    """nnU-Net's predictor with the sliding window run ``tile_batch_size`` tiles per network pass (class attribute;
-    None: the configuration's training batch size, which fits wherever training did) and ``half_precision``.
-
-    nnU-Net passes one tile at a time. On a CPU, torch runs a 3D convolution of batch 1 on a small input with its
-    slow native kernel instead of oneDNN, so small networks (the toy study's) predict 3-6x slower per tile than
-    at batch 2; a full-size nnU-Net network gains nothing on a CPU (5 % slower at 2). Same tiles, Gaussian weights
-    and float16 sums as nnU-Net.
-    """
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-    from nnunetv2.utilities.helpers import empty_cache
-
-    class TileBatchPredictor(nnUNetPredictor):
-        tile_batch_size: int | None = None
-        half_precision = True
-
-        def tiles_per_pass(self) -> int:
-            return int(self.tile_batch_size or self.configuration_manager.batch_size)
-
-        def _internal_maybe_mirror_and_predict(self, x):
-            if self.device.type == "cuda" and not self.half_precision:
-                with torch.autocast("cuda", enabled=False):  # overrides nnU-Net's autocast around it
-                    return super()._internal_maybe_mirror_and_predict(x)
-            return super()._internal_maybe_mirror_and_predict(x)
-
-        @torch.inference_mode()
-        def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device=True):
-            results_device = self.device if do_on_device else torch.device("cpu")
-            logits = weights = tiles = predictions = None
-            try:
-                empty_cache(self.device)
-                data = data.to(results_device)
-                logits = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
-                                     device=results_device)
-                weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
-                gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
-                                            value_scaling_factor=10, device=results_device) if self.use_gaussian else 1
-                step = self.tiles_per_pass()
-                for start in range(0, len(slicers), step):
-                    batch = slicers[start:start + step]
-                    tiles = torch.stack([data[s] for s in batch]).to(self.device)
-                    predictions = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
-                    for s, prediction in zip(batch, predictions):
-                        if self.use_gaussian:
-                            prediction *= gaussian
-                        logits[s] += prediction
-                        weights[s[1:]] += gaussian
-                torch.div(logits, weights, out=logits)
-                if torch.any(torch.isinf(logits)):
-                    raise RuntimeError("inf in the predicted logits (float16 overflow); nnU-Net aborts here too")
-                return logits
-            except Exception:
-                del logits, weights, tiles, predictions  # free the device before nnU-Net's fallback to CPU
-                empty_cache(self.device)
-                raise
-
-    return TileBatchPredictor
 
 
 def make_predictor(model_folder: Path, folds: list[int], device: str, settings: dict, threads: int):
@@ -137,11 +48,7 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                    checkpoint_name="checkpoint_final.pth")
     if settings["export_resampling"] == "torch":
-        manager = predictor.configuration_manager
-        manager.configuration.update(
-            resampling_fn_probabilities="resample_torch_fornnunet",
-            resampling_fn_probabilities_kwargs={"is_seg": False, "num_threads": threads, "device": torch_device})
-        type(manager).resampling_fn_probabilities.fget.cache_clear()  # nnU-Net caches the plans' function
+        use_torch_export_resampling(predictor, threads, torch_device)
     return predictor
 
 

@@ -1,13 +1,14 @@
 """Training of one (configuration, fold) with nnU-Net's own trainer, resumed from its latest checkpoint."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import atomic_path, copy_file, write_json, write_table
-from workflow_scripts.nnunet_env import CONFIGURATION, pools_as_threads, resolve_device
+from workflow_scripts.io import copy_file, write_json, write_table
+from workflow_scripts.nnunet_seam import (CONFIGURATION, find_trainer_class, in_process_validation_pools,
+                                          make_checkpoints_atomic, resolve_device, tile_batched_validation,
+                                          training_log)
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
 # probabilistic_oversampling: each patch centred on a foreground voxel with probability
@@ -15,65 +16,6 @@ from workflow_scripts.nnunet_env import CONFIGURATION, pools_as_threads, resolve
 # 0.33 and 0.5 both give one patch of two.
 TRAINER_SETTINGS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every",
                     "initial_lr", "oversample_foreground_percent", "probabilistic_oversampling")
-
-
-def find_trainer_class(name: str):
-    """nnU-Net's own lookup by class name (imports every trainer module, timm and torchvision included)."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    return recursive_find_trainer_class_by_name(name)
-
-
-def make_checkpoints_atomic(trainer) -> None:
-    """nnU-Net saves with torch.save straight to the final name; a kill mid-write would leave a broken
-    checkpoint_latest.pth for the next run to resume from. Write to a temporary name and rename instead."""
-    save = trainer.save_checkpoint
-
-    def atomic_save(filename: str) -> None:
-        if trainer.disable_checkpointing:
-            save(filename)  # nnU-Net only logs that nothing is written
-            return
-        with atomic_path(filename) as tmp:
-            save(str(tmp))
-
-    trainer.save_checkpoint = atomic_save
-
-
-@contextlib.contextmanager
-def tile_batched_validation(tile_step_size: float = 0.5, use_mirroring: bool = True):
-    """nnU-Net's validation builds its predictor through the name ``nnUNetPredictor`` in the trainer's base module
-    with a fixed tile step of 0.5 and mirroring; point that name at the tile-batched predictor (training batch size
-    per pass, same tiles and weights) with the study's tile step and mirroring while it runs, so that out-of-fold
-    predictions, on which the ensemble and refinement are chosen, are made as the new cases' are. A trainer that
-    overrides ``perform_actual_validation`` in its own module keeps nnU-Net's predictor."""
-    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
-
-    from workflow_scripts.prediction import tile_batch_predictor_class
-
-    class ValidationPredictor(tile_batch_predictor_class()):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "tile_step_size": tile_step_size, "use_mirroring": use_mirroring})
-
-    original = base.nnUNetPredictor
-    base.nnUNetPredictor = ValidationPredictor
-    try:
-        yield
-    finally:
-        base.nnUNetPredictor = original
-
-
-VALIDATION_POOL_MODULES = ["nnunetv2.training.nnUNetTrainer.nnUNetTrainer", "nnunetv2.evaluation.evaluate_predictions"]
-
-
-@contextlib.contextmanager
-def in_process_validation_pools():
-    """nnU-Net's validation exports its cases and then scores them in two spawned worker pools: 7 s of a toy
-    fold's 42 s. Where nnU-Net is sized to one process (``nnUNet_def_n_proc=1``, a rule with one thread) both run
-    as one thread instead (:func:`pools_as_threads`); larger pools stay nnU-Net's processes."""
-    from nnunetv2.configuration import default_num_processes
-
-    with pools_as_threads(VALIDATION_POOL_MODULES, enabled=default_num_processes == 1):
-        yield
 
 
 def training_curves(log: dict) -> pd.DataFrame:
@@ -151,7 +93,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     with tile_batched_validation(**validation), in_process_validation_pools():
         trainer.perform_actual_validation(save_probabilities=True)
 
-    log = trainer.logger.local_logger.my_fantastic_logging
+    log = training_log(trainer)
     curves = training_curves(log)
     summary = {
         "dataset": dataset, "trainer": trainer_name, "plans": plans_identifier, "fold": fold,

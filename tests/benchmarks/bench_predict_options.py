@@ -47,7 +47,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from workflow_scripts.nnunet_env import configure_nnunet
+    from workflow_scripts.nnunet_seam import configure_nnunet
 
     configure_nnunet(args.study / "results/nnunet", args.threads)
     import SimpleITK as sitk

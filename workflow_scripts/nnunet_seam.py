@@ -1,0 +1,283 @@
+"""The one seam to nnU-Net: its environment, and every use of its internals (names outside its command lines and
+documented API), each checked against the nnunetv2 versions it was written for.
+
+nnU-Net reads its folders and pool sizes from the environment at import time: :func:`configure_nnunet` sets them
+first, per process. The rest subclasses or patches nnU-Net objects; ``tests/test_prediction.py`` and
+``tests/test_training.py`` compare each against nnU-Net's own code, so a new nnunetv2 release is checked there
+before :data:`SUPPORTED_NNUNET` is widened.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+import sys
+import types
+from importlib import metadata
+from pathlib import Path
+
+from workflow_scripts.io import atomic_path
+
+# nnunetv2 versions whose internals this module was written and tested against: [lowest, first unsupported).
+SUPPORTED_NNUNET = ("2.8.0", "2.9.0")
+
+FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+CONFIGURATION = "3d_fullres"
+
+
+def configure_nnunet(root: str | Path, threads: int, augmentation_workers: int = 0) -> dict[str, Path]:
+    """Point nnU-Net at ``root/<folder>`` and size its worker pools and torch threads to ``threads``.
+
+    Must run before the first ``import nnunetv2`` of the process; a second call with other folders fails
+    instead of silently using the folders nnU-Net already captured.
+    """
+    require_supported_nnunet()
+    root = Path(root).resolve()
+    folders = {name: root / name for name in FOLDERS}
+    wanted = {name: str(path) for name, path in folders.items()}
+    wanted.update(nnUNet_def_n_proc=str(max(1, threads)), nnUNet_n_proc_DA=str(max(0, augmentation_workers)),
+                  nnUNet_compile="f")
+    if "nnunetv2.paths" in sys.modules:
+        clash = {k: os.environ.get(k) for k in wanted if os.environ.get(k) != wanted[k]}
+        if clash:
+            raise RuntimeError(f"nnU-Net was already imported with other settings {clash}; "
+                               "run each nnU-Net step in its own process")
+    os.environ.update(wanted)
+    for path in folders.values():
+        path.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    return folders
+
+
+def dataset_name(dataset_id: int, name: str) -> str:
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def resolve_device(device: str):
+    """'auto' takes a GPU when one is visible; 'cuda' without one is an error naming the fix."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config compute.device is 'cuda' but no GPU is visible; set it to 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+class _ThreadPoolContext:
+    """What ``multiprocessing.get_context("spawn")`` gives nnU-Net, with threads for processes."""
+
+    @staticmethod
+    def Pool(processes=None, *args, **kwargs):  # noqa: N802 (multiprocessing's name)
+        from multiprocessing.pool import ThreadPool
+
+        return ThreadPool(processes)
+
+
+@contextlib.contextmanager
+def pools_as_threads(modules: list[str], enabled: bool = True):
+    """While inside, the worker pools that the named nnU-Net modules open with
+    ``multiprocessing.get_context("spawn").Pool(n)`` are thread pools of n threads. A spawned worker imports torch
+    and nnU-Net again (4-5 s here) before any work; with one worker (a rule with one thread) a thread does the same
+    work without that start. ``enabled=False`` leaves nnU-Net's processes."""
+    if not enabled:
+        yield
+        return
+    require_supported_nnunet()
+    targets = [importlib.import_module(name) for name in modules]
+    originals = [module.multiprocessing for module in targets]
+    threads = types.SimpleNamespace(get_context=lambda method=None: _ThreadPoolContext)
+    for module in targets:
+        module.multiprocessing = threads
+    try:
+        yield
+    finally:
+        for module, original in zip(targets, originals):
+            module.multiprocessing = original
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:3] if part.isdigit())
+
+
+@functools.cache
+def require_supported_nnunet() -> str:
+    """The installed nnunetv2 version; an error naming it and the fix where this seam was not written for it."""
+    installed = metadata.version("nnunetv2")
+    low, high = SUPPORTED_NNUNET
+    if not _version_key(low) <= _version_key(installed) < _version_key(high):
+        raise RuntimeError(
+            f"nnunetv2 {installed} is installed, but workflow_scripts/nnunet_seam.py uses nnU-Net internals checked "
+            f"against {low} <= nnunetv2 < {high}: install the pinned version (pip install -r requirements.txt), or "
+            "port the seam and run its tests (tests/test_prediction.py, tests/test_training.py) before widening "
+            "SUPPORTED_NNUNET")
+    return installed
+
+
+# Modules whose work nnU-Net sends to spawned pools: validation (export, scoring) and planning (dataset check,
+# fingerprint, preprocessing).
+VALIDATION_POOL_MODULES = ["nnunetv2.training.nnUNetTrainer.nnUNetTrainer", "nnunetv2.evaluation.evaluate_predictions"]
+PLANNING_POOL_MODULES = ["nnunetv2.experiment_planning.verify_dataset_integrity",
+                         "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor",
+                         "nnunetv2.preprocessing.preprocessors.default_preprocessor"]
+
+
+@contextlib.contextmanager
+def in_process_validation_pools():
+    """nnU-Net's validation exports its cases and then scores them in two spawned worker pools: 7 s of a toy
+    fold's 42 s. Where nnU-Net is sized to one process (``nnUNet_def_n_proc=1``, a rule with one thread) both run
+    as one thread instead (:func:`pools_as_threads`); larger pools stay nnU-Net's processes."""
+    from nnunetv2.configuration import default_num_processes
+
+    with pools_as_threads(VALIDATION_POOL_MODULES, enabled=default_num_processes == 1):
+        yield
+
+
+def find_trainer_class(name: str):
+    """nnU-Net's own lookup by class name (imports every trainer module, timm and torchvision included)."""
+    require_supported_nnunet()
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    return recursive_find_trainer_class_by_name(name)
+
+
+def find_planner_class(name: str):
+    """nnU-Net's experiment planner class by name (as ``nnUNetv2_plan_experiment -pl`` finds it), or None."""
+    require_supported_nnunet()
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    return recursive_find_python_class(str(Path(nnunetv2.__path__[0]) / "experiment_planning"), name,
+                                       current_module="nnunetv2.experiment_planning")
+
+
+def make_checkpoints_atomic(trainer) -> None:
+    """nnU-Net saves with torch.save straight to the final name; a kill mid-write would leave a broken
+    checkpoint_latest.pth for the next run to resume from. Write to a temporary name and rename instead."""
+    require_supported_nnunet()
+    save = trainer.save_checkpoint
+
+    def atomic_save(filename: str) -> None:
+        if trainer.disable_checkpointing:
+            save(filename)  # nnU-Net only logs that nothing is written
+            return
+        with atomic_path(filename) as tmp:
+            save(str(tmp))
+
+    trainer.save_checkpoint = atomic_save
+
+
+def training_log(trainer) -> dict:
+    """The per-epoch lists nnU-Net's logger keeps (losses, pseudo Dice, learning rates, epoch timestamps)."""
+    return trainer.logger.local_logger.my_fantastic_logging
+
+
+def training_patch_loader(trainer):
+    """nnU-Net's training data loader as the trainer sets it up (batch size, foreground oversampling, its training
+    cases), without augmentation: each batch holds the patches as cut, centred where the sampler chose."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    require_supported_nnunet()
+    trainer._set_batch_size_and_oversample()  # what nnU-Net's initialize() does first
+    dataset, _ = trainer.get_tr_and_val_datasets()
+    patch = trainer.configuration_manager.patch_size
+    return nnUNetDataLoader(dataset, trainer.batch_size, patch, patch, trainer.label_manager,
+                            oversample_foreground_percent=trainer.oversample_foreground_percent,
+                            probabilistic_oversampling=trainer.probabilistic_oversampling)
+
+
+@contextlib.contextmanager
+def tile_batched_validation(tile_step_size: float = 0.5, use_mirroring: bool = True):
+    """nnU-Net's validation builds its predictor through the name ``nnUNetPredictor`` in the trainer's base module
+    with a fixed tile step of 0.5 and mirroring; point that name at the tile-batched predictor (training batch size
+    per pass, same tiles and weights) with the study's tile step and mirroring while it runs, so that out-of-fold
+    predictions, on which the ensemble and refinement are chosen, are made as the new cases' are. A trainer that
+    overrides ``perform_actual_validation`` in its own module keeps nnU-Net's predictor."""
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
+
+    class ValidationPredictor(tile_batch_predictor_class()):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "tile_step_size": tile_step_size, "use_mirroring": use_mirroring})
+
+    original = base.nnUNetPredictor
+    base.nnUNetPredictor = ValidationPredictor
+    try:
+        yield
+    finally:
+        base.nnUNetPredictor = original
+
+
+@functools.cache
+def tile_batch_predictor_class():
+    """nnU-Net's predictor with the sliding window run ``tile_batch_size`` tiles per network pass (class attribute;
+    None: the configuration's training batch size, which fits wherever training did) and ``half_precision``.
+
+    nnU-Net passes one tile at a time. On a CPU, torch runs a 3D convolution of batch 1 on a small input with its
+    slow native kernel instead of oneDNN, so small networks (the toy study's) predict 3-6x slower per tile than
+    at batch 2; a full-size nnU-Net network gains nothing on a CPU (5 % slower at 2). Same tiles, Gaussian weights
+    and float16 sums as nnU-Net.
+    """
+    require_supported_nnunet()
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+    from nnunetv2.utilities.helpers import empty_cache
+
+    class TileBatchPredictor(nnUNetPredictor):
+        tile_batch_size: int | None = None
+        half_precision = True
+
+        def tiles_per_pass(self) -> int:
+            return int(self.tile_batch_size or self.configuration_manager.batch_size)
+
+        def _internal_maybe_mirror_and_predict(self, x):
+            if self.device.type == "cuda" and not self.half_precision:
+                with torch.autocast("cuda", enabled=False):  # overrides nnU-Net's autocast around it
+                    return super()._internal_maybe_mirror_and_predict(x)
+            return super()._internal_maybe_mirror_and_predict(x)
+
+        @torch.inference_mode()
+        def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device=True):
+            results_device = self.device if do_on_device else torch.device("cpu")
+            logits = weights = tiles = predictions = None
+            try:
+                empty_cache(self.device)
+                data = data.to(results_device)
+                logits = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
+                                     device=results_device)
+                weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+                gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
+                                            value_scaling_factor=10, device=results_device) if self.use_gaussian else 1
+                step = self.tiles_per_pass()
+                for start in range(0, len(slicers), step):
+                    batch = slicers[start:start + step]
+                    tiles = torch.stack([data[s] for s in batch]).to(self.device)
+                    predictions = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
+                    for s, prediction in zip(batch, predictions):
+                        if self.use_gaussian:
+                            prediction *= gaussian
+                        logits[s] += prediction
+                        weights[s[1:]] += gaussian
+                torch.div(logits, weights, out=logits)
+                if torch.any(torch.isinf(logits)):
+                    raise RuntimeError("inf in the predicted logits (float16 overflow); nnU-Net aborts here too")
+                return logits
+            except Exception:
+                del logits, weights, tiles, predictions  # free the device before nnU-Net's fallback to CPU
+                empty_cache(self.device)
+                raise
+
+    return TileBatchPredictor
+
+
+def use_torch_export_resampling(predictor, threads: int, device) -> None:
+    """Resample a loaded predictor's logits back to the image grid with nnU-Net's torch resampling on ``device``
+    instead of the plans' function (``prediction.export_resampling: torch``)."""
+    manager = predictor.configuration_manager
+    manager.configuration.update(
+        resampling_fn_probabilities="resample_torch_fornnunet",
+        resampling_fn_probabilities_kwargs={"is_seg": False, "num_threads": threads, "device": device})
+    type(manager).resampling_fn_probabilities.fget.cache_clear()  # nnU-Net caches the plans' function
