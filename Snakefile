@@ -51,6 +51,6 @@ onsuccess:
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

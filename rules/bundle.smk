@@ -10,14 +10,14 @@ rule export_bundle:
         refinement="results/refinement/selected_rules.json",
     output:
         directory("results/bundle"),
-    params:
-        config=as_json(CONFIG),
-        summaries=lambda w: as_json({c: training_summaries(c) for c in ensemble_configurations()}),
-        channel_labels=as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
     log:
         "logs/export_bundle.log",
     conda:
         "../envs/workflow.yaml"
+    params:
+        config=as_json(CONFIG),
+        summaries=lambda w: as_json({c: training_summaries(c) for c in ensemble_configurations()}),
+        channel_labels=as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
     shell:
         "python -m workflow_scripts export-bundle --config {params.config:q} --selection {input.selection} "
         "--refinement {input.refinement} --training-summaries {params.summaries:q} "

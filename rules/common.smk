@@ -9,8 +9,16 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)  # this checkout's package; jobs import the installed one (pip install -e .)
-from workflow_scripts.config import (BUNDLE_MANIFEST, RESERVED_STAGES, ConfigError, dicom_folders, input_cases,
-                                     predict_config, rule_resources, validate_config)
+from workflow_scripts.config import (
+    BUNDLE_MANIFEST,
+    RESERVED_STAGES,
+    ConfigError,
+    dicom_folders,
+    input_cases,
+    predict_config,
+    rule_resources,
+    validate_config,
+)
 from workflow_scripts.nnunet_dataset import class_label_values
 
 
@@ -43,7 +51,8 @@ STAGES = CONFIGURATIONS + list(RESERVED_STAGES)
 # Out-of-fold only: the ensemble and rules chosen on the other folds' cases, fold by fold (nested_selection).
 NESTED_STAGE = "oof_nested"
 EVALUATED = [(split, stage) for split in EVALUATED_SPLITS for stage in STAGES] + (
-    [("oof", NESTED_STAGE)] if "oof" in EVALUATED_SPLITS else [])
+    [("oof", NESTED_STAGE)] if "oof" in EVALUATED_SPLITS else []
+)
 NNUNET_ROOT = "results/nnunet"
 
 
@@ -70,9 +79,13 @@ def _configured_images_dir(split):
 # DICOM series folders ({case: folder}) are converted; a split holding one gets a folder of NIfTI images under
 # results/inputs/ (converted series, links to the NIfTI cases) that every rule reads in place of the configured one.
 INPUT_CASES = {"oof": TRAIN_CASES, "test": TEST_CASES}  # before QC
-DICOM_CASES = {case: folder for split in ("oof", "test") if _configured_images_dir(split)
-               for case, folder in dicom_folders(_configured_images_dir(split)).items()
-               if case in INPUT_CASES[split]}
+DICOM_CASES = {
+    case: folder
+    for split in ("oof", "test")
+    if _configured_images_dir(split)
+    for case, folder in dicom_folders(_configured_images_dir(split)).items()
+    if case in INPUT_CASES[split]
+}
 STAGED_SPLITS = [split for split in ("oof", "test") if any(case in DICOM_CASES for case in INPUT_CASES[split])]
 INPUT_FOLDERS = {"oof": "train", "test": "test"}
 
@@ -126,8 +139,9 @@ def threads_of(rule_name):
 
 
 def training_summaries(name):
-    return expand("results/training/{configuration}/fold_{fold}.json", configuration=name,
-                  fold=configuration(name)["folds"])
+    return expand(
+        "results/training/{configuration}/fold_{fold}.json", configuration=name, fold=configuration(name)["folds"]
+    )
 
 
 def prediction(split, stage, case, ext="nii.gz"):
@@ -150,8 +164,11 @@ def ensemble_configurations():
 
 
 def ensemble_inputs(w):
-    return {"probabilities": [prediction(w.split, c, w.case, "npz") for c in ensemble_configurations()],
-            "selection": chosen_ensemble(), "image": image_path(w.case)}
+    return {
+        "probabilities": [prediction(w.split, c, w.case, "npz") for c in ensemble_configurations()],
+        "selection": chosen_ensemble(),
+        "image": image_path(w.case),
+    }
 
 
 def chosen_ensemble():
@@ -178,18 +195,35 @@ def model_arguments():
 
 def selection_settings():
     ensemble = CONFIG["ensemble"]
-    fusions = [{"configuration": f["configuration"], "into": CONFIG["labels"][f["into"]], "strategy": f["strategy"]}
-               for f in ensemble["fusions"]]
-    return as_json({"members": ensemble["members"], "fusions": fusions, "select": ensemble["selection"]["enabled"],
-                    "strategies": ensemble["selection"]["fusion_strategies"], "metric": ensemble["selection"]["metric"],
-                    "classes": stage_classes("ensemble"), "conventions": CONFIG["evaluation"]})
+    fusions = [
+        {"configuration": f["configuration"], "into": CONFIG["labels"][f["into"]], "strategy": f["strategy"]}
+        for f in ensemble["fusions"]
+    ]
+    return as_json(
+        {
+            "members": ensemble["members"],
+            "fusions": fusions,
+            "select": ensemble["selection"]["enabled"],
+            "strategies": ensemble["selection"]["fusion_strategies"],
+            "metric": ensemble["selection"]["metric"],
+            "classes": stage_classes("ensemble"),
+            "conventions": CONFIG["evaluation"],
+        }
+    )
 
 
 def refinement_settings():
     refinement = CONFIG["refinement"]
-    return as_json({"rules": refinement["rules"], "apply": refinement["apply"], "metric": refinement["metric"],
-                    "task": CONFIG["anatomy"]["task"], "classes": stage_classes("refined"),
-                    "conventions": CONFIG["evaluation"]})
+    return as_json(
+        {
+            "rules": refinement["rules"],
+            "apply": refinement["apply"],
+            "metric": refinement["metric"],
+            "task": CONFIG["anatomy"]["task"],
+            "classes": stage_classes("refined"),
+            "conventions": CONFIG["evaluation"],
+        }
+    )
 
 
 def metric_tables():

@@ -7,6 +7,10 @@ rule make_splits:
         patients=CONFIG["data"]["patients"] or [],
     output:
         "results/splits/splits_final.json",
+    log:
+        "logs/make_splits.log",
+    conda:
+        "../envs/workflow.yaml"
     params:
         cases=lambda w: " ".join(cases("oof")),
         labels_dir=CONFIG["data"]["labels_tr"],
@@ -14,10 +18,6 @@ rule make_splits:
         n_folds=CONFIG["splits"]["n_folds"],
         seed=CONFIG["splits"]["seed"],
         patients=lambda w, input: f"--patients {input.patients}" if input.patients else "",
-    log:
-        "logs/make_splits.log",
-    conda:
-        "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts make-splits --cases {params.cases} --labels-dir {params.labels_dir} "
         "--labels {params.labels:q} --n-folds {params.n_folds} --seed {params.seed} {params.patients} "
@@ -29,6 +29,15 @@ rule convert_dataset:
         "results/qc/qc_table.tsv",
     output:
         "results/datasets/{configuration}/dataset_summary.json",
+    log:
+        "logs/convert_dataset/{configuration}.log",
+    benchmark:
+        "benchmarks/convert_dataset/{configuration}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("convert_dataset")
+    resources:
+        **resources_of("convert_dataset"),
     params:
         cases=lambda w: " ".join(cases("oof")),
         nnunet_root=NNUNET_ROOT,
@@ -36,15 +45,6 @@ rule convert_dataset:
         labels_dir=CONFIG["data"]["labels_tr"],
         dataset_id=lambda w: configuration(w.configuration)["dataset_id"],
         label_mapping=lambda w: as_json(configuration(w.configuration)["label_mapping"]),
-    threads: threads_of("convert_dataset")
-    resources:
-        **resources_of("convert_dataset"),
-    log:
-        "logs/convert_dataset/{configuration}.log",
-    benchmark:
-        "benchmarks/convert_dataset/{configuration}.tsv"
-    conda:
-        "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts convert-dataset --nnunet-root {params.nnunet_root} --cases {params.cases} "
         "--images-dir {params.images_dir} --labels-dir {params.labels_dir} "
@@ -58,21 +58,21 @@ rule plan_and_preprocess:
         splits="results/splits/splits_final.json",
     output:
         "results/datasets/{configuration}/plans_summary.json",
-    params:
-        nnunet_root=NNUNET_ROOT,
-        dataset_id=lambda w: configuration(w.configuration)["dataset_id"],
-        planner=lambda w: configuration(w.configuration)["planner"],
-        target_spacing=lambda w: as_json(configuration(w.configuration).get("target_spacing")),
-        overrides=lambda w: as_json(configuration(w.configuration).get("plans_overrides", {})),
-    threads: threads_of("plan_and_preprocess")
-    resources:
-        **resources_of("plan_and_preprocess"),
     log:
         "logs/plan_and_preprocess/{configuration}.log",
     benchmark:
         "benchmarks/plan_and_preprocess/{configuration}.tsv"
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("plan_and_preprocess")
+    resources:
+        **resources_of("plan_and_preprocess"),
+    params:
+        nnunet_root=NNUNET_ROOT,
+        dataset_id=lambda w: configuration(w.configuration)["dataset_id"],
+        planner=lambda w: configuration(w.configuration)["planner"],
+        target_spacing=lambda w: as_json(configuration(w.configuration).get("target_spacing")),
+        overrides=lambda w: as_json(configuration(w.configuration).get("plans_overrides", {})),
     shell:
         "python -m workflow_scripts plan-and-preprocess --nnunet-root {params.nnunet_root} --threads {threads} "
         "--dataset-id {params.dataset_id} --planner {params.planner} "

@@ -7,22 +7,27 @@ rule evaluate_stage:
         predictions=lambda w: stage_predictions(w.split, w.stage),
         references=lambda w: [f"{reference_dir(w.split)}/{c}.nii.gz" for c in cases(w.split)],
     output:
-        report("results/metrics/{split}/{stage}.tsv", caption="report/metrics_stage.rst", category="Metrics",
-               subcategory="Per case", labels={"split": "{split}", "stage": "{stage}"}),
-    params:
-        cases=lambda w: " ".join(cases(w.split)),
-        classes=lambda w: as_json(stage_classes(w.stage)),
-        reference_dir=lambda w: reference_dir(w.split),
-        settings=as_json(CONFIG["evaluation"]),
-    threads: threads_of("evaluate_stage")
-    resources:
-        **resources_of("evaluate_stage"),
+        report(
+            "results/metrics/{split}/{stage}.tsv",
+            caption="report/metrics_stage.rst",
+            category="Metrics",
+            subcategory="Per case",
+            labels={"split": "{split}", "stage": "{stage}"},
+        ),
     log:
         "logs/evaluate_stage/{split}/{stage}.log",
     benchmark:
         "benchmarks/evaluate_stage/{split}/{stage}.tsv"
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("evaluate_stage")
+    resources:
+        **resources_of("evaluate_stage"),
+    params:
+        cases=lambda w: " ".join(cases(w.split)),
+        classes=lambda w: as_json(stage_classes(w.stage)),
+        reference_dir=lambda w: reference_dir(w.split),
+        settings=as_json(CONFIG["evaluation"]),
     shell:
         "python -m workflow_scripts evaluate-stage --split {wildcards.split} --stage {wildcards.stage} --cases {params.cases} "
         "--prediction-dir results/predictions/{wildcards.split}/{wildcards.stage} "
@@ -34,23 +39,43 @@ rule summarize_metrics:
     input:
         metric_tables(),
     output:
-        summary=report("results/metrics/summary.tsv", caption="report/metrics_summary.rst", category="Metrics",
-                       subcategory="Summary"),
-        comparisons=report("results/metrics/comparisons.tsv", caption="report/metrics_comparisons.rst",
-                           category="Metrics", subcategory="Summary"),
-        pinkcc=report("results/metrics/pinkcc.tsv", caption="report/metrics_pinkcc.rst", category="Metrics",
-                      subcategory="Summary"),
-        worst=report("results/metrics/worst_cases.tsv", caption="report/metrics_worst.rst", category="Metrics",
-                     subcategory="Summary"),
-        figure=report("results/metrics/metrics.png", caption="report/metrics_figure.rst", category="Metrics",
-                      subcategory="Summary"),
-    params:
-        settings=as_json(CONFIG["evaluation"]),
-        biased=",".join(selection_biased_stages()),
+        summary=report(
+            "results/metrics/summary.tsv",
+            caption="report/metrics_summary.rst",
+            category="Metrics",
+            subcategory="Summary",
+        ),
+        comparisons=report(
+            "results/metrics/comparisons.tsv",
+            caption="report/metrics_comparisons.rst",
+            category="Metrics",
+            subcategory="Summary",
+        ),
+        pinkcc=report(
+            "results/metrics/pinkcc.tsv",
+            caption="report/metrics_pinkcc.rst",
+            category="Metrics",
+            subcategory="Summary",
+        ),
+        worst=report(
+            "results/metrics/worst_cases.tsv",
+            caption="report/metrics_worst.rst",
+            category="Metrics",
+            subcategory="Summary",
+        ),
+        figure=report(
+            "results/metrics/metrics.png",
+            caption="report/metrics_figure.rst",
+            category="Metrics",
+            subcategory="Summary",
+        ),
     log:
         "logs/summarize_metrics.log",
     conda:
         "../envs/workflow.yaml"
+    params:
+        settings=as_json(CONFIG["evaluation"]),
+        biased=",".join(selection_biased_stages()),
     shell:
         "python -m workflow_scripts summarize-metrics --out-dir results/metrics --settings {params.settings:q} "
         "--selection-biased={params.biased:q} "

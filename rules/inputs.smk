@@ -8,20 +8,20 @@ rule convert_dicom:
     output:
         image="results/inputs/{input_folder}/{case}.nii.gz",
         findings="results/qc/dicom/{input_folder}/{case}.json",
-    params:
-        settings=as_json(CONFIG["data"]["dicom"]),
-    wildcard_constraints:
-        case=_alternatives(DICOM_CASES) or "^$",
-        input_folder="train|test",
-    threads: threads_of("convert_dicom")
-    resources:
-        **resources_of("convert_dicom"),
     log:
         "logs/convert_dicom/{input_folder}/{case}.log",
     benchmark:
         "benchmarks/convert_dicom/{input_folder}/{case}.tsv"
+    wildcard_constraints:
+        case=_alternatives(DICOM_CASES) or "^$",
+        input_folder="train|test",
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("convert_dicom")
+    resources:
+        **resources_of("convert_dicom"),
+    params:
+        settings=as_json(CONFIG["data"]["dicom"]),
     shell:
         "python -m workflow_scripts convert-dicom --case {wildcards.case} --folder {input:q} "
         "--settings {params.settings:q} --out {output.image} --findings {output.findings} > {log} 2>&1 || (cat {log} >&2; exit 1)"
@@ -32,11 +32,11 @@ rule link_image:
         lambda w: f"{_configured_images_dir(case_split(w.case))}/{w.case}.nii.gz",
     output:
         "results/inputs/{input_folder}/{case}.nii.gz",
+    log:
+        "logs/link_image/{input_folder}/{case}.log",
     wildcard_constraints:
         case=_alternatives([c for c in TRAIN_CASES + TEST_CASES if c not in DICOM_CASES]) or "^$",
         input_folder="train|test",
-    log:
-        "logs/link_image/{input_folder}/{case}.log",
     conda:
         "../envs/workflow.yaml"
     shell:

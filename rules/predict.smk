@@ -10,18 +10,18 @@ rule gather_oof:
     output:
         npz=expand("results/predictions/oof/{configuration}/{{case}}.npz", configuration=CONFIGURATIONS),
         seg=expand("results/predictions/oof/{configuration}/{{case}}.nii.gz", configuration=CONFIGURATIONS),
-    params:
-        summaries=lambda w: as_json({c: training_summaries(c) for c in CONFIGURATIONS}),
-        channel_labels=lambda w: as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
-    threads: threads_of("gather_oof")
-    resources:
-        **resources_of("gather_oof"),
     log:
         "logs/gather_oof/{case}.log",
     benchmark:
         "benchmarks/gather_oof/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("gather_oof")
+    resources:
+        **resources_of("gather_oof"),
+    params:
+        summaries=lambda w: as_json({c: training_summaries(c) for c in CONFIGURATIONS}),
+        channel_labels=lambda w: as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
     shell:
         "python -m workflow_scripts gather-oof --training-summaries {params.summaries:q} "
         "--class-label-values {params.channel_labels:q} --case {wildcards.case} --image {input.image} "
@@ -34,8 +34,21 @@ rule predict_test:
         selection=chosen_ensemble(),
         images=[image_path(case) for case in TEST_CASES],
     output:
-        expand("results/predictions/test/{stage}/{case}.{ext}", stage=CONFIGURATIONS + ["ensemble"], case=TEST_CASES,
-               ext=["npz", "nii.gz"] if CONFIG["prediction"]["save_probabilities"] else ["nii.gz"]),
+        expand(
+            "results/predictions/test/{stage}/{case}.{ext}",
+            stage=CONFIGURATIONS + ["ensemble"],
+            case=TEST_CASES,
+            ext=["npz", "nii.gz"] if CONFIG["prediction"]["save_probabilities"] else ["nii.gz"],
+        ),
+    log:
+        "logs/predict_test.log",
+    benchmark:
+        "benchmarks/predict_test.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("predict_test")
+    resources:
+        **resources_of("predict_test"),
     params:
         nnunet_root=NNUNET_ROOT,
         images_dir=lambda w, input: os.path.dirname(input.images[0]),
@@ -45,15 +58,6 @@ rule predict_test:
         cases=" ".join(TEST_CASES),
         device=CONFIG["compute"]["device"],
         settings=as_json(CONFIG["prediction"]),
-    threads: threads_of("predict_test")
-    resources:
-        **resources_of("predict_test"),
-    log:
-        "logs/predict_test.log",
-    benchmark:
-        "benchmarks/predict_test.tsv"
-    conda:
-        "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} {params.models} "
         "--configurations {params.configurations} --selection {input.selection} "

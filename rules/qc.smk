@@ -6,10 +6,21 @@
 rule qc_case:
     input:
         image=lambda w: image_path(w.case),
-        dicom=lambda w: [f"results/qc/dicom/{INPUT_FOLDERS[case_split(w.case)]}/{w.case}.json"] if w.case in DICOM_CASES else [],
+        dicom=lambda w: (
+            [f"results/qc/dicom/{INPUT_FOLDERS[case_split(w.case)]}/{w.case}.json"] if w.case in DICOM_CASES else []
+        ),
     output:
         table="results/qc/cases/{case}.tsv",
         measurements="results/qc/cases/{case}.json",
+    log:
+        "logs/qc_case/{case}.log",
+    benchmark:
+        "benchmarks/qc_case/{case}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("qc_case")
+    resources:
+        **resources_of("qc_case"),
     params:
         label=lambda w: (
             f"--label {CONFIG['data']['labels_tr']}/{w.case}.nii.gz"
@@ -19,15 +30,6 @@ rule qc_case:
         label_values=" ".join(str(v) for v in CONFIG["labels"].values()),
         settings=as_json(CONFIG["qc"]),
         dicom=lambda w, input: f"--dicom-findings {input.dicom[0]}" if input.dicom else "",
-    threads: threads_of("qc_case")
-    resources:
-        **resources_of("qc_case"),
-    log:
-        "logs/qc_case/{case}.log",
-    benchmark:
-        "benchmarks/qc_case/{case}.tsv"
-    conda:
-        "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts qc-case --case {wildcards.case} --image {input.image} {params.label} "
         "--label-values {params.label_values} --settings {params.settings:q} --out {output.table} "
@@ -40,24 +42,28 @@ checkpoint qc_report:
         measurements=expand("results/qc/cases/{case}.json", case=TRAIN_CASES + TEST_CASES),
     output:
         table=report("results/qc/qc_table.tsv", caption="report/qc.rst", category="Quality control"),
-        summary=report("results/qc/dataset_summary.tsv", caption="report/qc_dataset.rst",
-                       category="Quality control"),
+        summary=report("results/qc/dataset_summary.tsv", caption="report/qc_dataset.rst", category="Quality control"),
         figure=report("results/qc/dataset.png", caption="report/qc_dataset.rst", category="Quality control"),
         cases="results/qc/passing_cases.json",
+    log:
+        "logs/qc_report.log",
+    conda:
+        "../envs/workflow.yaml"
     params:
         exclude=as_json(CONFIG["qc"]["exclude"]),
         allow=as_json(CONFIG["qc"]["allow"]),
         orphan_labels=as_json(ORPHAN_LABELS),
         misnamed=as_json({name: path for name, (split, path) in MISNAMED.items()}),
         pattern=CONFIG["data"]["case_pattern"],
-        splits=as_json({**{c: "train" for c in TRAIN_CASES}, **{c: "test" for c in TEST_CASES},
-                        **{name: split for name, (split, path) in MISNAMED.items()}}),
+        splits=as_json(
+            {
+                **{c: "train" for c in TRAIN_CASES},
+                **{c: "test" for c in TEST_CASES},
+                **{name: split for name, (split, path) in MISNAMED.items()},
+            }
+        ),
         labels=as_json(CONFIG["labels"]),
         on_error=CONFIG["qc"]["on_error"],
-    log:
-        "logs/qc_report.log",
-    conda:
-        "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts qc-aggregate --out {output.table} --exclude {params.exclude:q} "
         "--allow {params.allow:q} --orphan-labels {params.orphan_labels:q} "

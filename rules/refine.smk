@@ -7,21 +7,21 @@ rule segment_anatomy:
         lambda w: image_path(w.case),
     output:
         "results/anatomy/{case}.nii.gz",
-    params:
-        home=CONFIG["anatomy"].get("totalseg_home", ""),
-        task=CONFIG["anatomy"]["task"],
-        fast="--fast" if CONFIG["anatomy"]["fast"] else "--no-fast",
-        roi_subset=as_json(CONFIG["anatomy"]["roi_subset"]),
-        device="gpu" if resources_of("segment_anatomy")["gpu"] else "cpu",
-    threads: threads_of("segment_anatomy")
-    resources:
-        **resources_of("segment_anatomy"),
     log:
         "logs/segment_anatomy/{case}.log",
     benchmark:
         "benchmarks/segment_anatomy/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("segment_anatomy")
+    resources:
+        **resources_of("segment_anatomy"),
+    params:
+        home=CONFIG["anatomy"].get("totalseg_home", ""),
+        task=CONFIG["anatomy"]["task"],
+        fast="--fast" if CONFIG["anatomy"]["fast"] else "--no-fast",
+        roi_subset=as_json(CONFIG["anatomy"]["roi_subset"]),
+        device="gpu" if resources_of("segment_anatomy")["gpu"] else "cpu",
     shell:
         "python -m workflow_scripts segment-anatomy --image {input} --out {output} --home {params.home} --task {params.task} "
         "{params.fast} --roi-subset {params.roi_subset:q} --device {params.device} --threads {threads} "
@@ -35,9 +35,19 @@ rule select_refinement:
         images=lambda w: [image_path(case) for case in cases("oof")],
         references=lambda w: [f"{reference_dir('oof')}/{case}.nii.gz" for case in cases("oof")],
     output:
-        table=report("results/refinement/rule_subsets.tsv", caption="report/refinement_rules.rst",
-                     category="Refinement"),
+        table=report(
+            "results/refinement/rule_subsets.tsv", caption="report/refinement_rules.rst", category="Refinement"
+        ),
         selection="results/refinement/selected_rules.json",
+    log:
+        "logs/select_refinement.log",
+    benchmark:
+        "benchmarks/select_refinement.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("select_refinement")
+    resources:
+        **resources_of("select_refinement"),
     params:
         settings=refinement_settings(),
         cases=lambda w: " ".join(cases("oof")),
@@ -45,15 +55,6 @@ rule select_refinement:
         images_dir=lambda w, input: os.path.dirname(input.images[0]),
         references_dir=lambda w, input: os.path.dirname(input.references[0]),
         segmentation_dir=lambda w, input: os.path.dirname(input.segmentations[0]),
-    threads: threads_of("select_refinement")
-    resources:
-        **resources_of("select_refinement"),
-    log:
-        "logs/select_refinement.log",
-    benchmark:
-        "benchmarks/select_refinement.tsv"
-    conda:
-        "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts select-refinement --settings {params.settings:q} --cases {params.cases} "
         "--segmentation-dir {params.segmentation_dir} --anatomy {params.anatomy:q} --images-dir {params.images_dir} "
@@ -70,17 +71,17 @@ rule refine_case:
     output:
         seg="results/predictions/{split}/refined/{case}.nii.gz",
         removed="results/refinement/{split}/{case}.tsv",
-    params:
-        task=CONFIG["anatomy"]["task"],
-    threads: threads_of("refine_case")
-    resources:
-        **resources_of("refine_case"),
     log:
         "logs/refine_case/{split}/{case}.log",
     benchmark:
         "benchmarks/refine_case/{split}/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("refine_case")
+    resources:
+        **resources_of("refine_case"),
+    params:
+        task=CONFIG["anatomy"]["task"],
     shell:
         "python -m workflow_scripts refine-case --case {wildcards.case} --segmentation {input.seg} --anatomy {input.anatomy} "
         "--image {input.image} --selection {input.selection} --task {params.task} --out {output.seg} "
@@ -92,25 +93,33 @@ rule tumour_burden:
         segmentations=lambda w: [prediction(w.split, "refined", c) for c in cases(w.split)],
         anatomy=lambda w: [anatomy_map(c) for c in cases(w.split)],
     output:
-        lesions=report("results/burden/{split}/lesions.tsv", caption="report/burden_lesions.rst",
-                       category="Tumour burden", labels={"split": "{split}", "table": "lesions"}),
-        burden=report("results/burden/{split}/burden.tsv", caption="report/burden_cases.rst",
-                      category="Tumour burden", labels={"split": "{split}", "table": "cases"}),
-    params:
-        cases=lambda w: " ".join(cases(w.split)),
-        anatomy=lambda w, input: as_json(dict(zip(cases(w.split), input.anatomy))),
-        classes=as_json(stage_classes("refined")),
-        task=CONFIG["anatomy"]["task"],
-        segmentation_dir=lambda w, input: os.path.dirname(input.segmentations[0]),
-    threads: threads_of("tumour_burden")
-    resources:
-        **resources_of("tumour_burden"),
+        lesions=report(
+            "results/burden/{split}/lesions.tsv",
+            caption="report/burden_lesions.rst",
+            category="Tumour burden",
+            labels={"split": "{split}", "table": "lesions"},
+        ),
+        burden=report(
+            "results/burden/{split}/burden.tsv",
+            caption="report/burden_cases.rst",
+            category="Tumour burden",
+            labels={"split": "{split}", "table": "cases"},
+        ),
     log:
         "logs/tumour_burden/{split}.log",
     benchmark:
         "benchmarks/tumour_burden/{split}.tsv"
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("tumour_burden")
+    resources:
+        **resources_of("tumour_burden"),
+    params:
+        cases=lambda w: " ".join(cases(w.split)),
+        anatomy=lambda w, input: as_json(dict(zip(cases(w.split), input.anatomy))),
+        classes=as_json(stage_classes("refined")),
+        task=CONFIG["anatomy"]["task"],
+        segmentation_dir=lambda w, input: os.path.dirname(input.segmentations[0]),
     shell:
         "python -m workflow_scripts tumour-burden --cases {params.cases} --segmentation-dir {params.segmentation_dir} "
         "--anatomy {params.anatomy:q} --classes {params.classes:q} --task {params.task} "
@@ -119,8 +128,11 @@ rule tumour_burden:
 
 rule nested_selection:
     input:
-        probabilities=lambda w: expand("results/predictions/oof/{configuration}/{case}.npz",
-                                       configuration=ensemble_configurations(), case=cases("oof")),
+        probabilities=lambda w: expand(
+            "results/predictions/oof/{configuration}/{case}.npz",
+            configuration=ensemble_configurations(),
+            case=cases("oof"),
+        ),
         references=lambda w: [f"{reference_dir('oof')}/{case}.nii.gz" for case in cases("oof")],
         anatomy=lambda w: [anatomy_map(case) for case in cases("oof")],
         images=lambda w: [image_path(case) for case in cases("oof")],
@@ -128,21 +140,21 @@ rule nested_selection:
     output:
         segmentations=directory(f"results/predictions/oof/{NESTED_STAGE}"),
         table=report("results/nested/folds.tsv", caption="report/nested_folds.rst", category="Ensemble"),
-    params:
-        ensemble_settings=selection_settings(),
-        refinement_settings=refinement_settings(),
-        anatomy=lambda w, input: as_json(dict(zip(cases("oof"), input.anatomy))),
-        images_dir=lambda w, input: os.path.dirname(input.images[0]),
-        references_dir=lambda w, input: os.path.dirname(input.references[0]),
-    threads: threads_of("nested_selection")
-    resources:
-        **resources_of("nested_selection"),
     log:
         "logs/nested_selection.log",
     benchmark:
         "benchmarks/nested_selection.tsv"
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("nested_selection")
+    resources:
+        **resources_of("nested_selection"),
+    params:
+        ensemble_settings=selection_settings(),
+        refinement_settings=refinement_settings(),
+        anatomy=lambda w, input: as_json(dict(zip(cases("oof"), input.anatomy))),
+        images_dir=lambda w, input: os.path.dirname(input.images[0]),
+        references_dir=lambda w, input: os.path.dirname(input.references[0]),
     shell:
         "python -m workflow_scripts nested-selection --ensemble-settings {params.ensemble_settings:q} "
         "--refinement-settings {params.refinement_settings:q} --splits {input.splits} "

@@ -7,11 +7,29 @@ rule train_fold:
         "results/datasets/{configuration}/plans_summary.json",
     output:
         summary="results/training/{configuration}/fold_{fold}.json",
-        curves=report("results/training/{configuration}/fold_{fold}_curves.tsv", caption="report/training_curves.rst",
-                      category="Training", subcategory="{configuration}", labels={"fold": "{fold}", "kind": "table"}),
-        progress=report("results/training/{configuration}/fold_{fold}_progress.png",
-                        caption="report/training_progress.rst", category="Training", subcategory="{configuration}",
-                        labels={"fold": "{fold}", "kind": "plot"}),
+        curves=report(
+            "results/training/{configuration}/fold_{fold}_curves.tsv",
+            caption="report/training_curves.rst",
+            category="Training",
+            subcategory="{configuration}",
+            labels={"fold": "{fold}", "kind": "table"},
+        ),
+        progress=report(
+            "results/training/{configuration}/fold_{fold}_progress.png",
+            caption="report/training_progress.rst",
+            category="Training",
+            subcategory="{configuration}",
+            labels={"fold": "{fold}", "kind": "plot"},
+        ),
+    log:
+        "logs/train_fold/{configuration}/fold_{fold}.log",
+    benchmark:
+        "benchmarks/train_fold/{configuration}/fold_{fold}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("train_fold")
+    resources:
+        **resources_of("train_fold"),
     params:
         nnunet_root=NNUNET_ROOT,
         trainer=lambda w: configuration(w.configuration)["trainer"],
@@ -20,15 +38,6 @@ rule train_fold:
         validation=as_json({k: CONFIG["prediction"][k] for k in ("tile_step_size", "use_mirroring")}),
         device=CONFIG["compute"]["device"],
         augmentation_workers=CONFIG["compute"]["augmentation_workers"],
-    threads: threads_of("train_fold")
-    resources:
-        **resources_of("train_fold"),
-    log:
-        "logs/train_fold/{configuration}/fold_{fold}.log",
-    benchmark:
-        "benchmarks/train_fold/{configuration}/fold_{fold}.tsv"
-    conda:
-        "../envs/workflow.yaml"
     shell:
         "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root} --threads {threads} "
         "--augmentation-workers {params.augmentation_workers} --plans-summary {input} "

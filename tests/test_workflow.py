@@ -55,6 +55,12 @@ def test_nnunet_finds_trainers_by_name():
                                      "nnUNetTrainerAdam"]
 
 
+def test_snakefile_and_rules_are_snakefmt_formatted():
+    """snakefmt's layout (pyproject.toml: line length 120); `snakefmt Snakefile rules` applies it."""
+    result = run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO, check=False)
+    assert result.returncode == 0, f"run `snakefmt Snakefile rules`:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+
+
 def test_lint_is_clean(toy_workdir):
     result = snakemake(toy_workdir, "--lint", "--configfile", TOY_CONFIG)
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
