@@ -68,6 +68,16 @@ def combine(candidate: Candidate, maps: dict[str, tuple[np.ndarray, list[int]]])
     return probabilities, labels
 
 
+def candidate_segmentation(candidate: Candidate, maps: dict[str, tuple[np.ndarray, list[int]]], case: str,
+                           grid_shape: tuple[int, ...]) -> np.ndarray:
+    """The candidate's label map of one case (uint8, source label values), checked to lie on the reference grid."""
+    probabilities, labels = combine(candidate, maps)
+    if probabilities.shape[1:] != tuple(grid_shape):
+        raise ValueError(f"{case}: out-of-fold probabilities {probabilities.shape[1:]} are not on the "
+                         f"reference grid {tuple(grid_shape)}")
+    return labels_from_probabilities(probabilities, labels)
+
+
 def case_rows(case: str, reference: np.ndarray, segmentation: np.ndarray, classes: dict[str, int],
               conventions: Conventions) -> list[dict]:
     """Overlap and dilated Dice per class: what the selection metrics need, without the distances."""
@@ -99,11 +109,7 @@ def score_candidates(candidates: list[Candidate], cases: list[str], oof_dir: Pat
         maps = {name: read_probabilities(Path(oof_dir) / name / f"{case}.npz") for name in needed}
         reference = image_array(read_image(Path(references_dir) / f"{case}.nii.gz"))
         for candidate in candidates:
-            probabilities, labels = combine(candidate, maps)
-            if probabilities.shape[1:] != reference.shape:
-                raise ValueError(f"{case}: out-of-fold probabilities {probabilities.shape[1:]} are not on the "
-                                 f"reference grid {reference.shape}")
-            segmentation = labels_from_probabilities(probabilities, labels)
+            segmentation = candidate_segmentation(candidate, maps, case, reference.shape)
             rows += [{"candidate": candidate.name, **r}
                      for r in case_rows(case, reference, segmentation, classes, conventions)]
         del maps

@@ -15,23 +15,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.ensemble_selection import combine, enumerate_candidates, rank_candidates, score_candidates
-from workflow_scripts.io import (array_like, image_array, labels_from_probabilities, read_anatomy, read_image,
-                                  read_probabilities, write_image, write_table)
+from workflow_scripts.ensemble_selection import (candidate_segmentation, enumerate_candidates, rank_candidates,
+                                                 score_candidates)
+from workflow_scripts.io import (array_like, image_array, read_anatomy, read_image, read_probabilities, write_image,
+                                  write_table)
 from workflow_scripts.metrics import Conventions
-from workflow_scripts.refinement import ANATOMY_KINDS, anatomy_class_ids, refine
+from workflow_scripts.refinement import refine, rules_class_ids
 from workflow_scripts.refinement_selection import case_subset_rows, choose_rules
 
-STAGE = "oof_nested"
-
-
-def candidate_segmentation(candidate, case: str, oof_dir: Path, reference_image) -> np.ndarray:
+def read_segmentation(candidate, case: str, oof_dir: Path, reference_image) -> np.ndarray:
+    """One case's label map from the candidate, its configurations' out-of-fold probabilities read from disk."""
     needed = [m for m, _ in candidate.members] + [f[0] for f in candidate.fusions]
     maps = {name: read_probabilities(Path(oof_dir) / name / f"{case}.npz") for name in needed}
-    probabilities, labels = combine(candidate, maps)
-    if probabilities.shape[1:] != tuple(reversed(reference_image.GetSize())):
-        raise ValueError(f"{case}: out-of-fold probabilities {probabilities.shape[1:]} are not on the reference grid")
-    return labels_from_probabilities(probabilities, labels).astype(np.uint8)
+    return candidate_segmentation(candidate, maps, case, reference_image.GetSize()[::-1])
 
 
 def nested_selection(ensemble_settings: dict, refinement_settings: dict, folds: list[list[str]], oof_dir: Path,
@@ -57,15 +53,14 @@ def nested_selection(ensemble_settings: dict, refinement_settings: dict, folds: 
 
     # Refinement rules per fold, scored on the other folds' cases segmented by that fold's chosen ensemble.
     rules = refinement_settings["rules"]
-    class_ids = anatomy_class_ids(refinement_settings["task"]) if any(
-        r["kind"] in ANATOMY_KINDS for r in rules) else None
+    class_ids = rules_class_ids(rules, refinement_settings["task"])
     conventions = Conventions.from_settings(refinement_settings["conventions"])
     subset_rows = []
     for i, case in enumerate(cases, 1):
         reference_image = read_image(references_dir / f"{case}.nii.gz")
         reference = image_array(reference_image)
         for name in sorted({chosen[k] for k in range(len(folds)) if k != fold_of[case]}):
-            seg_image = array_like(candidate_segmentation(by_name[name], case, oof_dir, reference_image),
+            seg_image = array_like(read_segmentation(by_name[name], case, oof_dir, reference_image),
                                    reference_image)
             subset_rows += [{"candidate": name, **r} for r in case_subset_rows(
                 case, seg_image, anatomy_paths.get(case), image_dir / f"{case}.nii.gz", reference, rules, class_ids,
@@ -81,7 +76,7 @@ def nested_selection(ensemble_settings: dict, refinement_settings: dict, folds: 
         fold_rules = [rules[j] for j in kept]
         for case in fold:
             reference_image = read_image(references_dir / f"{case}.nii.gz")
-            segmentation = candidate_segmentation(by_name[chosen[k]], case, oof_dir, reference_image)
+            segmentation = read_segmentation(by_name[chosen[k]], case, oof_dir, reference_image)
             seg_image = array_like(segmentation, reference_image)
             refined, _ = refine(segmentation, read_anatomy(case, anatomy_paths.get(case), seg_image),
                                 image_array(read_image(image_dir / f"{case}.nii.gz")), seg_image.GetSpacing(),

@@ -76,6 +76,11 @@ def span_region(anatomy: np.ndarray, ids: list[int], margin_mm: float, spacing_x
     return region
 
 
+def rules_class_ids(rules: list[dict], task: str) -> dict[str, int] | None:
+    """TotalSegmentator class ids of ``task`` where a rule reads the anatomy map, else None."""
+    return anatomy_class_ids(task) if any(r["kind"] in ANATOMY_KINDS for r in rules) else None
+
+
 def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarray | None,
            spacing_xyz: tuple[float, float, float], rules: list[dict], class_ids: dict[str, int] | None,
            case: str = "", direction: tuple[float, ...] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
@@ -129,7 +134,7 @@ def refine_case(case: str, segmentation_path: Path, anatomy_path: Path | None, i
     seg_image = read_image(segmentation_path)
     anatomy = read_anatomy(case, anatomy_path, seg_image)
     image = image_array(read_image(image_path))
-    class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] in ANATOMY_KINDS for r in rules) else None
+    class_ids = rules_class_ids(rules, anatomy_task)
     refined, removed = refine(image_array(seg_image), anatomy, image, seg_image.GetSpacing(), rules,
                               class_ids, case, seg_image.GetDirection())
     write_image(array_like(refined.astype(np.uint8), seg_image), out_segmentation)

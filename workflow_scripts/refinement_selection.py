@@ -16,7 +16,7 @@ import pandas as pd
 from workflow_scripts.ensemble_selection import candidate_score, case_rows
 from workflow_scripts.io import image_array, read_anatomy, read_image, write_json, write_table
 from workflow_scripts.metrics import Conventions, union_crop
-from workflow_scripts.refinement import ANATOMY_KINDS, anatomy_class_ids, refine
+from workflow_scripts.refinement import refine, rules_class_ids
 
 APPLY_MODES = ("always", "if_improves")
 MAX_RULES = 8  # every subset is scored: 2^8 subsets per case at most
@@ -61,7 +61,7 @@ def score_subsets(cases: list[str], segmentation_dir: Path, anatomy_paths: dict[
                   image_dir: Path, reference_dir: Path, rules: list[dict], anatomy_task: str,
                   classes: dict[str, int], conventions: Conventions) -> pd.DataFrame:
     """Per rule subset, case and class: overlap and dilated Dice after removing what the subset removes."""
-    class_ids = anatomy_class_ids(anatomy_task) if any(r["kind"] in ANATOMY_KINDS for r in rules) else None
+    class_ids = rules_class_ids(rules, anatomy_task)
     n_subsets = len(rule_subsets(len(rules)))
     rows = []
     for i, case in enumerate(cases, 1):
