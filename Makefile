@@ -11,7 +11,6 @@ install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
-	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 resources/toy/toy_dataset.json: | $(VENV)/.installed

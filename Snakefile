@@ -13,6 +13,10 @@ report: "rules/report/workflow.rst"
 include: "rules/common.smk"
 
 
+envvars:
+    "PYTHONPATH",  # set by common.smk to this checkout, passed on to every job
+
+
 wildcard_constraints:
     case=_alternatives(TRAIN_CASES + TEST_CASES),
     configuration=_alternatives(CONFIGURATIONS),

@@ -8,7 +8,10 @@ import sys
 import yaml
 from snakemake.exceptions import WorkflowError
 
-sys.path.insert(0, workflow.basedir)  # this checkout's package; jobs import the installed one (pip install -e .)
+# One package, this checkout's: imported here at parse time and by every job through PYTHONPATH (jobs inherit
+# this environment: local jobs, SLURM jobs as sbatch exports it, conda envs as activation keeps it).
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 from workflow_scripts.config import (
     BUNDLE_MANIFEST,
     RESERVED_STAGES,
@@ -106,6 +109,14 @@ def reference_dir(split):
     return CONFIG["data"]["labels_tr"] if split == "oof" else CONFIG["data"]["labels_ts"]
 
 
+def references(split):
+    return [f"{reference_dir(split)}/{case}.nii.gz" for case in cases(split)]
+
+
+def images(split):
+    return [image_path(case) for case in cases(split)]
+
+
 def configuration(name):
     return CONFIG["configurations"][name]
 
@@ -144,8 +155,15 @@ def training_summaries(name):
     )
 
 
+PREDICTIONS = "results/predictions"
+
+
 def prediction(split, stage, case, ext="nii.gz"):
-    return f"results/predictions/{split}/{stage}/{case}.{ext}"
+    return f"{PREDICTIONS}/{split}/{stage}/{case}.{ext}"
+
+
+def oof_probabilities():
+    return [prediction("oof", c, case, "npz") for c in ensemble_configurations() for case in cases("oof")]
 
 
 def anatomy_map(case):
@@ -233,7 +251,7 @@ def metric_tables():
 def stage_predictions(split, stage):
     """What evaluate_stage reads: the stage's segmentation of every case (the nested stage's folder as a whole)."""
     if stage == NESTED_STAGE:
-        return [f"results/predictions/oof/{NESTED_STAGE}"]
+        return [f"{PREDICTIONS}/oof/{NESTED_STAGE}"]
     return [prediction(split, stage, c) for c in cases(split)]
 
 

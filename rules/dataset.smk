@@ -4,6 +4,7 @@
 rule make_splits:
     input:
         qc="results/qc/qc_table.tsv",
+        references=lambda w: references("oof"),
         patients=CONFIG["data"]["patients"] or [],
     output:
         "results/splits/splits_final.json",
@@ -12,21 +13,19 @@ rule make_splits:
     conda:
         "../envs/workflow.yaml"
     params:
-        cases=lambda w: " ".join(cases("oof")),
-        labels_dir=CONFIG["data"]["labels_tr"],
         labels=as_json(CONFIG["labels"]),
-        n_folds=CONFIG["splits"]["n_folds"],
-        seed=CONFIG["splits"]["seed"],
+        settings=as_json(CONFIG["splits"]),
         patients=lambda w, input: f"--patients {input.patients}" if input.patients else "",
     shell:
-        "python -m workflow_scripts make-splits --cases {params.cases} --labels-dir {params.labels_dir} "
-        "--labels {params.labels:q} --n-folds {params.n_folds} --seed {params.seed} {params.patients} "
-        "--out {output} > {log} 2>&1"
+        "python -m workflow_scripts make-splits --references {input.references} --labels {params.labels:q} "
+        "--settings {params.settings:q} {params.patients} --out {output} > {log} 2>&1"
 
 
 rule convert_dataset:
     input:
-        "results/qc/qc_table.tsv",
+        qc="results/qc/qc_table.tsv",
+        images=lambda w: images("oof"),
+        references=lambda w: references("oof"),
     output:
         "results/datasets/{configuration}/dataset_summary.json",
     log:
@@ -39,17 +38,12 @@ rule convert_dataset:
     resources:
         **resources_of("convert_dataset"),
     params:
-        cases=lambda w: " ".join(cases("oof")),
         nnunet_root=NNUNET_ROOT,
-        images_dir=images_dir("oof"),
-        labels_dir=CONFIG["data"]["labels_tr"],
-        dataset_id=lambda w: configuration(w.configuration)["dataset_id"],
-        label_mapping=lambda w: as_json(configuration(w.configuration)["label_mapping"]),
+        settings=lambda w: as_json(configuration(w.configuration)),
     shell:
-        "python -m workflow_scripts convert-dataset --nnunet-root {params.nnunet_root} --cases {params.cases} "
-        "--images-dir {params.images_dir} --labels-dir {params.labels_dir} "
-        "--dataset-id {params.dataset_id} --name {wildcards.configuration} "
-        "--label-mapping {params.label_mapping:q} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts convert-dataset --nnunet-root {params.nnunet_root} --images {input.images} "
+        "--references {input.references} --name {wildcards.configuration} --settings {params.settings:q} "
+        "--out {output} > {log} 2>&1"
 
 
 rule plan_and_preprocess:
@@ -69,12 +63,7 @@ rule plan_and_preprocess:
         **resources_of("plan_and_preprocess"),
     params:
         nnunet_root=NNUNET_ROOT,
-        dataset_id=lambda w: configuration(w.configuration)["dataset_id"],
-        planner=lambda w: configuration(w.configuration)["planner"],
-        target_spacing=lambda w: as_json(configuration(w.configuration).get("target_spacing")),
-        overrides=lambda w: as_json(configuration(w.configuration).get("plans_overrides", {})),
+        settings=lambda w: as_json(configuration(w.configuration)),
     shell:
         "python -m workflow_scripts plan-and-preprocess --nnunet-root {params.nnunet_root} --threads {threads} "
-        "--dataset-id {params.dataset_id} --planner {params.planner} "
-        "--target-spacing {params.target_spacing:q} --plans-overrides {params.overrides:q} "
-        "--splits {input.splits} --out {output} > {log} 2>&1"
+        "--settings {params.settings:q} --splits {input.splits} --out {output} > {log} 2>&1"

@@ -5,12 +5,8 @@
 
 rule select_ensemble:
     input:
-        probabilities=lambda w: expand(
-            "results/predictions/oof/{configuration}/{case}.npz",
-            configuration=ensemble_configurations(),
-            case=cases("oof"),
-        ),
-        references=lambda w: expand("{folder}/{case}.nii.gz", folder=CONFIG["data"]["labels_tr"], case=cases("oof")),
+        probabilities=lambda w: oof_probabilities(),
+        references=lambda w: references("oof"),
     output:
         table=report("results/ensemble/candidates.tsv", caption="report/ensemble_candidates.rst", category="Ensemble"),
         selection="results/ensemble/selected.json",
@@ -25,20 +21,18 @@ rule select_ensemble:
         **resources_of("select_ensemble"),
     params:
         settings=selection_settings(),
-        cases=lambda w: " ".join(cases("oof")),
-        references_dir=lambda w, input: os.path.dirname(input.references[0]),
     shell:
-        "python -m workflow_scripts select-ensemble --settings {params.settings:q} --cases {params.cases} "
-        "--oof-dir results/predictions/oof --references-dir {params.references_dir} --out-table {output.table} "
-        "--out-selection {output.selection} > {log} 2>&1"
+        "python -m workflow_scripts select-ensemble --settings {params.settings:q} --references {input.references} "
+        "--probabilities {input.probabilities} --out-table {output.table} --out-selection {output.selection} "
+        "> {log} 2>&1"
 
 
 rule ensemble_case:
     input:
         unpack(ensemble_inputs),
     output:
-        npz="results/predictions/{split}/ensemble/{case}.npz",
-        seg="results/predictions/{split}/ensemble/{case}.nii.gz",
+        npz=prediction("{split}", "ensemble", "{case}", "npz"),
+        seg=prediction("{split}", "ensemble", "{case}"),
     log:
         "logs/ensemble_case/{split}/{case}.log",
     benchmark:
@@ -52,5 +46,4 @@ rule ensemble_case:
         **resources_of("ensemble_case"),
     shell:
         "python -m workflow_scripts ensemble-case --case {wildcards.case} --selection {input.selection} "
-        "--predictions-dir results/predictions/{wildcards.split} --image {input.image} "
-        "--out-dir results/predictions/{wildcards.split}/ensemble > {log} 2>&1"
+        "--probabilities {input.probabilities} --image {input.image} --out {output.npz} > {log} 2>&1"

@@ -5,7 +5,7 @@
 rule evaluate_stage:
     input:
         predictions=lambda w: stage_predictions(w.split, w.stage),
-        references=lambda w: [f"{reference_dir(w.split)}/{c}.nii.gz" for c in cases(w.split)],
+        references=lambda w: references(w.split),
     output:
         report(
             "results/metrics/{split}/{stage}.tsv",
@@ -24,14 +24,12 @@ rule evaluate_stage:
     resources:
         **resources_of("evaluate_stage"),
     params:
-        cases=lambda w: " ".join(cases(w.split)),
         classes=lambda w: as_json(stage_classes(w.stage)),
-        reference_dir=lambda w: reference_dir(w.split),
         settings=as_json(CONFIG["evaluation"]),
     shell:
-        "python -m workflow_scripts evaluate-stage --split {wildcards.split} --stage {wildcards.stage} --cases {params.cases} "
-        "--prediction-dir results/predictions/{wildcards.split}/{wildcards.stage} "
-        "--reference-dir {params.reference_dir} --classes {params.classes:q} --settings {params.settings:q} "
+        "python -m workflow_scripts evaluate-stage --split {wildcards.split} --stage {wildcards.stage} "
+        "--predictions {input.predictions} --references {input.references} --classes {params.classes:q} "
+        "--settings {params.settings:q} "
         "--out {output} > {log} 2>&1"
 
 
@@ -77,7 +75,7 @@ rule summarize_metrics:
         settings=as_json(CONFIG["evaluation"]),
         biased=",".join(selection_biased_stages()),
     shell:
-        "python -m workflow_scripts summarize-metrics --out-dir results/metrics --settings {params.settings:q} "
+        "python -m workflow_scripts summarize-metrics --summary {output.summary} --settings {params.settings:q} "
         "--selection-biased={params.biased:q} "
         "{input} > {log} 2>&1"
 
@@ -95,5 +93,5 @@ rule summarize_runtime:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts summarize-runtime --benchmarks benchmarks --jobs {output.jobs} "
+        "python -m workflow_scripts summarize-runtime --benchmarks $(find benchmarks -name '*.tsv' | sort) --jobs {output.jobs} "
         "--summary {output.summary} --figure {output.figure} > {log} 2>&1"

@@ -8,8 +8,8 @@ rule gather_oof:
         summaries=lambda w: [s for c in CONFIGURATIONS for s in training_summaries(c)],
         image=lambda w: image_path(w.case),
     output:
-        npz=expand("results/predictions/oof/{configuration}/{{case}}.npz", configuration=CONFIGURATIONS),
-        seg=expand("results/predictions/oof/{configuration}/{{case}}.nii.gz", configuration=CONFIGURATIONS),
+        npz=[prediction("oof", c, "{case}", "npz") for c in CONFIGURATIONS],
+        seg=[prediction("oof", c, "{case}") for c in CONFIGURATIONS],
     log:
         "logs/gather_oof/{case}.log",
     benchmark:
@@ -24,8 +24,8 @@ rule gather_oof:
         channel_labels=lambda w: as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
     shell:
         "python -m workflow_scripts gather-oof --training-summaries {params.summaries:q} "
-        "--class-label-values {params.channel_labels:q} --case {wildcards.case} --image {input.image} "
-        "--out-dir results/predictions/oof > {log} 2>&1"
+        "--channel-labels {params.channel_labels:q} --case {wildcards.case} --image {input.image} "
+        "--out {output.npz} > {log} 2>&1"
 
 
 rule predict_test:
@@ -34,12 +34,12 @@ rule predict_test:
         selection=chosen_ensemble(),
         images=[image_path(case) for case in TEST_CASES],
     output:
-        expand(
-            "results/predictions/test/{stage}/{case}.{ext}",
-            stage=CONFIGURATIONS + ["ensemble"],
-            case=TEST_CASES,
-            ext=["npz", "nii.gz"] if CONFIG["prediction"]["save_probabilities"] else ["nii.gz"],
-        ),
+        [
+            prediction("test", stage, case, ext)
+            for stage in CONFIGURATIONS + ["ensemble"]
+            for case in TEST_CASES
+            for ext in (["npz", "nii.gz"] if CONFIG["prediction"]["save_probabilities"] else ["nii.gz"])
+        ],
     log:
         "logs/predict_test.log",
     benchmark:
@@ -51,15 +51,13 @@ rule predict_test:
         **resources_of("predict_test"),
     params:
         nnunet_root=NNUNET_ROOT,
-        images_dir=lambda w, input: os.path.dirname(input.images[0]),
         models=model_arguments(),
         configurations=" ".join(CONFIGURATIONS),
         channel_labels=as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
-        cases=" ".join(TEST_CASES),
         device=CONFIG["compute"]["device"],
         settings=as_json(CONFIG["prediction"]),
     shell:
         "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} {params.models} "
         "--configurations {params.configurations} --selection {input.selection} "
-        "--channel-labels {params.channel_labels:q} --settings {params.settings:q} --cases {params.cases} "
-        "--images-dir {params.images_dir} --device {params.device} --out-dir results/predictions/test > {log} 2>&1"
+        "--channel-labels {params.channel_labels:q} --settings {params.settings:q} --images {input.images} "
+        "--device {params.device} --outputs {output} > {log} 2>&1"

@@ -50,8 +50,7 @@ checkpoint qc_report:
     conda:
         "../envs/workflow.yaml"
     params:
-        exclude=as_json(CONFIG["qc"]["exclude"]),
-        allow=as_json(CONFIG["qc"]["allow"]),
+        settings=as_json(CONFIG["qc"]),
         orphan_labels=as_json(ORPHAN_LABELS),
         misnamed=as_json({name: path for name, (split, path) in MISNAMED.items()}),
         pattern=CONFIG["data"]["case_pattern"],
@@ -63,10 +62,9 @@ checkpoint qc_report:
             }
         ),
         labels=as_json(CONFIG["labels"]),
-        on_error=CONFIG["qc"]["on_error"],
     shell:
-        "python -m workflow_scripts qc-aggregate --out {output.table} --exclude {params.exclude:q} "
-        "--allow {params.allow:q} --orphan-labels {params.orphan_labels:q} "
+        "python -m workflow_scripts qc-aggregate --out {output.table} --settings {params.settings:q} "
+        "--orphan-labels {params.orphan_labels:q} "
         "--misnamed {params.misnamed:q} --case-pattern {params.pattern:q} --tables {input.tables} "
         "--measurements {input.measurements} --splits {params.splits:q} --labels {params.labels:q} "
-        "--summary {output.summary} --figure {output.figure} --on-error {params.on_error} --passing {output.cases} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "--summary {output.summary} --figure {output.figure} --passing {output.cases} > {log} 2>&1 || (cat {log} >&2; exit 1)"

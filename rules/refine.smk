@@ -17,14 +17,11 @@ rule segment_anatomy:
     resources:
         **resources_of("segment_anatomy"),
     params:
-        home=CONFIG["anatomy"].get("totalseg_home", ""),
-        task=CONFIG["anatomy"]["task"],
-        fast="--fast" if CONFIG["anatomy"]["fast"] else "--no-fast",
-        roi_subset=as_json(CONFIG["anatomy"]["roi_subset"]),
+        settings=as_json(CONFIG["anatomy"]),
         device="gpu" if resources_of("segment_anatomy")["gpu"] else "cpu",
     shell:
-        "python -m workflow_scripts segment-anatomy --image {input} --out {output} --home {params.home} --task {params.task} "
-        "{params.fast} --roi-subset {params.roi_subset:q} --device {params.device} --threads {threads} "
+        "python -m workflow_scripts segment-anatomy --image {input} --out {output} --settings {params.settings:q} "
+        "--device {params.device} --threads {threads} "
         "> {log} 2>&1"
 
 
@@ -32,8 +29,8 @@ rule select_refinement:
     input:
         segmentations=lambda w: [prediction("oof", "ensemble", case) for case in cases("oof")],
         anatomy=lambda w: [anatomy_map(case) for case in cases("oof")],
-        images=lambda w: [image_path(case) for case in cases("oof")],
-        references=lambda w: [f"{reference_dir('oof')}/{case}.nii.gz" for case in cases("oof")],
+        images=lambda w: images("oof"),
+        references=lambda w: references("oof"),
     output:
         table=report(
             "results/refinement/rule_subsets.tsv", caption="report/refinement_rules.rst", category="Refinement"
@@ -50,26 +47,20 @@ rule select_refinement:
         **resources_of("select_refinement"),
     params:
         settings=refinement_settings(),
-        cases=lambda w: " ".join(cases("oof")),
-        anatomy=lambda w, input: as_json(dict(zip(cases("oof"), input.anatomy))),
-        images_dir=lambda w, input: os.path.dirname(input.images[0]),
-        references_dir=lambda w, input: os.path.dirname(input.references[0]),
-        segmentation_dir=lambda w, input: os.path.dirname(input.segmentations[0]),
     shell:
-        "python -m workflow_scripts select-refinement --settings {params.settings:q} --cases {params.cases} "
-        "--segmentation-dir {params.segmentation_dir} --anatomy {params.anatomy:q} --images-dir {params.images_dir} "
-        "--references-dir {params.references_dir} --out-table {output.table} --out-selection {output.selection} "
-        "> {log} 2>&1"
+        "python -m workflow_scripts select-refinement --settings {params.settings:q} --segmentations {input.segmentations} "
+        "--anatomy {input.anatomy} --images {input.images} --references {input.references} "
+        "--out-table {output.table} --out-selection {output.selection} > {log} 2>&1"
 
 
 rule refine_case:
     input:
-        seg="results/predictions/{split}/ensemble/{case}.nii.gz",
+        seg=prediction("{split}", "ensemble", "{case}"),
         anatomy=lambda w: anatomy_map(w.case),
         image=lambda w: image_path(w.case),
         selection=chosen_refinement(),
     output:
-        seg="results/predictions/{split}/refined/{case}.nii.gz",
+        seg=prediction("{split}", "refined", "{case}"),
         removed="results/refinement/{split}/{case}.tsv",
     log:
         "logs/refine_case/{split}/{case}.log",
@@ -115,30 +106,23 @@ rule tumour_burden:
     resources:
         **resources_of("tumour_burden"),
     params:
-        cases=lambda w: " ".join(cases(w.split)),
-        anatomy=lambda w, input: as_json(dict(zip(cases(w.split), input.anatomy))),
         classes=as_json(stage_classes("refined")),
         task=CONFIG["anatomy"]["task"],
-        segmentation_dir=lambda w, input: os.path.dirname(input.segmentations[0]),
     shell:
-        "python -m workflow_scripts tumour-burden --cases {params.cases} --segmentation-dir {params.segmentation_dir} "
-        "--anatomy {params.anatomy:q} --classes {params.classes:q} --task {params.task} "
+        "python -m workflow_scripts tumour-burden --segmentations {input.segmentations} "
+        "--anatomy {input.anatomy} --classes {params.classes:q} --task {params.task} "
         "--out-lesions {output.lesions} --out-burden {output.burden} > {log} 2>&1"
 
 
 rule nested_selection:
     input:
-        probabilities=lambda w: expand(
-            "results/predictions/oof/{configuration}/{case}.npz",
-            configuration=ensemble_configurations(),
-            case=cases("oof"),
-        ),
-        references=lambda w: [f"{reference_dir('oof')}/{case}.nii.gz" for case in cases("oof")],
+        probabilities=lambda w: oof_probabilities(),
+        references=lambda w: references("oof"),
         anatomy=lambda w: [anatomy_map(case) for case in cases("oof")],
-        images=lambda w: [image_path(case) for case in cases("oof")],
+        images=lambda w: images("oof"),
         splits="results/splits/splits_final.json",
     output:
-        segmentations=directory(f"results/predictions/oof/{NESTED_STAGE}"),
+        segmentations=directory(f"{PREDICTIONS}/oof/{NESTED_STAGE}"),
         table=report("results/nested/folds.tsv", caption="report/nested_folds.rst", category="Ensemble"),
     log:
         "logs/nested_selection.log",
@@ -152,12 +136,9 @@ rule nested_selection:
     params:
         ensemble_settings=selection_settings(),
         refinement_settings=refinement_settings(),
-        anatomy=lambda w, input: as_json(dict(zip(cases("oof"), input.anatomy))),
-        images_dir=lambda w, input: os.path.dirname(input.images[0]),
-        references_dir=lambda w, input: os.path.dirname(input.references[0]),
     shell:
         "python -m workflow_scripts nested-selection --ensemble-settings {params.ensemble_settings:q} "
         "--refinement-settings {params.refinement_settings:q} --splits {input.splits} "
-        "--oof-dir results/predictions/oof --anatomy {params.anatomy:q} --images-dir {params.images_dir} "
-        "--references-dir {params.references_dir} --out-dir {output.segmentations} --out-table {output.table} "
+        "--references {input.references} --probabilities {input.probabilities} --anatomy {input.anatomy} "
+        "--images {input.images} --out-dir {output.segmentations} --out-table {output.table} "
         "> {log} 2>&1"

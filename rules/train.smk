@@ -32,16 +32,15 @@ rule train_fold:
         **resources_of("train_fold"),
     params:
         nnunet_root=NNUNET_ROOT,
-        trainer=lambda w: configuration(w.configuration)["trainer"],
-        settings=lambda w: as_json(configuration(w.configuration).get("trainer_settings", {})),
+        settings=lambda w: as_json(configuration(w.configuration)),
         # Out-of-fold predictions made as the new cases' are: the ensemble and refinement are chosen on them.
-        validation=as_json({k: CONFIG["prediction"][k] for k in ("tile_step_size", "use_mirroring")}),
+        validation=as_json(CONFIG["prediction"]),
         device=CONFIG["compute"]["device"],
         augmentation_workers=CONFIG["compute"]["augmentation_workers"],
     shell:
         "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root} --threads {threads} "
         "--augmentation-workers {params.augmentation_workers} --plans-summary {input} "
-        "--trainer {params.trainer} --fold {wildcards.fold} --settings {params.settings:q} "
+        "--fold {wildcards.fold} --settings {params.settings:q} "
         "--validation {params.validation:q} --device {params.device} --out {output.summary} "
         "--curves {output.curves} --progress {output.progress} "
         "> {log} 2>&1"

@@ -1,3 +1,4 @@
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -6,6 +7,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# Commands the tests run in other folders import this checkout's package, as the workflow's jobs do.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 TOTALSEG_EXAMPLE = REPO / "tests" / "data" / "totalseg_example"  # Apache-2.0, see its README
 
 

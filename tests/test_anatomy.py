@@ -23,23 +23,24 @@ def totalseg_home(tmp_path_factory):
     return build_tiny_totalseg_home(tmp_path_factory.mktemp("totalseg_home"), predicted_class="liver")
 
 
-def segment(image, out, home, *extra):
+def segment(image, out, home, **settings):
+    """The verb with a partial anatomy section, as a user would call it: the schema fills task and the rest."""
     env = {**os.environ, **OFFLINE}
     env.pop("TOTALSEG_HOME_DIR", None)
+    section = json.dumps({"source": "totalsegmentator", "totalseg_home": str(home), **settings})
     return subprocess.run([sys.executable, "-m", "workflow_scripts", "segment-anatomy", "--image", str(image),
-                           "--out", str(out), "--home", str(home), "--task", "total", "--device", "cpu",
-                           "--threads", "1", *extra], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           "--out", str(out), "--settings", section, "--device", "cpu", "--threads", "1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.smoke  # runs a TotalSegmentator model
-@pytest.mark.parametrize("options", [["--fast"], ["--fast", "--roi-subset", '["liver"]']],
+@pytest.mark.parametrize("options", [{"fast": True}, {"fast": True, "roi_subset": ["liver"]}],
                          ids=["fast", "fast-roi-subset"])
 def test_real_totalsegmentator_runs_offline_on_the_image_grid(totalseg_home, totalseg_example, tmp_path, options):
     """With a roi_subset TotalSegmentator first crops with its 6 mm model (also built by the fixture)."""
     image = totalseg_example / "example_ct_sm.nii.gz"
     out = tmp_path / "anatomy.nii.gz"
-    result = segment(image, out, totalseg_home, *options)
+    result = segment(image, out, totalseg_home, **options)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ct, anatomy = sitk.ReadImage(str(image)), sitk.ReadImage(str(out))
     assert anatomy.GetSize() == ct.GetSize()
@@ -54,7 +55,7 @@ def test_real_totalsegmentator_runs_offline_on_the_image_grid(totalseg_home, tot
 
 def test_missing_weights_fail_before_any_download(tmp_path, totalseg_example):
     out = tmp_path / "anatomy.nii.gz"
-    result = segment(totalseg_example / "example_ct_sm.nii.gz", out, tmp_path / "empty_home", "--no-fast")
+    result = segment(totalseg_example / "example_ct_sm.nii.gz", out, tmp_path / "empty_home", fast=False)
     assert result.returncode != 0 and not out.exists()
     assert "totalseg_download_weights -t total" in result.stderr
     assert "Dataset291_TotalSegmentator_part1_organs_1559subj" in result.stderr

@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts.config import ConfigError, discover_cases, rule_resources, validate_config
+from workflow_scripts.config import (README, ConfigError, config_readme, discover_cases, refinement_rules,
+                                     rule_resources, section_settings, validate_config)
+from workflow_scripts.metrics import Conventions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,6 +43,10 @@ def test_real_template_is_valid_once_its_folders_exist(tmp_path):
      "must use every label"),
     (lambda c: c["configurations"]["metastasis_only"].update(folds=[0, 1]), "need every fold"),
     (lambda c: c["configurations"].update(ensemble=c["configurations"].pop("metastasis_only")), "reserved"),
+    (lambda c: c["refinement"]["rules"].append({"name": "bone", "kind": "drop_inside"}),
+     "refinement.rules.3: 'structures' is a required property"),
+    (lambda c: c["refinement"]["rules"].append({"name": "small", "kind": "drop_smaller_than"}),
+     "refinement.rules.3: 'min_volume_mm3' is a required property"),
 ])
 def test_config_errors_name_the_key(toy_config, edit, expected):
     config = copy.deepcopy(toy_config)
@@ -92,3 +98,38 @@ def test_excluded_cases_leave_every_list_and_orphan_labels_are_found(toy_config,
     config["qc"] = {"exclude": {"toy_100": "a", "toy_101": "b"}}
     with pytest.raises(ConfigError, match="no case left in .*: every image is in qc.exclude or named off"):
         input_cases(validate_config(config))
+
+
+def test_config_readme_tables_are_the_schemas():
+    """config/README.md's tables are generated from the schema (`python -m workflow_scripts config-readme`), and
+    every key there has a description."""
+    text = README.read_text()
+    assert config_readme(text) == text, "run: python -m workflow_scripts config-readme"
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) > 70
+    assert not [row for row in rows if row.rstrip().endswith("|  |")]
+
+
+def test_defaults_come_from_the_schema_only(toy_config):
+    """A section left out, or given in part, is completed from the schema: refinement rules by kind, resources,
+    splits, the metric conventions."""
+    config = copy.deepcopy(toy_config)
+    del config["splits"], config["compute"]["resources"]
+    config["refinement"]["rules"] = [{"name": "bone", "kind": "drop_inside", "structures": ["sacrum"]},
+                                     {"name": "body", "kind": "drop_outside_body"},
+                                     {"name": "span", "kind": "keep_within_span", "structures": ["liver"]}]
+    validated = validate_config(config)
+    assert validated["splits"] == {"n_folds": 5, "seed": 0}
+    assert rule_resources(validated, "train_fold") == {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": False}
+    bone, body, span = validated["refinement"]["rules"]
+    assert bone["min_fraction"] == 0.5 and "body_hu" not in bone and "margin_mm" not in bone
+    assert body == {"name": "body", "kind": "drop_outside_body", "body_hu": -500.0, "min_fraction": 0.5}
+    assert span["margin_mm"] == 0.0 and span["min_fraction"] == 0.5
+    assert refinement_rules([{"name": "body", "kind": "drop_outside_body"}]) == [body]
+    assert section_settings("qc", {"min_component_mm3": 30})["slice_thickness_mm"] == [0.5, 5.0]
+    assert section_settings("data.dicom")["series"] == "most_slices"
+    assert Conventions.from_settings({"hd_percentile": 90}).nsd_tolerances_mm == (1.0, 2.0)
+    with pytest.raises(TypeError):
+        Conventions()  # no defaults of its own
+    with pytest.raises(ConfigError, match="qc.min_component_mm3: -1 is less than the minimum"):
+        section_settings("qc", {"min_component_mm3": -1})

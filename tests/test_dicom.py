@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dicom_fixture import SYNTHETIC_PATIENT_TAGS, phantom_hu, write_series
-from workflow_scripts.config import ConfigError, discover_cases, section_defaults
+from workflow_scripts.config import ConfigError, discover_cases, section_settings
 from workflow_scripts.dicom import DicomError, convert_series_folder, inspect_slices
 from workflow_scripts.qc import write_case_qc
 
@@ -46,7 +46,7 @@ def test_a_series_converts_to_what_itk_reads_and_carries_no_patient_tag(tmp_path
 
 def qc_rows(tmp_path, case="case_1"):
     table = write_case_qc(case, tmp_path / f"{case}.nii.gz", None, [0, 1, 2], tmp_path / "qc.tsv",
-                          {**section_defaults("qc"), "min_field_of_view_mm": 10},
+                          {**section_settings("qc"), "min_field_of_view_mm": 10},
                           dicom_findings=tmp_path / f"{case}.json")
     return table.set_index("check")
 

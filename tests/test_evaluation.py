@@ -28,7 +28,7 @@ def test_evaluate_stage_per_case_and_class_in_physical_units(tmp_path):
     write(ref, tmp_path / "ref/c1.nii.gz")
     write(pred, tmp_path / "pred/c1.nii.gz")
     table = evaluate_stage("oof", "ensemble", ["c1"], tmp_path / "pred", tmp_path / "ref",
-                           {"primary": 1, "metastasis": 2}, Conventions())
+                           {"primary": 1, "metastasis": 2}, Conventions.from_settings())
     assert list(table["dice"]) == pytest.approx([2 * 16 / 48, 0.0])
     assert list(table["reference_voxels"]) == [32, 0] and list(table["predicted_voxels"]) == [16, 1]
     voxel_ml = 0.8 * 0.8 * 2.5 / 1000
@@ -46,7 +46,7 @@ def test_evaluate_stage_rejects_a_prediction_on_another_grid(tmp_path):
     write(np.zeros((4, 4, 4)), tmp_path / "ref/c1.nii.gz")
     write(np.zeros((4, 4, 4)), tmp_path / "pred/c1.nii.gz", spacing=(1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="ensemble/c1: prediction grid .* differs from the reference grid"):
-        evaluate_stage("oof", "ensemble", ["c1"], tmp_path / "pred", tmp_path / "ref", {"primary": 1}, Conventions())
+        evaluate_stage("oof", "ensemble", ["c1"], tmp_path / "pred", tmp_path / "ref", {"primary": 1}, Conventions.from_settings())
 
 
 def test_holm_correction_by_hand():
@@ -93,7 +93,7 @@ def test_summary_tables_and_figure(tmp_path):
     assert list(summary["n"]) == [2, 1]
     assert summary["iqr"].iloc[0] == pytest.approx(0.1)
     table.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
-    tables = write_summary([tmp_path / "t.tsv"], tmp_path / "out", Conventions(nsd_tolerances_mm=(1.0,)), 1)
+    tables = write_summary([tmp_path / "t.tsv"], tmp_path / "out", Conventions.from_settings({"nsd_tolerances_mm": [1.0]}), 1)
     assert (tmp_path / "out/metrics.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("summary", "comparisons", "pinkcc", "worst_cases"):
         assert (tmp_path / f"out/{name}.tsv").exists()

@@ -9,7 +9,7 @@ from reference_metrics import reference_surface_metrics
 from workflow_scripts.metrics import (Conventions, border, class_metrics, dilate_cube, lesion_metrics, pinkcc_score,
                                       surface_metrics, union_crop)
 
-CONVENTIONS = Conventions()
+CONVENTIONS = Conventions.from_settings()
 
 
 def ball(shape, centre, radius, spacing=(1.0, 1.0, 1.0)):
@@ -22,13 +22,13 @@ def test_one_voxel_objects_anisotropic_exact_distances():
     pred = np.zeros_like(ref)
     ref[2, 5, 5] = True
     pred[5, 5, 5] = True  # 3 slices apart at 2.5 mm: 7.5 mm
-    m = class_metrics(ref, pred, (2.5, 0.8, 0.8), Conventions(nsd_tolerances_mm=(7.0, 7.5)))
+    m = class_metrics(ref, pred, (2.5, 0.8, 0.8), Conventions.from_settings({"nsd_tolerances_mm": [7.0, 7.5]}))
     assert m["hd95_mm"] == pytest.approx(7.5) and m["assd_mm"] == pytest.approx(7.5)
     assert m["nsd_7mm"] == 0.0 and m["nsd_7.5mm"] == 1.0
     assert m["dice"] == 0.0 and m["iou"] == 0.0
     assert m["lesions_detected"] == 0 and m["lesions_missed"] == 1 and m["lesions_false"] == 1
     pred[2, 5, 6] = True  # in-plane neighbour at 0.8 mm, same component as nothing else
-    m = class_metrics(ref, pred, (2.5, 0.8, 0.8), Conventions(nsd_tolerances_mm=(1.0,)))
+    m = class_metrics(ref, pred, (2.5, 0.8, 0.8), Conventions.from_settings({"nsd_tolerances_mm": [1.0]}))
     # pred border {7.5, 0.8} to ref, ref border {0.8} to pred: ASSD = (7.5 + 0.8 + 0.8) / 3
     assert m["assd_mm"] == pytest.approx((7.5 + 0.8 + 0.8) / 3)
     assert m["nsd_1mm"] == pytest.approx(2 / 3)
@@ -39,7 +39,7 @@ def test_concentric_balls_have_the_radius_difference_as_distance():
     shape = (40, 120, 120)
     centre = (20, 60, 60)
     ref, pred = ball(shape, centre, 20.0, spacing), ball(shape, centre, 26.0, spacing)
-    m = class_metrics(ref, pred, spacing, Conventions(nsd_tolerances_mm=(4.0, 8.0)))
+    m = class_metrics(ref, pred, spacing, Conventions.from_settings({"nsd_tolerances_mm": [4.0, 8.0]}))
     # Voxelised spheres: distances are 6 mm up to about one voxel diagonal of discretisation.
     assert m["hd95_mm"] == pytest.approx(6.0, abs=1.5)
     assert m["assd_mm"] == pytest.approx(6.0, abs=1.0)
@@ -144,7 +144,7 @@ def test_lesion_wise_detection_and_brats_lesion_dice():
     assert m["lesion_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
     dice_a, dice_b = 2 * 4 / (8 + 4), 2 * 1 / (2 + 1)
     assert m["lesion_dice"] == pytest.approx((dice_a + dice_b + 0 + 0) / (3 + 1))
-    strict = lesion_metrics(ref, pred, Conventions(lesion_min_overlap=2))
+    strict = lesion_metrics(ref, pred, Conventions.from_settings({"lesion_min_overlap": 2}))
     assert strict["lesions_detected"] == 1  # lesion B overlaps by one voxel only
     # One predicted component covering two reference lesions detects both.
     merged = np.zeros_like(ref)

@@ -89,3 +89,22 @@ def test_tile_batches_give_nnunets_sliding_window_logits(tile_batch_size, use_mi
         assert torch.equal(got, expected)  # the same operations in the same order
     else:  # float16 sums of float32 logits: batch size only changes torch's convolution kernel
         torch.testing.assert_close(got.float(), expected.float(), atol=2e-3, rtol=2e-3)
+
+
+def test_study_models_come_from_the_fold_summaries(tmp_path):
+    """The predict verb's models of a study: one folder per configuration, the folds its summaries name."""
+    import json
+
+    from workflow_scripts.prediction import study_models
+
+    folder = tmp_path / "nnUNet_results" / "Dataset501_a" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    summaries = []
+    for fold in (0, 1):
+        path = tmp_path / f"fold_{fold}.json"
+        path.write_text(json.dumps({"fold": fold, "output_folder": str(folder / f"fold_{fold}")}))
+        summaries.append(path)
+    models = study_models({"a": summaries}, {"a": [0, 1, 2]})
+    assert models == {"a": {"folder": folder, "folds": [0, 1], "labels": [0, 1, 2]}}
+    summaries[1].write_text(json.dumps({"fold": 1, "output_folder": str(tmp_path / "elsewhere" / "fold_1")}))
+    with pytest.raises(ValueError, match="trained in several folders"):
+        study_models({"a": summaries}, {"a": [0, 1, 2]})

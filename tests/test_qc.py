@@ -4,9 +4,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from workflow_scripts.config import section_defaults
+from workflow_scripts.config import section_settings
 from workflow_scripts.qc import QCError, aggregate_qc, check_case, write_case_qc
-from tests.conftest import copy_case
 
 VALUES = [0, 1, 2]
 
@@ -15,7 +14,7 @@ def errors(table):
     return table[table["severity"] == "error"]
 
 
-TOY_QC = {**section_defaults("qc"), "min_field_of_view_mm": 60}  # as config/toy.yaml
+TOY_QC = {**section_settings("qc"), "min_field_of_view_mm": 60}  # as config/toy.yaml
 
 
 def test_good_case_passes(toy_dir):
@@ -325,3 +324,20 @@ def test_dataset_summary_flags_the_case_from_another_protocol(toy_dir, tmp_path)
     assert all(r["case"] == "thick" for r in rows if "slice spacing" in r["message"])
     plot_dataset(summary, labels, tmp_path / "dataset.png")
     assert sitk.ReadImage(str(tmp_path / "dataset.png")).GetSize()[0] > 500
+
+
+def test_qc_case_verb_fills_a_partial_settings_section(toy_dir, tmp_path, capsys):
+    """The verb's help says the schema's defaults fill what a --settings section leaves out; they do."""
+    from workflow_scripts.qc import qc_case_entry
+
+    image = sorted((toy_dir / "imagesTr").glob("*.nii.gz"))[0]
+    case = image.name[: -len(".nii.gz")]
+    qc_case_entry(["--case", case, "--image", str(image), "--label", str(toy_dir / "labelsTr" / image.name),
+                   "--label-values", "0", "1", "2", "--settings", '{"min_component_mm3": 30}',
+                   "--out", str(tmp_path / "qc.tsv")])
+    table = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
+    assert set(table["case"]) == {case} and "field_of_view" in set(table["check"])  # min_field_of_view_mm: 150
+    with pytest.raises(SystemExit):
+        qc_case_entry(["--case", case, "--image", str(image), "--label-values", "0", "--settings",
+                       '{"min_component_mm3": "big"}', "--out", str(tmp_path / "bad.tsv")])
+    assert "qc.min_component_mm3: 'big' is not of type 'number'" in capsys.readouterr().err

@@ -21,7 +21,7 @@ def test_folds_partition_the_cases_and_balance_strata():
 
 def test_too_few_cases_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot fill 5 folds"):
-        make_splits(["a", "b"], {"a": "x", "b": "x"}, n_folds=5)
+        make_splits(["a", "b"], {"a": "x", "b": "x"}, n_folds=5, seed=0)
 
 
 def test_strata_from_labels(toy_dir):
@@ -42,7 +42,7 @@ def test_cases_of_one_patient_share_a_fold(tmp_path):
     sizes = [len(f["val"]) for f in splits]
     assert max(sizes) - min(sizes) <= 3, sizes
     with pytest.raises(ValueError, match="3 patients"):
-        make_splits(cases[:9], strata, n_folds=5, patients=patients)
+        make_splits(cases[:9], strata, n_folds=5, seed=0, patients=patients)
 
 
 def test_patients_file(tmp_path):

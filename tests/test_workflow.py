@@ -606,8 +606,10 @@ def test_speed_options_of_new_case_prediction_agree_with_the_study(smoke_run, tm
     result = run([sys.executable, "-m", "workflow_scripts", "predict", "--nnunet-root", "results/nnunet",
                   "--threads", "2", "--training-summaries", json.dumps(summaries), "--configurations", *names,
                   "--selection", selection, "--channel-labels", json.dumps({n: [0, 1, 2] for n in names}),
-                  "--settings", json.dumps(settings), "--cases", *cases, "--images-dir", "results/inputs/test",
-                  "--device", "cpu", "--out-dir", tmp_path / "out"], cwd=smoke_run)
+                  "--settings", json.dumps(settings), "--images", *[f"results/inputs/test/{c}.nii.gz" for c in cases],
+                  "--device", "cpu", "--outputs",
+                  *[tmp_path / "out" / stage / f"{c}.nii.gz" for stage in names + ["ensemble"] for c in cases]],
+                 cwd=smoke_run)
     assert "[1/1] toy_100" in result.stdout
     assert not list((tmp_path / "out").rglob("*.npz"))
     for case in cases:

@@ -59,3 +59,20 @@ def segment_anatomy(image: Path, out: Path, home: Path, task: str = "total", fas
     with atomic_path(out) as tmp:
         totalsegmentator(str(image), str(tmp), ml=True, task=task, fast=fast, roi_subset=roi_subset,
                          device=device, nr_thr_resamp=threads, nr_thr_saving=threads, quiet=True)
+
+
+def segment_anatomy_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("segment-anatomy", "TotalSegmentator's anatomy map of one image, offline.")
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True)
+    cli.add_settings(p, "anatomy", required=True)
+    p.add_argument("--device", required=True, choices=["gpu", "cpu"])
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    settings = args.settings
+    if not settings.get("totalseg_home"):
+        raise SystemExit("error: anatomy.totalseg_home: the folder holding TotalSegmentator's weights is needed")
+    segment_anatomy(Path(args.image), Path(args.out), Path(settings["totalseg_home"]), settings["task"],
+                    settings["fast"], settings["roi_subset"], args.device, args.threads)

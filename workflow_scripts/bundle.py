@@ -103,3 +103,24 @@ def verify_files(bundle: Path, prefix: str = "") -> int:
                               "whole bundle folder again")
         checked += 1
     return checked
+
+
+def export_bundle_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("export-bundle", "Pack the chosen ensemble's models, plans, choices and the study's config.")
+    p.add_argument("--config", type=cli.json_value, required=True, help="the study's validated configuration")
+    p.add_argument("--selection", required=True, help="the chosen ensemble (results/ensemble/selected.json)")
+    p.add_argument("--refinement", required=True, help="the chosen rules (results/refinement/selected_rules.json)")
+    p.add_argument("--training-summaries", type=cli.json_value, required=True,
+                   help="JSON {configuration: [fold summary JSON]}")
+    p.add_argument("--channel-labels", type=cli.json_value, required=True,
+                   help="JSON {configuration: [label value per channel]}")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    summaries = {name: [Path(s) for s in paths] for name, paths in args.training_summaries.items()}
+    manifest = export_bundle(Path(args.out), args.config, Path(args.selection), Path(args.refinement), summaries,
+                             args.channel_labels)
+    size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
+    print(f"bundle {args.out}: configurations {list(manifest['configurations'])}, {len(manifest['files'])} files, "
+          f"{size / 1e6:.1f} MB")

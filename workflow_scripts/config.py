@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -13,9 +14,10 @@ SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.
 IMAGE_SUFFIX = ".nii.gz"
 
 RESERVED_STAGES = ("ensemble", "refined")
-DEFAULT_RESOURCES = {
-    "default": {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": False},
-}
+
+@functools.cache
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
 
 
 class ConfigError(ValueError):
@@ -41,7 +43,7 @@ def validate_config(config: dict, base: str | Path = ".") -> dict:
     ``base`` is the folder relative input paths are resolved against (the working directory of the run).
     """
     config = copy.deepcopy(config)
-    schema = yaml.safe_load(SCHEMA.read_text())
+    schema = copy.deepcopy(_schema())
     validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -57,15 +59,91 @@ def validate_config(config: dict, base: str | Path = ".") -> dict:
     return config
 
 
-def section_defaults(section: str) -> dict:
-    """The schema's defaults of one optional config section (for callers outside a workflow run)."""
-    schema = yaml.safe_load(SCHEMA.read_text())
-    instance = {}
-    validator = _fill_defaults(jsonschema.Draft202012Validator)({"$defs": schema["$defs"],
-                                                                 **schema["properties"][section]})
-    for error in validator.iter_errors(instance):
-        raise ConfigError(f"{section}: {error.message}")
+def section_settings(section: str, given: dict | None = None) -> dict:
+    """One config section (a dotted path, e.g. ``data.dicom``): ``given`` with every key it leaves out filled from
+    the schema's defaults, validated; the only place defaults come from outside a workflow run."""
+    schema = copy.deepcopy(_schema())
+    subschema = schema
+    for key in section.split("."):
+        subschema = subschema["properties"][key]
+    instance = copy.deepcopy(given) if given is not None else {}
+    validator = _fill_defaults(jsonschema.Draft202012Validator)({"$defs": schema["$defs"], **subschema})
+    errors = [f"{'.'.join([section, *map(str, e.absolute_path)])}: {e.message}" for e in validator.iter_errors(instance)]
+    if errors:
+        raise ConfigError("invalid settings (see config/README.md):\n  " + "\n  ".join(errors))
     return instance
+
+
+README = SCHEMA.parent.parent / "README.md"
+GENERATED = re.compile(r"(<!-- schema table: (?P<section>[\w.<>]+) -->\n)(.*?)(<!-- end of schema table -->)", re.S)
+
+
+def _flow(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+
+
+def _rows(schema: dict, prefix: str = "") -> list[str]:
+    rows, required = [], schema.get("required", [])
+    for name, sub in schema.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        if "description" in sub or "properties" not in sub:
+            default = "required" if name in required else f"`{_flow(sub['default'])}`" if "default" in sub else "-"
+            rows.append(f"| `{key}` | {default} | {sub.get('description', '')} |")
+        if "properties" in sub:
+            rows += _rows(sub, key + ".")
+    return rows
+
+
+def _kind_rows(rule: dict) -> list[str]:
+    kinds = {kind: ([], []) for kind in rule["properties"]["kind"]["enum"]}
+    for case in rule["allOf"]:
+        condition = case["if"]["properties"]["kind"]
+        for kind in condition.get("enum", [condition.get("const")]):
+            kinds[kind][0].extend(case["then"].get("required", []))
+            kinds[kind][1].extend(f"`{k}: {_flow(v['default'])}`" for k, v in case["then"].get("properties", {}).items())
+    return [f"| `{kind}` | {', '.join(f'`{k}`' for k in needs) or '-'} | {', '.join(defaults) or '-'} |"
+            for kind, (needs, defaults) in kinds.items()]
+
+
+def schema_table(section: str) -> str:
+    """config/README.md's table of one section, from the schema's descriptions and defaults. ``section``: a
+    top-level key, ``configurations.<name>``, ``refinement.rules`` or ``refinement.rules.kind``."""
+    schema = _schema()["properties"]
+    if section == "configurations.<name>":
+        node, prefix = schema["configurations"]["additionalProperties"], ""
+    elif section.startswith("refinement.rules"):
+        node, prefix = schema["refinement"]["properties"]["rules"]["items"], ""
+        if section.endswith(".kind"):
+            return "\n".join(["| kind | needs | defaults |", "| --- | --- | --- |", *_kind_rows(node)]) + "\n"
+    else:
+        node, prefix = schema[section], ""
+    return "\n".join(["| key | default | meaning |", "| --- | --- | --- |", *_rows(node, prefix)]) + "\n"
+
+
+def config_readme(text: str) -> str:
+    """``text`` with every generated table replaced by the schema's."""
+    return GENERATED.sub(lambda m: m.group(1) + schema_table(m.group("section")) + m.group(4), text)
+
+
+def config_readme_entry(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m workflow_scripts config-readme",
+                                description="Regenerate config/README.md's tables from the schema's descriptions.")
+    p.add_argument("--check", action="store_true", help="only report whether the file is in sync")
+    args = p.parse_args(argv)
+    text = README.read_text()
+    generated = config_readme(text)
+    if args.check:
+        raise SystemExit(0 if generated == text else f"{README} is out of sync with the schema; run "
+                         "python -m workflow_scripts config-readme")
+    README.write_text(generated)
+    print(f"wrote {README}")
+
+
+def refinement_rules(rules: list[dict]) -> list[dict]:
+    """Refinement rules with the keys their kind leaves out filled from the schema (e.g. an older bundle's)."""
+    return section_settings("refinement", {"rules": rules})["rules"]
 
 
 def _cross_check(config: dict, base: Path) -> None:
@@ -127,12 +205,6 @@ def _cross_check(config: dict, base: Path) -> None:
     elif not anatomy.get("totalseg_home"):
         problems.append("anatomy.totalseg_home: needed by anatomy.source: totalsegmentator (the folder holding "
                         "TotalSegmentator's weights; runs are offline)")
-    for rule in config["refinement"]["rules"]:
-        needed = {"drop_inside": ["structures"], "keep_within_span": ["structures"],
-                  "drop_smaller_than": ["min_volume_mm3"]}.get(rule["kind"], [])
-        for key in needed:
-            if key not in rule:
-                problems.append(f"refinement.rules.{rule['name']}: kind {rule['kind']} needs '{key}'")
     names = [rule["name"] for rule in config["refinement"]["rules"]]
     if len(set(names)) != len(names):
         problems.append("refinement.rules: rule names must be unique")
@@ -241,9 +313,6 @@ def input_cases(config: dict) -> InputCases:
 
 
 def rule_resources(config: dict, rule: str) -> dict:
-    """Threads, memory, runtime and GPU of a rule: its own entry over 'default' over built-in defaults."""
-    resources = dict(DEFAULT_RESOURCES["default"])
-    configured = config["compute"].get("resources", {})
-    resources.update(configured.get("default", {}))
-    resources.update(configured.get(rule, {}))
-    return resources
+    """Threads, memory, runtime and GPU of a rule: its own entry of compute.resources over 'default'."""
+    resources = config["compute"]["resources"]
+    return {**resources["default"], **resources.get(rule, {})}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from workflow_scripts.config import section_settings
 from workflow_scripts.io import write_image, write_json
 
 SERIES_RULES = ("most_slices", "thinnest_slices", "lowest_series_number")
@@ -183,15 +184,13 @@ def _volume(series: Series) -> tuple[np.ndarray, tuple, tuple, tuple]:
     return voxels, origin, (column_spacing, row_spacing, slice_spacing), direction
 
 
-DEFAULTS = {"series": "most_slices", "missing_gap_factor": 1.5, "spacing_tolerance": 0.01}
-
-
 def convert_series_folder(case: str, folder: Path, out_image: Path, out_findings: Path,
                           settings: dict | None = None) -> dict:
     """Write the chosen series of ``folder`` as NIfTI and the findings QC reports (series, slices).
 
-    ``settings``: the config's ``data.dicom`` section (series rule, missing-gap factor, spacing tolerance)."""
-    settings = {**DEFAULTS, **(settings or {})}
+    ``settings``: the config's ``data.dicom`` section (series rule, missing-gap factor, spacing tolerance); keys
+    left out take the schema's defaults."""
+    settings = section_settings("data.dicom", settings)
     rule = settings["series"]
     series, skipped, damaged = read_series(folder)
     if not series:
@@ -246,3 +245,24 @@ def dicom_rows(findings: dict) -> list[tuple[str, str, str]]:
                      f"{findings['slice_spacing_mm']} mm (data.dicom.spacing_tolerance {uneven_tolerance}); the volume "
                      "is stored with the median gap, so positions drift along the scan"))
     return rows
+
+
+def convert_dicom_entry(argv=None) -> None:
+    import sys
+
+    from workflow_scripts import cli
+
+    p = cli.parser("convert-dicom", "Convert a case's DICOM series folder to NIfTI, with findings for QC.")
+    p.add_argument("--case", required=True)
+    p.add_argument("--folder", required=True, help="the case's DICOM folder (searched recursively)")
+    cli.add_settings(p, "data.dicom")
+    p.add_argument("--out", required=True, help="NIfTI image to write")
+    p.add_argument("--findings", required=True, help="JSON findings for QC to write")
+    args = p.parse_args(argv)
+    try:
+        findings = convert_series_folder(args.case, Path(args.folder), Path(args.out), Path(args.findings),
+                                         args.settings)
+    except DicomError as err:
+        sys.exit(f"error: {err}")
+    print(f"{args.case}: {findings['chosen']} (rule {findings['rule']}), {findings['missing_slices']} missing "
+          f"slice(s), other series: {findings['other_series'] or 'none'}")

@@ -91,3 +91,20 @@ def ensemble_case(selection: dict, predictions_dir: Path, reference_image: Path,
     probabilities, labels = ensemble_probabilities(
         selection, lambda name: read_probabilities(Path(predictions_dir) / name / f"{case}.npz"))
     write_prediction(probabilities, labels, reference_image, out_dir, case)
+
+
+def ensemble_case_entry(argv=None) -> None:
+    from workflow_scripts import cli
+    from workflow_scripts.io import read_json
+
+    p = cli.parser("ensemble-case", "Ensemble one case's probabilities as the chosen ensemble says.")
+    p.add_argument("--case", required=True)
+    p.add_argument("--selection", required=True, help="JSON file written by select-ensemble")
+    p.add_argument("--probabilities", nargs="+", required=True, help="<folder>/<configuration>/<case>.npz files")
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True, help="the ensemble's <case>.npz (the .nii.gz is written beside it)")
+    args = p.parse_args(argv)
+    selection = read_json(args.selection)
+    print(f"{args.case}: ensemble {selection['candidate']}")
+    ensemble_case(selection, cli.probability_root(args.probabilities, [args.case]), Path(args.image),
+                  Path(args.out).parent, args.case)

@@ -157,3 +157,20 @@ def select_ensemble(settings: dict, cases: list[str], oof_dir: Path, references_
     write_json(selection, out_selection)
     print(f"selected: {best.name} ({settings['metric']} {selection['score']:.4f})", flush=True)
     return selection
+
+
+def select_ensemble_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("select-ensemble", "Score every candidate ensemble on the out-of-fold cases; choose one.")
+    p.add_argument("--settings", type=cli.json_value, required=True,
+                   help="JSON: members, fusions, select, strategies, metric, classes, conventions")
+    p.add_argument("--references", nargs="+", required=True, help="the training cases' labels, <case>.nii.gz")
+    p.add_argument("--probabilities", nargs="+", required=True,
+                   help="<folder>/<configuration>/<case>.npz of every case and configuration")
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-selection", required=True)
+    args = p.parse_args(argv)
+    references_dir, cases = cli.case_folder(args.references, "--references")
+    select_ensemble(args.settings, cases, cli.probability_root(args.probabilities, cases), references_dir,
+                    Path(args.out_table), Path(args.out_selection))

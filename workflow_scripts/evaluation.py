@@ -207,7 +207,7 @@ def flag_selection_bias(tables: dict[str, pd.DataFrame], biased: list[str]) -> N
 
 
 def write_summary(case_tables: list[Path], out_dir: Path, conventions: Conventions,
-                  worst_per_stage: int = 3, selection_biased: list[str] = ()) -> dict[str, pd.DataFrame]:
+                  worst_per_stage: int, selection_biased: list[str] = ()) -> dict[str, pd.DataFrame]:
     """Aggregates, stage comparisons, PINKCC scores, worst cases (TSV) and the box plot figure in ``out_dir``;
     ``selection_biased``: stages whose out-of-fold rows are flagged (:func:`flag_selection_bias`)."""
     metrics = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
@@ -223,3 +223,48 @@ def write_summary(case_tables: list[Path], out_dir: Path, conventions: Conventio
     plot_metrics(metrics, ["dice", "hd95_mm", nsd_column(conventions.nsd_tolerances_mm[0]), "lesion_f1"],
                  out_dir / "metrics.png")
     return tables
+
+
+def evaluate_stage_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("evaluate-stage", "Metrics per case and class of one stage's segmentations.")
+    p.add_argument("--split", required=True)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--predictions", nargs="+", required=True,
+                   help="the stage's <case>.nii.gz, or the one folder holding them (the nested stage)")
+    p.add_argument("--references", nargs="+", required=True, help="the reference labels, <case>.nii.gz")
+    p.add_argument("--classes", type=cli.json_value, required=True, help="JSON {name: label}")
+    cli.add_settings(p, "evaluation")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    reference_dir, cases = cli.case_folder(args.references, "--references")
+    if len(args.predictions) == 1 and Path(args.predictions[0]).is_dir():
+        prediction_dir = Path(args.predictions[0])
+    else:
+        prediction_dir, predicted = cli.case_folder(args.predictions, "--predictions")
+        if predicted != cases:
+            raise SystemExit("error: --predictions name other cases than --references")
+    conventions = Conventions.from_settings(args.settings)
+    print(f"conventions: {conventions.describe()}")
+    table = evaluate_stage(args.split, args.stage, cases, prediction_dir, reference_dir, args.classes, conventions)
+    write_table(table, Path(args.out))
+
+
+def summarize_metrics_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("summarize-metrics", "Aggregates, stage comparisons, PINKCC scores, worst cases and figures.")
+    cli.add_settings(p, "evaluation")
+    p.add_argument("--selection-biased", default="",
+                   help="comma-separated stages chosen on their own out-of-fold cases (optimistic oof scores)")
+    p.add_argument("--summary", required=True, help="summary.tsv; the other tables and the figure go beside it")
+    p.add_argument("tables", nargs="+")
+    args = p.parse_args(argv)
+    biased = [stage for stage in args.selection_biased.split(",") if stage]
+    tables = write_summary([Path(t) for t in args.tables], Path(args.summary).parent,
+                           Conventions.from_settings(args.settings), args.settings["worst_cases"], biased)
+    with pd.option_context("display.width", 200, "display.max_columns", 12):
+        print(tables["pinkcc"].drop(columns="convention").to_string(index=False))
+        summary = tables["summary"]
+        print(summary[summary["metric"].isin(["dice", "hd95_mm"])].drop(columns="convention").to_string(index=False))

@@ -23,6 +23,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from workflow_scripts.config import section_settings
+
 TWENTY_SIX_NEIGHBOURS = np.ones((3, 3, 3), bool)
 
 
@@ -34,19 +36,21 @@ class Conventions:
     means) or ``diagonal`` (the diagonal of the volume in mm, the worst possible value); NSD is then 0.
     Precision of an empty prediction and recall of an empty reference are NaN (not defined)."""
 
-    both_empty: float = 1.0
-    one_empty_distance: str = "nan"
-    nsd_tolerances_mm: tuple[float, ...] = (1.0, 2.0)
-    hd_percentile: float = 95.0
-    lesion_min_overlap: int = 1
+    both_empty: float
+    one_empty_distance: str
+    nsd_tolerances_mm: tuple[float, ...]
+    hd_percentile: float
+    lesion_min_overlap: int
 
     @classmethod
-    def from_settings(cls, settings: dict) -> "Conventions":
-        return cls(both_empty=1.0 if settings.get("both_empty", "one") == "one" else math.nan,
-                   one_empty_distance=settings.get("one_empty_distance", "nan"),
-                   nsd_tolerances_mm=tuple(float(t) for t in settings.get("nsd_tolerances_mm", [1.0, 2.0])),
-                   hd_percentile=float(settings.get("hd_percentile", 95.0)),
-                   lesion_min_overlap=int(settings.get("lesion_min_overlap", 1)))
+    def from_settings(cls, settings: dict | None = None) -> "Conventions":
+        """From the config's ``evaluation`` section; keys left out take the schema's defaults."""
+        settings = section_settings("evaluation", settings)
+        return cls(both_empty=1.0 if settings["both_empty"] == "one" else math.nan,
+                   one_empty_distance=settings["one_empty_distance"],
+                   nsd_tolerances_mm=tuple(float(t) for t in settings["nsd_tolerances_mm"]),
+                   hd_percentile=float(settings["hd_percentile"]),
+                   lesion_min_overlap=int(settings["lesion_min_overlap"]))
 
     @property
     def both_empty_distance(self) -> float:

@@ -91,3 +91,29 @@ def nested_selection(ensemble_settings: dict, refinement_settings: dict, folds: 
     table = pd.DataFrame(table)
     write_table(table, out_table)
     return table
+
+
+def nested_selection_entry(argv=None) -> None:
+    from workflow_scripts import cli
+    from workflow_scripts.io import read_json
+
+    p = cli.parser("nested-selection", "Per fold, choose the ensemble and rules on the other folds' cases and "
+                   "apply them to the fold's own.")
+    p.add_argument("--ensemble-settings", type=cli.json_value, required=True, help="JSON, as select-ensemble's")
+    p.add_argument("--refinement-settings", type=cli.json_value, required=True, help="JSON, as select-refinement's")
+    p.add_argument("--splits", required=True, help="splits_final.json: each fold's held-out cases under 'val'")
+    p.add_argument("--references", nargs="+", required=True, help="the training cases' labels, <case>.nii.gz")
+    p.add_argument("--probabilities", nargs="+", required=True, help="<folder>/<configuration>/<case>.npz files")
+    p.add_argument("--anatomy", nargs="+", required=True, help="the cases' anatomy maps, in --references' order")
+    p.add_argument("--images", nargs="+", required=True, help="the cases' images, in --references' order")
+    p.add_argument("--out-dir", required=True, help="folder of the oof_nested segmentations")
+    p.add_argument("--out-table", required=True, help="TSV: per fold the choices and their inner scores")
+    args = p.parse_args(argv)
+    references_dir, cases = cli.case_folder(args.references, "--references")
+    images_dir, image_cases = cli.case_folder(args.images, "--images")
+    if image_cases != cases:
+        raise SystemExit("error: --images name other cases than --references")
+    folds = [split["val"] for split in read_json(args.splits)]
+    nested_selection(args.ensemble_settings, args.refinement_settings, folds,
+                     cli.probability_root(args.probabilities, cases), references_dir,
+                     cli.case_paths(args.anatomy, cases), images_dir, Path(args.out_dir), Path(args.out_table))

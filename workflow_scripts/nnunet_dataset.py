@@ -84,3 +84,24 @@ def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_ro
                "labels": dataset_json["labels"], "class_label_values": class_label_values(label_mapping)}
     write_json(summary, summary_path)
     return summary
+
+
+def convert_dataset_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("convert-dataset", "A configuration's nnU-Net raw dataset: images linked, labels remapped.")
+    p.add_argument("--nnunet-root", required=True)
+    p.add_argument("--images", nargs="+", required=True, help="the training cases' images, <case>.nii.gz")
+    p.add_argument("--references", nargs="+", required=True, help="their labels, same order")
+    p.add_argument("--name", required=True, help="the configuration's name")
+    p.add_argument("--settings", type=cli.json_value, required=True,
+                   help="JSON: the configuration's section (dataset_id, label_mapping)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    images_dir, cases = cli.case_folder(args.images, "--images")
+    labels_dir, label_cases = cli.case_folder(args.references, "--references")
+    if label_cases != cases:
+        raise SystemExit(f"error: --references name other cases than --images: {sorted(set(cases) ^ set(label_cases))}")
+    summary = convert_dataset(cases, images_dir, labels_dir, Path(args.nnunet_root) / "nnUNet_raw",
+                              args.settings["dataset_id"], args.name, args.settings["label_mapping"], Path(args.out))
+    print(f"wrote {summary['folder']} with {len(summary['cases'])} cases")

@@ -43,7 +43,7 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
         tile_step_size=settings["tile_step_size"], use_gaussian=True, use_mirroring=settings["use_mirroring"],
         perform_everything_on_device=torch_device.type == "cuda", device=torch_device, verbose=False,
         verbose_preprocessing=False, allow_tqdm=False)
-    predictor.tile_batch_size = settings.get("tile_batch_size")
+    predictor.tile_batch_size = settings["tile_batch_size"]
     predictor.half_precision = settings["half_precision"]
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                    checkpoint_name="checkpoint_final.pth")
@@ -108,3 +108,98 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
             del probabilities
         print(f"[{i}/{len(cases)}] {case}: {len(models)} configurations and the ensemble in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
+
+
+def study_models(training_summaries: dict[str, list[Path]], channel_labels: dict[str, list[int]]) -> dict[str, dict]:
+    """{configuration: {"folder", "folds", "labels"}} of a study's trained folds (their summary JSON files)."""
+    models = {}
+    for name, paths in training_summaries.items():
+        folds = [read_json(p) for p in paths]
+        folders = {str(Path(f["output_folder"]).parent) for f in folds}
+        if len(folders) != 1:
+            raise ValueError(f"the folds of {name} were trained in several folders {sorted(folders)}")
+        models[name] = {"folder": Path(folders.pop()), "folds": [f["fold"] for f in folds],
+                        "labels": channel_labels[name]}
+    return models
+
+
+def bundle_models(bundle: Path, configurations: list[str], channel_labels: dict[str, list[int]]) -> dict[str, dict]:
+    """The same for an exported bundle; every model file is checked against the manifest before use
+    (``BundleError`` names the first that differs)."""
+    from workflow_scripts.bundle import verify_files
+    from workflow_scripts.config import BUNDLE_MANIFEST
+
+    manifest = read_json(Path(bundle) / BUNDLE_MANIFEST)["configurations"]
+    models = {}
+    for name in configurations:
+        checked = verify_files(Path(bundle), f"models/{name}/")
+        print(f"bundle: {checked} model files of {name} match the manifest", flush=True)
+        models[name] = {"folder": Path(bundle) / "models" / name, "folds": manifest[name]["folds"],
+                        "labels": channel_labels[name]}
+    return models
+
+
+def gather_oof_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("gather-oof", "A training case's out-of-fold probabilities of every configuration, from the "
+                   "fold that held it out, in the common format.")
+    p.add_argument("--training-summaries", type=cli.json_value, required=True,
+                   help="JSON {configuration: [fold summary JSON]}")
+    p.add_argument("--channel-labels", type=cli.json_value, required=True,
+                   help="JSON {configuration: [label value per channel]}")
+    p.add_argument("--case", required=True)
+    p.add_argument("--image", required=True, help="the case's image (the grid of the outputs)")
+    p.add_argument("--out", nargs="+", required=True,
+                   help="the case's .npz of each configuration, in the order of --training-summaries")
+    args = p.parse_args(argv)
+    if len(args.out) != len(args.training_summaries):
+        raise SystemExit(f"error: {len(args.out)} outputs for {len(args.training_summaries)} configurations")
+    for (configuration, summaries), out in zip(args.training_summaries.items(), args.out):
+        if Path(out).name != f"{args.case}.npz":
+            raise SystemExit(f"error: output {out} is not {args.case}.npz")
+        folder = gather_out_of_fold([Path(s) for s in summaries], args.channel_labels[configuration], args.case,
+                                    Path(args.image), Path(out).parent)
+        print(f"{args.case}: {configuration} out-of-fold probabilities from {folder}")
+
+
+def predict_entry(argv=None) -> None:
+    import sys
+
+    from workflow_scripts import cli
+    from workflow_scripts.bundle import BundleError
+
+    p = cli.parser("predict", "Segment new cases with every configuration and the chosen ensemble, in one process.")
+    cli.add_nnunet(p)
+    models = p.add_mutually_exclusive_group(required=True)
+    models.add_argument("--training-summaries", type=cli.json_value,
+                        help="JSON {configuration: [fold summary JSON]} (a study's models)")
+    models.add_argument("--bundle", help="an exported bundle")
+    p.add_argument("--configurations", nargs="+", required=True)
+    p.add_argument("--selection", required=True, help="the chosen ensemble (JSON)")
+    p.add_argument("--channel-labels", type=cli.json_value, required=True,
+                   help="JSON {configuration: [label value per channel]}")
+    cli.add_settings(p, "prediction")
+    p.add_argument("--images", nargs="+", required=True, help="the new cases' images, <case>.nii.gz")
+    p.add_argument("--device", required=True, choices=["cpu", "cuda", "auto"])
+    p.add_argument("--outputs", nargs="+", required=True,
+                   help="the files to write, <folder>/<configuration or ensemble>/<case>.nii.gz (and .npz)")
+    args = p.parse_args(argv)
+    cli.configure_nnunet(args)
+    images_dir, cases = cli.case_folder(args.images, "--images")
+    if args.bundle:
+        try:
+            models = bundle_models(Path(args.bundle), args.configurations, args.channel_labels)
+        except BundleError as err:
+            sys.exit(f"error: {err}")
+    else:
+        models = study_models({name: args.training_summaries[name] for name in args.configurations},
+                              args.channel_labels)
+    selection = read_json(args.selection)
+    print(f"{len(cases)} cases, ensemble {selection.get('candidate', selection['members'])}, "
+          f"settings {args.settings}", flush=True)
+    out_dir = cli.stage_root(args.outputs, "--outputs")
+    predict_new_cases(models, selection, cases, images_dir, out_dir, args.settings, args.device, args.threads)
+    missing = [o for o in args.outputs if not Path(o).is_file()]
+    if missing:
+        raise SystemExit(f"error: the settings wrote no {missing[:3]}")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from workflow_scripts.config import section_defaults
+from workflow_scripts.config import section_settings
 from workflow_scripts.dicom import dicom_rows
 from workflow_scripts.io import image_header, pyplot, read_json, write_figure, write_json, write_table
 from workflow_scripts.metrics import bounding_box
@@ -109,7 +109,7 @@ def check_case(case: str, image_path: Path, label_path: Path | None, label_value
                settings: dict | None = None) -> pd.DataFrame:
     """One row per check; 'error' blocks the run, 'warning' is reported, 'info' records a measurement.
 
-    ``settings``: the config's ``qc`` section (its schema defaults when None).
+    ``settings``: the config's ``qc`` section; keys left out take the schema's defaults.
     """
     return inspect_case(case, image_path, label_path, label_values, settings)[0]
 
@@ -118,7 +118,7 @@ def inspect_case(case: str, image_path: Path, label_path: Path | None, label_val
                  settings: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """The case's QC table and its measurements (geometry, intensity range, volume and component count per
     lesion label) for the dataset summary; measurements stop where a check stops."""
-    settings = settings if settings is not None else section_defaults("qc")
+    settings = section_settings("qc", settings)
     measured = {"case": case}
     image, error = _read(case, "image_readable", image_path)
     if error:
@@ -426,3 +426,66 @@ def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | N
                          if on_error == "exclude" else "; or set qc.on_error: exclude to leave out failing training "
                          "cases") + ":\n" + "\n".join(lines))
     return table
+
+
+def qc_case_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("qc-case", "Check one case (image, label, DICOM findings); write its QC table.")
+    p.add_argument("--case", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--label")
+    p.add_argument("--label-values", type=int, nargs="+", required=True)
+    cli.add_settings(p, "qc")
+    p.add_argument("--out", required=True)
+    p.add_argument("--measurements", help="JSON file for the case's measurements (dataset summary)")
+    p.add_argument("--dicom-findings", help="JSON findings of the case's DICOM conversion (convert-dicom)")
+    args = p.parse_args(argv)
+    table = write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None, args.label_values,
+                          Path(args.out), args.settings, Path(args.measurements) if args.measurements else None,
+                          Path(args.dicom_findings) if args.dicom_findings else None)
+    for row in table[table["severity"] != "info"].itertuples():
+        print(f"{row.severity}: [{row.check}] {row.message}")
+
+
+def qc_aggregate_entry(argv=None) -> None:
+    import sys
+
+    from workflow_scripts import cli
+
+    p = cli.parser("qc-aggregate", "One QC table of every case; stop on errors (or leave failing cases out).")
+    cli.add_settings(p, "qc")
+    p.add_argument("--tables", nargs="+", required=True, help="the cases' QC tables")
+    p.add_argument("--measurements", nargs="+", required=True, help="the cases' QC measurement JSON files")
+    p.add_argument("--orphan-labels", type=cli.json_value, default={}, help="JSON {case: label path} of labels "
+                   "without an image")
+    p.add_argument("--misnamed", type=cli.json_value, default={}, help="JSON {name: path} of images named off "
+                   "the case pattern")
+    p.add_argument("--case-pattern", default="", help="config data.case_pattern, for the message")
+    p.add_argument("--splits", type=cli.json_value, required=True, help="JSON {case: split}")
+    p.add_argument("--labels", type=cli.json_value, required=True, help="JSON {name: value} of the labels")
+    p.add_argument("--out", required=True)
+    p.add_argument("--summary", required=True, help="dataset summary TSV to write")
+    p.add_argument("--figure", required=True, help="dataset figure PNG to write")
+    p.add_argument("--passing", required=True, help="JSON to write: the cases of each split that go on, and the "
+                   "excluded ones")
+    args = p.parse_args(argv)
+    settings = args.settings
+    summary, dataset_rows = dataset_summary([Path(m) for m in args.measurements], args.splits, args.labels)
+    write_table(summary, Path(args.summary))
+    plot_dataset(summary, args.labels, Path(args.figure))
+    try:
+        table = aggregate_qc([Path(t) for t in args.tables], Path(args.out), settings["exclude"], settings["allow"],
+                             args.orphan_labels, dataset_rows, settings["on_error"], args.splits, args.misnamed,
+                             args.case_pattern)
+    except QCError as err:
+        sys.exit(str(err))
+    passing = passing_cases(table, args.splits)
+    write_json(passing, Path(args.passing))
+    for case, reason in passing["excluded"].items():
+        print(f"excluded {case}: {reason}")
+    warnings = table[table["severity"] == "warning"]
+    print(f"QC passed: {len(args.tables)} cases checked, {len(table)} rows, {len(warnings)} warning(s) in "
+          f"{warnings['case'].nunique()} case(s)")
+    for check, count in warnings["check"].value_counts().items():
+        print(f"  warning {check}: {count} case(s)")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from workflow_scripts.config import refinement_rules
 from workflow_scripts.io import array_like, image_array, read_anatomy, read_image, write_image, write_table
 
 RULE_KINDS = ("drop_inside", "drop_outside_body", "drop_smaller_than", "keep_within_span")
@@ -85,6 +86,7 @@ def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarr
            spacing_xyz: tuple[float, float, float], rules: list[dict], class_ids: dict[str, int] | None,
            case: str = "", direction: tuple[float, ...] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Apply ``rules`` in order; returns the refined label map and one row per removed component."""
+    rules = refinement_rules(rules)
     refined = segmentation.copy()
     voxel_mm3 = float(np.prod(spacing_xyz))
     removed = []
@@ -99,12 +101,12 @@ def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarr
         elif kind == "keep_within_span":
             if anatomy is None:
                 raise ValueError(f"rule '{rule['name']}' needs an anatomy map for case {case}")
-            region = span_region(anatomy, structure_ids(rule["structures"], class_ids), rule.get("margin_mm", 0.0),
+            region = span_region(anatomy, structure_ids(rule["structures"], class_ids), rule["margin_mm"],
                                  spacing_xyz, cranio_caudal_axis(direction))
         elif kind == "drop_outside_body":
             if image is None:
                 raise ValueError(f"rule '{rule['name']}' needs the CT image for case {case}")
-            region = ~body_mask(image, rule.get("body_hu", -500.0))
+            region = ~body_mask(image, rule["body_hu"])
         labels = rule.get("labels") or [int(v) for v in np.unique(refined) if v != 0]
         for label in labels:
             components, n = ndimage.label(refined == label, structure=_CONNECTIVITY_26)
@@ -117,10 +119,10 @@ def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarr
                 drop = voxels * voxel_mm3 < rule["min_volume_mm3"]
             elif kind == "keep_within_span":
                 fraction = ndimage.sum_labels(region, components, index) / voxels
-                drop = fraction < rule.get("min_fraction", 0.5)
+                drop = fraction < rule["min_fraction"]
             else:
                 fraction = ndimage.sum_labels(region, components, index) / voxels
-                drop = fraction >= rule.get("min_fraction", 0.5)
+                drop = fraction >= rule["min_fraction"]
             for c in index[drop]:
                 refined[components == c] = 0
                 removed.append({"case": case, "rule": rule["name"], "label": int(label), "component": int(c),
@@ -140,3 +142,24 @@ def refine_case(case: str, segmentation_path: Path, anatomy_path: Path | None, i
     write_image(array_like(refined.astype(np.uint8), seg_image), out_segmentation)
     write_table(removed, out_removed)
     return removed
+
+
+def refine_case_entry(argv=None) -> None:
+    from workflow_scripts import cli
+    from workflow_scripts.io import read_json
+
+    p = cli.parser("refine-case", "Remove lesion components of one case by the chosen anatomy rules.")
+    p.add_argument("--case", required=True)
+    p.add_argument("--segmentation", required=True)
+    p.add_argument("--anatomy")
+    p.add_argument("--image", required=True)
+    p.add_argument("--selection", required=True, help="JSON file written by select-refinement (its 'rules')")
+    p.add_argument("--task", required=True, help="config anatomy.task: the names of the anatomy map's labels")
+    p.add_argument("--out", required=True)
+    p.add_argument("--removed", required=True)
+    args = p.parse_args(argv)
+    rules = read_json(args.selection)["rules"]
+    print(f"{args.case}: rules {[r['name'] for r in rules] or 'none'}")
+    removed = refine_case(args.case, Path(args.segmentation), Path(args.anatomy) if args.anatomy else None,
+                          Path(args.image), rules, args.task, Path(args.out), Path(args.removed))
+    print(f"{args.case}: removed {len(removed)} component(s)")

@@ -122,3 +122,26 @@ def select_refinement(settings: dict, cases: list[str], segmentation_dir: Path, 
     print(f"rules applied: {[r['name'] for r in selection['rules']] or 'none'} ({settings['metric']} "
           f"{none_score:.4f} -> {chosen_score:.4f})", flush=True)
     return selection
+
+
+def select_refinement_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("select-refinement", "Score every subset of the refinement rules on the out-of-fold ensemble; "
+                   "keep the rules that help (or all).")
+    p.add_argument("--settings", type=cli.json_value, required=True,
+                   help="JSON: rules, apply, metric, task, classes, conventions")
+    p.add_argument("--segmentations", nargs="+", required=True, help="the out-of-fold ensemble's <case>.nii.gz")
+    p.add_argument("--anatomy", nargs="+", required=True, help="the cases' anatomy maps, same order")
+    p.add_argument("--images", nargs="+", required=True, help="the cases' images, same order")
+    p.add_argument("--references", nargs="+", required=True, help="the cases' labels, same order")
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-selection", required=True)
+    args = p.parse_args(argv)
+    segmentation_dir, cases = cli.case_folder(args.segmentations, "--segmentations")
+    for flag, paths in (("--images", args.images), ("--references", args.references)):
+        if cli.case_folder(paths, flag)[1] != cases:
+            raise SystemExit(f"error: {flag} name other cases than --segmentations")
+    select_refinement(args.settings, cases, segmentation_dir, cli.case_paths(args.anatomy, cases),
+                      cli.case_folder(args.images, "--images")[0], cli.case_folder(args.references, "--references")[0],
+                      Path(args.out_table), Path(args.out_selection))

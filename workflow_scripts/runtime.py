@@ -49,3 +49,17 @@ def write_runtime(paths: list[Path], jobs_out: Path, summary_out: Path, figure_o
     write_table(summary, summary_out)
     plot_runtime(summary, figure_out)
     return summary
+
+
+def summarize_runtime_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("summarize-runtime", "Wall time and memory per rule from Snakemake's benchmark files.")
+    p.add_argument("--benchmarks", nargs="+", required=True, help="the jobs' benchmark TSV files")
+    p.add_argument("--jobs", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--figure", required=True)
+    args = p.parse_args(argv)
+    summary = write_runtime([Path(b) for b in args.benchmarks], Path(args.jobs), Path(args.summary),
+                            Path(args.figure))
+    print(summary.to_string(index=False))

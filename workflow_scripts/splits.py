@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from workflow_scripts.io import write_json
 
 
-def make_splits(cases: list[str], strata: dict[str, str], n_folds: int = 5, seed: int = 0,
+def make_splits(cases: list[str], strata: dict[str, str], n_folds: int, seed: int,
                 patients: dict[str, str] | None = None) -> list[dict]:
     """nnU-Net's splits_final.json layout.
 
@@ -72,3 +72,20 @@ def write_splits(cases: list[str], labels_dir: Path, labels: dict[str, int], n_f
                          read_patients(patients_file, cases))
     write_json(splits, out)
     return splits
+
+
+def make_splits_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("make-splits", "The shared cross-validation folds, stratified by the lesion classes present.")
+    p.add_argument("--references", nargs="+", required=True, help="the training cases' labels, <case>.nii.gz")
+    p.add_argument("--labels", type=cli.json_value, required=True, help="JSON {name: value}")
+    cli.add_settings(p, "splits")
+    p.add_argument("--patients", help="TSV with columns case and patient; a patient's cases share a fold")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    labels_dir, cases = cli.case_folder(args.references, "--references")
+    splits = write_splits(cases, labels_dir, args.labels, args.settings["n_folds"], args.settings["seed"],
+                          Path(args.out), Path(args.patients) if args.patients else None)
+    for k, fold in enumerate(splits):
+        print(f"fold {k}: {len(fold['train'])} train, {len(fold['val'])} val: {', '.join(fold['val'])}")

@@ -214,3 +214,21 @@ def generate_toy_dataset(out: str | Path, n_train: int = 12, n_test: int = 3, se
     write_json({"seed": seed, "shape_zyx": list(shape), **cases, "dicom": sorted(dicom_cases)},
                out / "toy_dataset.json")
     return cases
+
+
+def make_toy_data_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("make-toy-data", "Write the toy study's phantoms (images, labels, anatomy maps).")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=12)
+    p.add_argument("--n-test", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dicom-cases", nargs="*", default=["toy_011", "toy_102"],
+                   help="cases written as DICOM series folders (default: one training and one new case)")
+    args = p.parse_args(argv)
+    cases = generate_toy_dataset(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                                 dicom_cases=tuple(args.dicom_cases))
+    dicom = [c for c in args.dicom_cases if c in cases["train"] + cases["test"]]
+    print(f"toy data: {len(cases['train'])} training and {len(cases['test'])} test cases in {args.out}"
+          + (f" ({', '.join(dicom)} as DICOM series folders)" if dicom else ""))

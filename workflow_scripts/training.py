@@ -114,3 +114,33 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
         copy_file(folder / "progress.png", progress_out)
     write_json(summary, summary_out)
     return summary
+
+
+def train_fold_entry(argv=None) -> None:
+    from workflow_scripts import cli
+    from workflow_scripts.config import section_settings
+    from workflow_scripts.io import read_json
+
+    p = cli.parser("train-fold", "Train one fold of a configuration (resumed from its latest checkpoint) and "
+                   "export its validation probabilities.")
+    cli.add_nnunet(p)
+    p.add_argument("--plans-summary", required=True, help="JSON written by plan-and-preprocess")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--settings", type=cli.json_value, required=True,
+                   help="JSON: the configuration's section (trainer, trainer_settings)")
+    p.add_argument("--validation", type=cli.json_value, default={},
+                   help="JSON: the config's prediction section; its tile_step_size and use_mirroring make the "
+                   "out-of-fold predictions (keys left out: the schema's defaults)")
+    p.add_argument("--device", required=True, choices=["cpu", "cuda", "auto"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--curves", help="TSV of per-epoch losses and pseudo Dice")
+    p.add_argument("--progress", help="copy of nnU-Net's progress.png")
+    args = p.parse_args(argv)
+    cli.configure_nnunet(args)
+    plans = read_json(args.plans_summary)
+    prediction = section_settings("prediction", args.validation)
+    summary = train_fold(plans["dataset"], plans["plans_identifier"], args.settings["trainer"], args.fold,
+                         args.settings.get("trainer_settings", {}), args.device, Path(args.out),
+                         Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None,
+                         {k: prediction[k] for k in ("tile_step_size", "use_mirroring")})
+    print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")

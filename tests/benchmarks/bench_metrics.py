@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--no-baseline", action="store_true", help="skip the slow whole-volume baseline")
     args = parser.parse_args()
-    conventions = Conventions()
+    conventions = Conventions.from_settings()
     print(f"shape {tuple(args.shape)} (z, y, x), spacing {SPACING} mm, {args.cases} case(s), classes 1 and 2")
     print(f"{'case':>4} {'class':>5} {'mask voxels':>11} {'distances s':>11} {'all metrics s':>13} "
           f"{'baseline s':>10} {'speed-up':>8} {'max |diff|':>10}")

@@ -31,7 +31,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from workflow_scripts.config import section_defaults  # noqa: E402
+from workflow_scripts.config import section_settings  # noqa: E402
 
 
 def run(args, env=None, cwd=None):
@@ -130,7 +130,7 @@ def main():
         os.symlink(images, batch / "new_scans")
         anatomy = {"source": "precomputed", "precomputed_dir": str(anatomy_dir)} \
             if config["anatomy"]["source"] == "precomputed" else {}
-        prediction = {**section_defaults("prediction"), **VARIANTS[variant]}
+        prediction = {**section_settings("prediction"), **VARIANTS[variant]}
         (batch / "predict.yaml").write_text(yaml.safe_dump({
             "bundle": str(bundle), "data": {"images_ts": "new_scans"}, "anatomy": anatomy,
             "prediction": prediction, "compute": {"device": "cpu", "resources": {"predict_test": {

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from workflow_scripts.config import section_defaults  # noqa: E402
+from workflow_scripts.config import section_settings  # noqa: E402
 from workflow_scripts.qc import check_case  # noqa: E402
 
 SPACING = (0.8, 0.8, 2.5)  # x, y, z in mm
@@ -57,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cases = [write_case(Path(tmp), tuple(args.shape), seed) for seed in range(args.cases)]
         read_s, qc_s = [], []
-        settings = section_defaults("qc")
+        settings = section_settings("qc")
         for image, label in cases:
             start = time.perf_counter()
             for path in (image, label):

@@ -1,0 +1,90 @@
+"""What the verbs' command lines share. Each stage module owns its verbs (``<verb>_entry(argv)`` beside the
+function it runs); ``python -m workflow_scripts <verb>`` dispatches to them.
+
+One convention: files and case ids are flags; settings are one JSON value, ``--settings``, holding the config
+section the verb reads (keys left out take the schema's defaults, so a partial section works).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workflow_scripts.config import IMAGE_SUFFIX, ConfigError, section_settings
+
+
+def parser(verb: str, description: str) -> argparse.ArgumentParser:
+    # Rule logs are files: flush every line so progress is visible and a killed job loses nothing.
+    sys.stdout.reconfigure(line_buffering=True)
+    return argparse.ArgumentParser(prog=f"python -m workflow_scripts {verb}", description=description)
+
+
+def json_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err}): {text[:80]}")
+
+
+def add_settings(p: argparse.ArgumentParser, section: str, required: bool = False) -> None:
+    """``--settings``: the config section ``section`` as JSON; keys left out take the schema's defaults."""
+
+    def settings(text: str) -> dict:
+        try:
+            return section_settings(section, json_value(text))
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err))
+
+    p.add_argument("--settings", type=settings, required=required, default=None if required else "{}",
+                   help=f"the config's {section} section as JSON (keys left out: the schema's defaults)")
+
+
+def add_nnunet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nnunet-root", required=True, help="folder of nnU-Net's raw, preprocessed and results folders")
+    p.add_argument("--threads", type=int, default=1, help="worker pools and torch threads (the rule's threads)")
+    p.add_argument("--augmentation-workers", type=int, default=0, help="nnU-Net's data augmentation processes")
+
+
+def configure_nnunet(args, augmentation_workers: int | None = None) -> None:
+    """Before nnU-Net's first import in this process: its folders and pool sizes."""
+    from workflow_scripts.nnunet_seam import configure_nnunet as configure
+
+    workers = args.augmentation_workers if augmentation_workers is None else augmentation_workers
+    configure(args.nnunet_root, args.threads, workers)
+
+
+def case_folder(paths: list[str], what: str) -> tuple[Path, list[str]]:
+    """The folder and case ids of ``<folder>/<case>.nii.gz`` files that a rule declares; the functions read
+    exactly these files. Files in several folders are a rule error."""
+    folders = {str(Path(p).parent) for p in paths}
+    if len(folders) != 1 or not all(p.endswith(IMAGE_SUFFIX) for p in paths):
+        raise SystemExit(f"error: {what}: expected <case>{IMAGE_SUFFIX} files in one folder, got {paths[:3]}...")
+    return Path(folders.pop()), [Path(p).name[: -len(IMAGE_SUFFIX)] for p in paths]
+
+
+def case_paths(paths: list[str], cases: list[str]) -> dict[str, Path]:
+    """{case: path} of files given in the order of ``cases``."""
+    if len(paths) != len(cases):
+        raise SystemExit(f"error: {len(paths)} files for {len(cases)} cases")
+    return {case: Path(p) for case, p in zip(cases, paths)}
+
+
+def stage_root(paths: list[str], what: str) -> Path:
+    """The folder of ``<folder>/<stage>/<case>.<ext>`` files that a rule declares."""
+    roots = {str(Path(p).parent.parent) for p in paths}
+    if len(roots) != 1:
+        raise SystemExit(f"error: {what}: expected <folder>/<stage>/<case> files under one folder, got {sorted(roots)}")
+    return Path(roots.pop())
+
+
+def probability_root(paths: list[str], cases: list[str]) -> Path:
+    """The folder of ``<folder>/<configuration>/<case>.npz`` files that a rule declares; every case's file of
+    each configuration must be among them."""
+    root = stage_root(paths, "--probabilities")
+    given = {str(Path(p)) for p in paths}
+    configurations = sorted({Path(p).parent.name for p in paths})
+    missing = [f"{c}/{case}.npz" for c in configurations for case in cases if str(root / c / f"{case}.npz") not in given]
+    if missing:
+        raise SystemExit(f"error: --probabilities lacks {missing[:3]}")
+    return root
