@@ -30,6 +30,8 @@ localrules:
     all,
     link_image,
     qc_report,
+    qc_gate,
+    qc_anatomy_report,
     make_splits,
     export_bundle,
     summarize_metrics,

@@ -65,13 +65,13 @@ def _alternatives(names):
 
 def cases(split):
     """The cases of a split that go on after QC. With qc.on_error: stop (default), all of them (QC stops the run
-    on an error), known at start-up; with exclude, the training cases without errors, known once the qc_report
+    on an error), known at start-up; with exclude, the training cases without errors, known once the qc_gate
     checkpoint has run (call this only inside rule functions then). New cases are never left out automatically."""
     if split == "test":
         return TEST_CASES
     if CONFIG["qc"]["on_error"] == "stop":
         return TRAIN_CASES
-    with open(checkpoints.qc_report.get().output.cases) as f:
+    with open(checkpoints.qc_gate.get().output[0]) as f:
         return json.load(f)["train"]
 
 
@@ -89,8 +89,19 @@ DICOM_CASES = {
     for case, folder in dicom_folders(_configured_images_dir(split)).items()
     if case in INPUT_CASES[split]
 }
-STAGED_SPLITS = [split for split in ("oof", "test") if any(case in DICOM_CASES for case in INPUT_CASES[split])]
+# Images named with nnU-Net's channel suffix (<case>_0000.nii.gz) are linked as <case>.nii.gz, every split.
+CHANNEL_SUFFIX = CONFIG["data"]["channel_suffix"]
+STAGED_SPLITS = [
+    split for split in ("oof", "test") if CHANNEL_SUFFIX or any(case in DICOM_CASES for case in INPUT_CASES[split])
+]
 INPUT_FOLDERS = {"oof": "train", "test": "test"}
+QC_PASSED = "results/qc/passing_cases.json"
+# {case: split} of every case QC reports on, the images named off data.case_pattern included.
+QC_SPLITS = {
+    **{c: "train" for c in TRAIN_CASES},
+    **{c: "test" for c in TEST_CASES},
+    **{name: split for name, (split, path) in MISNAMED.items()},
+}
 
 
 def images_dir(split):
@@ -109,8 +120,21 @@ def reference_dir(split):
     return CONFIG["data"]["labels_tr"] if split == "oof" else CONFIG["data"]["labels_ts"]
 
 
+def case_references(case_list):
+    """The reference labels of cases. A missing one is left out here, so that the DAG builds and QC reports it
+    (label_exists) with every other problem; QC stops the run (or leaves the case out) before any rule reads the
+    labels."""
+    paths = [f"{reference_dir(case_split(case))}/{case}.nii.gz" for case in case_list]
+    return [path for path in paths if os.path.exists(path)]
+
+
 def references(split):
-    return [f"{reference_dir(split)}/{case}.nii.gz" for case in cases(split)]
+    return case_references(cases(split))
+
+
+def labelled_cases():
+    """The cases whose labels QC checks against anatomy: the training cases, and the new ones with labels."""
+    return cases("oof") + (cases("test") if CONFIG["data"].get("labels_ts") else [])
 
 
 def images(split):
@@ -170,6 +194,15 @@ def anatomy_map(case):
     if CONFIG["anatomy"]["source"] == "precomputed":
         return os.path.join(CONFIG["anatomy"]["precomputed_dir"], f"{case}.nii.gz")
     return f"results/anatomy/{case}.nii.gz"
+
+
+def anatomy_maps(case_list):
+    """The anatomy maps of cases. A precomputed map that is missing is left out here, so that the DAG builds and
+    QC reports it (anatomy_exists) with every other problem before any rule reads the maps."""
+    paths = [anatomy_map(case) for case in case_list]
+    if CONFIG["anatomy"]["source"] == "precomputed":
+        paths = [path for path in paths if os.path.exists(path)]
+    return paths
 
 
 def ensemble_configurations():
@@ -264,7 +297,7 @@ def selection_biased_stages():
 
 
 def all_targets(runtime=True):
-    targets = ["results/qc/qc_table.tsv"]
+    targets = ["results/qc/qc_table.tsv", QC_PASSED, "results/qc/anatomy_table.tsv"]
     if not BUNDLE:
         targets += ["results/ensemble/candidates.tsv", "results/refinement/rule_subsets.tsv"]
     if EVALUATED_SPLITS:

@@ -3,7 +3,7 @@
 
 rule make_splits:
     input:
-        qc="results/qc/qc_table.tsv",
+        qc=QC_PASSED,
         references=lambda w: references("oof"),
         patients=CONFIG["data"]["patients"] or [],
     output:
@@ -23,7 +23,7 @@ rule make_splits:
 
 rule convert_dataset:
     input:
-        qc="results/qc/qc_table.tsv",
+        qc=QC_PASSED,
         images=lambda w: images("oof"),
         references=lambda w: references("oof"),
     output:

@@ -29,7 +29,7 @@ rule convert_dicom:
 
 rule link_image:
     input:
-        lambda w: f"{_configured_images_dir(case_split(w.case))}/{w.case}.nii.gz",
+        lambda w: f"{_configured_images_dir(case_split(w.case))}/{w.case}{CHANNEL_SUFFIX}.nii.gz",
     output:
         "results/inputs/{input_folder}/{case}.nii.gz",
     log:

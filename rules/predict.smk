@@ -30,6 +30,7 @@ rule gather_oof:
 
 rule predict_test:
     input:
+        qc=QC_PASSED,
         models=model_inputs(),
         selection=chosen_ensemble(),
         images=[image_path(case) for case in TEST_CASES],

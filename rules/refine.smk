@@ -4,7 +4,8 @@
 
 rule segment_anatomy:
     input:
-        lambda w: image_path(w.case),
+        image=lambda w: image_path(w.case),
+        qc=QC_PASSED,  # QC names a broken image before TotalSegmentator meets it
     output:
         "results/anatomy/{case}.nii.gz",
     log:
@@ -20,7 +21,7 @@ rule segment_anatomy:
         settings=as_json(CONFIG["anatomy"]),
         device="gpu" if resources_of("segment_anatomy")["gpu"] else "cpu",
     shell:
-        "python -m workflow_scripts segment-anatomy --image {input} --out {output} --settings {params.settings:q} "
+        "python -m workflow_scripts segment-anatomy --image {input.image} --out {output} --settings {params.settings:q} "
         "--device {params.device} --threads {threads} "
         "> {log} 2>&1"
 
@@ -28,7 +29,7 @@ rule segment_anatomy:
 rule select_refinement:
     input:
         segmentations=lambda w: [prediction("oof", "ensemble", case) for case in cases("oof")],
-        anatomy=lambda w: [anatomy_map(case) for case in cases("oof")],
+        anatomy=lambda w: anatomy_maps(cases("oof")),
         images=lambda w: images("oof"),
         references=lambda w: references("oof"),
     output:
@@ -56,7 +57,7 @@ rule select_refinement:
 rule refine_case:
     input:
         seg=prediction("{split}", "ensemble", "{case}"),
-        anatomy=lambda w: anatomy_map(w.case),
+        anatomy=lambda w: anatomy_maps([w.case]),
         image=lambda w: image_path(w.case),
         selection=chosen_refinement(),
     output:
@@ -82,7 +83,7 @@ rule refine_case:
 rule tumour_burden:
     input:
         segmentations=lambda w: [prediction(w.split, "refined", c) for c in cases(w.split)],
-        anatomy=lambda w: [anatomy_map(c) for c in cases(w.split)],
+        anatomy=lambda w: anatomy_maps(cases(w.split)),
     output:
         lesions=report(
             "results/burden/{split}/lesions.tsv",
@@ -118,7 +119,7 @@ rule nested_selection:
     input:
         probabilities=lambda w: oof_probabilities(),
         references=lambda w: references("oof"),
-        anatomy=lambda w: [anatomy_map(case) for case in cases("oof")],
+        anatomy=lambda w: anatomy_maps(cases("oof")),
         images=lambda w: images("oof"),
         splits="results/splits/splits_final.json",
     output:

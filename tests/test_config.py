@@ -43,6 +43,8 @@ def test_real_template_is_valid_once_its_folders_exist(tmp_path):
      "must use every label"),
     (lambda c: c["configurations"]["metastasis_only"].update(folds=[0, 1]), "need every fold"),
     (lambda c: c["configurations"].update(ensemble=c["configurations"].pop("metastasis_only")), "reserved"),
+    (lambda c: c.setdefault("qc", {}).update(allow={"toy_001": ["label_values"]}),
+     "qc.allow.toy_001.0: 'label_values' is not one of ['duplicate_image'"),
     (lambda c: c["refinement"]["rules"].append({"name": "bone", "kind": "drop_inside"}),
      "refinement.rules.3: 'structures' is a required property"),
     (lambda c: c["refinement"]["rules"].append({"name": "small", "kind": "drop_smaller_than"}),
@@ -78,7 +80,7 @@ def test_excluded_cases_leave_every_list_and_orphan_labels_are_found(toy_config,
     (images / "toy_003.nii.gz").unlink()  # its label stays: a label without an image
     config["data"]["images_tr"] = str(images)
     config["qc"] = {"exclude": {"toy_001": "motion artefacts", "toy_101": "no contrast"},
-                    "allow": {"toy_002": ["label_values"]}}
+                    "allow": {"toy_002": ["duplicate_image"]}}
     shutil.copyfile(images / "toy_004.nii.gz", images / "toy 4 copy.nii.gz")  # off the case pattern
     shutil.copyfile(images / "toy_004.nii.gz", images / "toy#5.nii.gz")
     config["qc"]["exclude"]["toy#5"] = "a test export"  # a misnamed image may be excluded by its name
@@ -87,7 +89,7 @@ def test_excluded_cases_leave_every_list_and_orphan_labels_are_found(toy_config,
     assert test == ["toy_100"]
     assert orphans == {"toy_003": str(Path(config["data"]["labels_tr"]) / "toy_003.nii.gz")}
     assert misnamed == {"toy 4 copy": ["train", str(images / "toy 4 copy.nii.gz")]}
-    config["qc"]["allow"]["toy 4 copy"] = ["case_name"]
+    config["qc"]["allow"]["toy 4 copy"] = ["duplicate_image"]
     with pytest.raises(ConfigError, match=r"qc.exclude / qc.allow name cases \['toy 4 copy'\] .* rename them"):
         input_cases(validate_config(config))
     config["qc"]["allow"].pop("toy 4 copy")
@@ -133,3 +135,11 @@ def test_defaults_come_from_the_schema_only(toy_config):
         Conventions()  # no defaults of its own
     with pytest.raises(ConfigError, match="qc.min_component_mm3: -1 is less than the minimum"):
         section_settings("qc", {"min_component_mm3": -1})
+
+
+def test_qc_allow_accepts_exactly_the_checks_qc_calls_allowable():
+    from workflow_scripts.config import _schema
+    from workflow_scripts.qc import ALLOWABLE_CHECKS
+
+    allow = _schema()["properties"]["qc"]["properties"]["allow"]["additionalProperties"]["items"]["enum"]
+    assert tuple(allow) == ALLOWABLE_CHECKS

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import yaml
 from scipy import ndimage
 
 from workflow_scripts.config import section_settings
@@ -103,7 +104,26 @@ def test_empty_annotation_and_stray_voxels_are_warnings(toy_dir, tmp_path):
     assert flagged(table) == {"label_tiny_components": "warning"}
     message = table[table["check"] == "label_tiny_components"]["message"].item()
     metastases = ndimage.label(label == 2, structure=np.ones((3, 3, 3)))[1]  # QC's 26-connectivity
-    assert metastases >= 2 and message.startswith(f"label 2: 1 of {metastases + 1} component(s) below 10 mm3")
+    assert metastases >= 2 and message.startswith(f"label 2: 1 of {metastases + 1} component(s) below 10 mm3 or "
+                                                  "3 voxels (smallest 1 voxel(s)")
+
+
+def test_one_voxel_lesion_at_coarse_spacing_is_flagged_by_its_voxel_count(toy_dir, tmp_path):
+    """At 3 mm voxels one stray voxel is 27 mm3, above the 10 mm3 floor: the voxel count flags it."""
+    image, label = (sitk.ReadImage(str(toy_dir / f"{folder}/toy_001.nii.gz")) for folder in ("imagesTr", "labelsTr"))
+    array = sitk.GetArrayFromImage(label)
+    array[1, 5, 5] = 2
+    coarse = sitk.GetImageFromArray(array)
+    coarse.CopyInformation(label)
+    for item, name in ((image, "image"), (coarse, "label")):
+        item.SetSpacing((3.0, 3.0, 3.0))
+        sitk.WriteImage(item, str(tmp_path / f"{name}.nii.gz"))
+    table = check_case("coarse", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz", VALUES, TOY_QC)
+    message = table[table["check"] == "label_tiny_components"]["message"].item()
+    assert "smallest 1 voxel(s), 27 mm3" in message
+    table = check_case("coarse", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz", VALUES,
+                       {**TOY_QC, "min_component_voxels": 1})
+    assert "label_tiny_components" not in set(table["check"])
 
 
 def test_label_shifted_off_the_tissue_is_a_warning(toy_dir, tmp_path):
@@ -179,6 +199,12 @@ def test_missing_label_unreadable_image_and_2d_image(toy_dir, tmp_path):
     assert list(errors(table)["check"]) == ["image_3d"]
 
 
+def suggested(err) -> dict:
+    """The config lines a QC stop message suggests (its YAML tail)."""
+    message = str(err.value)
+    return yaml.safe_load(message[message.index("\nqc:\n") + 1:])["qc"]
+
+
 def test_aggregate_names_every_failing_case(toy_dir, tmp_path):
     good = write_case_qc("toy_001", toy_dir / "imagesTr/toy_001.nii.gz", toy_dir / "labelsTr/toy_001.nii.gz",
                          VALUES, tmp_path / "good.tsv")
@@ -207,10 +233,11 @@ def test_on_error_exclude_leaves_out_failing_training_cases_only(toy_dir, tmp_pa
     splits = {"toy_001": "train", "lost": "train", "new_1": "test", "toy 4": "train"}
     tables = [tmp_path / "good.tsv", tmp_path / "lost.tsv", tmp_path / "new.tsv"]
     misnamed = {"toy 4": "imagesTr/toy 4.nii.gz"}  # an image named off the case pattern
-    with pytest.raises(QCError, match="or set qc.on_error: exclude") as err:  # the default stops, naming the option
+    with pytest.raises(QCError, match="qc.on_error: exclude would leave out") as err:  # the default stops, naming it
         aggregate_qc(tables, tmp_path / "table.tsv", splits=splits, misnamed=misnamed, case_pattern="^[a-z0-9_]+$")
     assert ("toy 4: [case_name] imagesTr/toy 4.nii.gz: the id 'toy 4' does not match data.case_pattern "
             "'^[a-z0-9_]+$', so no rule can use it; rename the image (and its label)") in str(err.value)
+    assert suggested(err) == {"exclude": {"lost": "QC errors: label_exists", "toy 4": "QC errors: case_name"}}
     table = aggregate_qc(tables, tmp_path / "table.tsv", exclude={"old": "phantom scan"}, on_error="exclude",
                          splits=splits, misnamed=misnamed, case_pattern="^[a-z0-9_]+$")
     excluded = table[table["check"] == "excluded"].set_index("case")["message"]
@@ -247,11 +274,11 @@ def test_truncated_gzip_and_4d_volumes_are_errors(toy_dir, tmp_path):
     series = sitk.JoinSeries([sitk.ReadImage(str(toy_dir / "imagesTr/toy_001.nii.gz"))] * 2)
     sitk.WriteImage(series, str(tmp_path / "4d.nii.gz"))
     table = check_case("4d", tmp_path / "4d.nii.gz", None, VALUES, TOY_QC)
-    assert flagged(table) == {"image_3d": "error"} and "is 4D with 1 components" in table["message"].item()
+    assert flagged(table) == {"image_3d": "error"} and "is 4D with 2 volumes of 64 x 64 x 32;" in table["message"].item()
     rgb = sitk.Compose([sitk.ReadImage(str(toy_dir / "labelsTr/toy_001.nii.gz"))] * 3)
     sitk.WriteImage(rgb, str(tmp_path / "rgb.nii.gz"))
     table = check_case("rgb", tmp_path / "rgb.nii.gz", None, VALUES, TOY_QC)
-    assert flagged(table) == {"image_3d": "error"} and "with 3 components" in table["message"].item()
+    assert flagged(table) == {"image_3d": "error"} and "3D of 64 x 64 x 32, 3 components per voxel" in table["message"].item()
 
 
 def test_dataset_level_duplicates_orphans_exclusions_and_allowances(toy_dir, tmp_path):
@@ -268,7 +295,7 @@ def test_dataset_level_duplicates_orphans_exclusions_and_allowances(toy_dir, tmp
     assert "errors in 2 case(s)" in message
     assert "toy_001: [duplicate_image] same voxels and geometry as copy_of_1" in message
     assert "copy_of_1: [duplicate_image] same voxels and geometry as toy_001" in message
-    assert "qc.exclude: {toy_001: <reason>}" in message and "qc.allow: {toy_001: [duplicate_image]}" in message
+    assert suggested(err) == {"allow": {"copy_of_1": ["duplicate_image"], "toy_001": ["duplicate_image"]}}
     table = pd.read_csv(tmp_path / "table.tsv", sep="\t")  # written before stopping: the whole picture
     assert flagged(table[table["case"] == "toy_002"]) == {}
     assert flagged(table[table["case"] == "toy_007"]) == {"label_without_image": "warning"}

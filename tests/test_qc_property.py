@@ -115,3 +115,43 @@ def test_an_infinite_sform_is_an_error_not_a_hung_reader(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("error cannot read") and "NaN or infinity in srow_y" in result.stdout
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(anatomy=st.one_of(nifti_files(), nifti_files(shape=(6, 5, 4), label_like=True)))
+def test_any_anatomy_map_gives_an_anatomy_table_never_a_traceback(tmp_path, anatomy):
+    """The anatomy-aware label QC reads a map nobody checked (precomputed): whatever the file, a table."""
+    import SimpleITK as sitk
+
+    from workflow_scripts.config import section_settings
+    from workflow_scripts.label_anatomy import check_case_anatomy
+
+    rng = np.random.default_rng(0)
+    for name, array in (("image", rng.normal(0, 300, (4, 5, 6)).astype(np.int16)),
+                        ("label", (rng.random((4, 5, 6)) > 0.8).astype(np.uint8) * 2)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((0.8, 0.8, 2.5))
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+    (tmp_path / "anatomy.nii.gz").write_bytes(anatomy)
+    table = check_case_anatomy("random", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz",
+                               tmp_path / "anatomy.nii.gz", section_settings("qc"), [0, 1, 2], "total",
+                               tmp_path / "anatomy.tsv", tmp_path / "proposal")
+    assert list(table.columns) == COLUMNS and len(table) >= 1 and (table["case"] == "random").all()
+    event(table["message"].iloc[0][:40])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(manifest=st.one_of(st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+                          st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                                       lambda inner: st.lists(inner, max_size=3)
+                                       | st.dictionaries(st.sampled_from(["labels", "channel_names", "file_ending",
+                                                                          "0", "background"]), inner, max_size=4),
+                                       max_leaves=10).map(__import__("json").dumps)))
+def test_any_dataset_json_gives_config_problems_never_a_traceback(tmp_path, manifest):
+    """data.nnunet_raw reads dataset.json, the other new reader: whatever it holds, problems to report."""
+    from workflow_scripts.config import _resolve_nnunet_raw
+
+    (tmp_path / "raw").mkdir(exist_ok=True)
+    (tmp_path / "raw" / "dataset.json").write_text(manifest)
+    problems = _resolve_nnunet_raw({"nnunet_raw": "raw"}, {"background": 0, "primary": 1}, tmp_path)
+    assert all(p.startswith("data.nnunet_raw: ") for p in problems)

@@ -1,4 +1,5 @@
 """The workflow as a user runs it: trainer lookup, lint, dry runs per rule and profile, and the toy smoke DAG."""
+import itertools
 import json
 import math
 import os
@@ -132,6 +133,15 @@ def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_pat
 
     assert np.unique(sitk.GetArrayFromImage(anatomy)).tolist() == [anatomy_class_ids()["vertebrae_L3"]]
     assert (workdir / "benchmarks/segment_anatomy/toy_001.tsv").exists()
+    # Anatomy-aware label QC through its rule on that map: the tiny model calls every voxel vertebra L3, so the
+    # label lies in bone (flagged), and no flip or shift can help (nothing proposed).
+    snakemake(workdir, "results/qc/anatomy/toy_001.tsv", "--cores", "1", "--configfile", path)
+    table = pd.read_csv(workdir / "results/qc/anatomy/toy_001.tsv", sep="\t")
+    flagged = table[table["check"] == "label_anatomy"]
+    assert flagged["message"].str.contains(r"100% of it lies inside \['vertebrae_\*'", regex=True).any()
+    assert set(flagged["severity"]) == {"warning", "info"}  # the lung rule: no lung in this map, not checked
+    assert table[table["check"] == "label_anatomy_proposal"]["message"].str.startswith("no flip or shift").all()
+    assert not (workdir / "results/qc/anatomy/toy_001_proposal/label.nii.gz").exists()
 
 
 def test_config_error_stops_with_one_clear_message(toy_workdir, tmp_path):
@@ -196,6 +206,125 @@ def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_
     assert job_count(plan, "ensemble_case") == 11 and job_count(plan, "refine_case") == 11 + 3
     assert job_count(plan, "predict_test") == 1  # every configuration and the ensemble of the 3 new cases
     assert "toy_003" not in plan
+
+
+def break_inputs(root: Path) -> dict[str, str]:
+    """A catalogue of broken inputs, each kind in its own case and voxels: {case: what QC must say}."""
+    images, labels = root / "imagesTr", root / "labelsTr"
+
+    def edit(path, change, out=None):
+        image = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(image)
+        changed = change(array)
+        result = sitk.GetImageFromArray(changed if changed is not None else array)
+        result.CopyInformation(image)
+        sitk.WriteImage(result, str(out or path))
+
+    (labels / "toy_001.nii.gz").unlink()
+    edit(labels / "toy_002.nii.gz", lambda a: a.__setitem__((0, 0, 0), 7))
+    for folder in (images, labels):
+        (folder / "toy_004.nii.gz").rename(folder / "toy 4.nii.gz")
+    data = (images / "toy_005.nii.gz").read_bytes()
+    (images / "toy_005.nii.gz").write_bytes(data[: len(data) // 2])
+    volume = sitk.ReadImage(str(images / "toy_006.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([volume, volume]), str(images / "toy_006.nii.gz"))
+    label = sitk.ReadImage(str(labels / "toy_007.nii.gz"))
+    label.SetOrigin(tuple(o + 5.0 for o in label.GetOrigin()))
+    sitk.WriteImage(label, str(labels / "toy_007.nii.gz"))
+    for folder in (images, labels):
+        shutil.copyfile(folder / "toy_008.nii.gz", folder / "toy_009.nii.gz")
+    edit(images / "toy_010.nii.gz", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.nan,
+                                                         a.astype(np.float32)))
+    (images / "toy_003.nii.gz").rename(images / "toy_003_0000.nii.gz")  # nnU-Net's raw layout
+    (root / "labelsTs" / "toy_101.nii.gz").unlink()
+    (root / "anatomy" / "toy_011.nii.gz").unlink()  # a DICOM case's precomputed anatomy map
+    return {"toy_001": "[label_exists] no label", "toy_002": "[label_values] label values [7]",
+            "toy 4": "[case_name]", "toy_005": "[image_readable] cannot read", "toy_006": "4D with 2 volumes",
+            "toy_007": "[label_grid]", "toy_008": "[duplicate_image] same voxels and geometry as toy_009",
+            "toy_009": "[duplicate_image]", "toy_010": "[image_finite]",
+            "toy_003_0000": "nnU-Net's channel suffix, and the label is toy_003.nii.gz",
+            "toy_011": "[anatomy_exists] no anatomy map",
+            "toy_101": "[label_exists] no label"}
+
+
+def test_plain_study_command_lists_every_broken_input_and_keeps_the_qc_table(toy_workdir, tmp_path):
+    """The study command itself, on a catalogue of broken inputs: the DAG builds (nothing fails before QC), QC
+    names every case with its problem and no traceback reaches the output or a log, the QC table, summary and
+    figure stay after the stop, and the config lines the message suggests let the run go on."""
+    shutil.copytree(toy_workdir / "resources", tmp_path / "resources", symlinks=True)
+    expected = break_inputs(tmp_path / "resources" / "toy")
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(tmp_path, "--profile", PROFILES["local"], "--configfile", "study.yaml", check=False)
+    assert result.returncode != 0
+    stop = result.stderr[result.stderr.index("QC found errors"):]
+    for case, message in expected.items():
+        assert any(line.startswith(f"  {case}: ") and message in line for line in stop.splitlines()), case
+    assert f"QC found errors in {len(expected)} case(s)" in stop
+    logs = [p.read_text() for p in (tmp_path / "logs").rglob("*.log")]
+    assert "Traceback" not in result.stderr + result.stdout and not [log for log in logs if "Traceback" in log]
+    for kept in ("qc_table.tsv", "dataset_summary.tsv", "dataset.png"):
+        assert (tmp_path / "results/qc" / kept).stat().st_size > 0, kept
+    table = pd.read_csv(tmp_path / "results/qc/qc_table.tsv", sep="\t")
+    assert set(expected) <= set(table.loc[table["severity"] == "error", "case"])
+    assert "label_without_image" in set(table["check"])  # toy_003's label, its image named toy_003_0000
+    assert not (tmp_path / "results/qc/passing_cases.json").exists()
+    # Every suggestion is accepted by the config and lets QC pass; the whole DAG then builds.
+    tail = stop[stop.index("\nqc:\n") + 1:].splitlines()
+    snippet = tail[:1] + list(itertools.takewhile(lambda line: line.startswith("  "), tail[1:]))
+    suggested = yaml.safe_load("\n".join(snippet))["qc"]
+    assert set(suggested["allow"]) == {"toy_008", "toy_009"}
+    assert set(suggested["exclude"]) == set(expected) - {"toy_008", "toy_009"}
+    config["qc"] = {**config.get("qc", {}), **suggested}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(tmp_path, "results/qc/passing_cases.json", "--profile", PROFILES["local"], "--configfile", "study.yaml")
+    passing = json.loads((tmp_path / "results/qc/passing_cases.json").read_text())
+    assert not set(passing["train"] + passing["test"]) & set(suggested["exclude"])
+    plan = snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout
+    assert job_count(plan, "gather_oof") == len(passing["train"])
+
+
+def test_nnunet_raw_dataset_folder_is_an_input(tmp_path):
+    """data.nnunet_raw takes nnU-Net's raw layout as it is (imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz,
+    imagesTs, dataset.json): the cases lose the channel suffix, dataset.json's labels are checked against the
+    config's, and a second channel is named in QC's message."""
+    from workflow_scripts.toy_data import generate_toy_dataset
+
+    toy = tmp_path / "toy"
+    cases = generate_toy_dataset(toy, n_train=6, n_test=2, seed=0)
+    raw = tmp_path / "nnUNet_raw" / "Dataset900_toy"
+    for folder, source, split in (("imagesTr", "imagesTr", "train"), ("imagesTs", "imagesTs", "test")):
+        (raw / folder).mkdir(parents=True)
+        for case in cases[split]:
+            shutil.copyfile(toy / source / f"{case}.nii.gz", raw / folder / f"{case}_0000.nii.gz")
+    shutil.copytree(toy / "labelsTr", raw / "labelsTr")
+    labels = {"background": 0, "primary": 1, "metastasis": 2}
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels,
+                                                  "numTraining": 6, "file_ending": ".nii.gz"}))
+    shutil.copyfile(raw / "imagesTr" / f"{cases['train'][0]}_0000.nii.gz", raw / "imagesTr" / "toy_000_0001.nii.gz")
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["data"] = {"nnunet_raw": str(raw), "labels_ts": str(toy / "labelsTs")}
+    config["anatomy"]["precomputed_dir"] = str(toy / "anatomy")
+    (tmp_path / "raw.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(tmp_path, "results/qc/passing_cases.json", "--cores", "2", "--configfile", "raw.yaml",
+                       check=False)
+    assert result.returncode != 0 and "QC found errors in 1 case(s)" in result.stderr
+    assert "toy_000_0001.nii.gz: the name does not end in data.channel_suffix '_0000' (a second channel?" in result.stderr
+    (raw / "imagesTr" / "toy_000_0001.nii.gz").unlink()
+    snakemake(tmp_path, "results/qc/passing_cases.json", "--cores", "2", "--configfile", "raw.yaml")
+    passing = json.loads((tmp_path / "results/qc/passing_cases.json").read_text())
+    assert passing["train"] == cases["train"] and passing["test"] == cases["test"]
+    assert (tmp_path / f"results/inputs/train/{cases['train'][0]}.nii.gz").resolve() == \
+        (raw / "imagesTr" / f"{cases['train'][0]}_0000.nii.gz").resolve()
+    plan = snakemake(tmp_path, "-n", "--configfile", "raw.yaml").stdout
+    assert job_count(plan, "gather_oof") == 6 and job_count(plan, "refine_case") == 6 + 2
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "PET"},
+                                                  "labels": {**labels, "metastasis": 3}, "file_ending": ".nii.gz"}))
+    result = snakemake(tmp_path, "-n", "--configfile", "raw.yaml", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "dataset.json's labels" in output and "differ from labels" in output
+    assert "this workflow takes one CT channel" in output
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -738,6 +867,7 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
     # Per-case jobs are packed into group jobs: 15 QC cases in one SLURM job, not 15.
     assert len([name for name in jobs if name.startswith("group_qc")]) >= 1
     assert len(jobs.get("group_qc_qc_case", [])) == 1
+    assert len(jobs.get("group_qc_anatomy_qc_anatomy", [])) == 1  # 15 labels checked against anatomy, one job
     preempted = slurm_run["preempted"]
     for name, ids in jobs.items():
         for job_id in ids:
@@ -748,7 +878,7 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
             has_gpu = "gpu:1" in record.get("TresPerJob", "")
             assert has_gpu == any(name == f"rule_{rule}" for rule in SLURM_GPU_RULES), (name, record)
     # Aggregations ran on the submit host (localrules), not as cluster jobs.
-    for rule in ("qc_report", "make_splits", "summarize_metrics", "summarize_runtime"):
+    for rule in ("qc_report", "qc_gate", "qc_anatomy_report", "make_splits", "summarize_metrics", "summarize_runtime"):
         assert f"rule_{rule}" not in jobs
 
 

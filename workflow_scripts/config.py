@@ -146,9 +146,48 @@ def refinement_rules(rules: list[dict]) -> list[dict]:
     return section_settings("refinement", {"rules": rules})["rules"]
 
 
+def _resolve_nnunet_raw(data: dict, labels: dict, base: Path) -> list[str]:
+    """Fill the image and label folders of an nnU-Net raw dataset folder; the problems found."""
+    folder = data["nnunet_raw"]
+    given = [key for key in ("images_tr", "labels_tr") if data.get(key)]
+    if given:
+        return [f"data.nnunet_raw: sets {given} itself; leave them out"]
+    root = base / folder
+    manifest = root / "dataset.json"
+    if not manifest.is_file():
+        return [f"data.nnunet_raw: no dataset.json in '{folder}' (an nnU-Net raw dataset folder holds imagesTr/, "
+                "labelsTr/ and dataset.json)"]
+    import json
+
+    try:
+        dataset = json.loads(manifest.read_text())
+        given_labels = {str(k): int(v) for k, v in dataset["labels"].items()}
+        dataset["channel_names"].items()
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        return [f"data.nnunet_raw: {manifest} is not an nnU-Net dataset.json with 'labels' and 'channel_names' "
+                f"({type(err).__name__}: {str(err)[:80]}); rewrite it"]
+    problems = []
+    if given_labels != labels:
+        problems.append(f"data.nnunet_raw: dataset.json's labels {dataset.get('labels')} differ from labels {labels}; "
+                        "make them equal")
+    if len(dataset.get("channel_names", {})) != 1:
+        problems.append(f"data.nnunet_raw: dataset.json names channels {dataset.get('channel_names')}; this workflow "
+                        "takes one CT channel")
+    if dataset.get("file_ending", IMAGE_SUFFIX) != IMAGE_SUFFIX:
+        problems.append(f"data.nnunet_raw: file_ending {dataset['file_ending']!r}; convert the files to {IMAGE_SUFFIX}")
+    data.update(images_tr=f"{folder}/imagesTr", labels_tr=f"{folder}/labelsTr", channel_suffix="_0000")
+    if not data.get("images_ts") and (root / "imagesTs").is_dir():
+        data["images_ts"] = f"{folder}/imagesTs"
+    return problems
+
+
 def _cross_check(config: dict, base: Path) -> None:
     problems = []
     data = config["data"]
+    if data["nnunet_raw"]:
+        problems += _resolve_nnunet_raw(data, config["labels"], base)
+    if not data.get("images_ts"):
+        problems.append("data.images_ts: the folder of new cases to segment is needed")
     for key in ("images_tr", "labels_tr"):
         if config["bundle"] and data[key]:
             problems.append(f"data.{key}: a run with a bundle segments new cases only; leave {key} out")
@@ -251,12 +290,18 @@ def load_config(path: str | Path, base: str | Path = ".") -> dict:
     return validate_config(yaml.safe_load(Path(path).read_text()), base)
 
 
-def discover_cases(folder: str | Path, pattern: str) -> tuple[list[str], dict[str, str]]:
-    """Case ids in ``folder``: ``<case>.nii.gz`` files and ``<case>/`` DICOM series folders (hidden entries are
-    skipped); and the entries whose name is off ``pattern`` ({name: path}), which QC reports as errors (no rule
-    can use them). An id given both ways is an error."""
+def discover_cases(folder: str | Path, pattern: str, channel_suffix: str = "") -> tuple[list[str], dict[str, str]]:
+    """Case ids in ``folder``: ``<case><channel_suffix>.nii.gz`` files and ``<case>/`` DICOM series folders (hidden
+    entries are skipped); and the entries whose name is off ``pattern`` or lacks the suffix ({name: path}), which
+    QC reports as errors (no rule can use them). An id given both ways is an error."""
     folder = Path(folder)
     entries = {p.name[: -len(IMAGE_SUFFIX)]: str(p) for p in folder.glob(f"*{IMAGE_SUFFIX}")}
+    if channel_suffix:
+        entries = {name[: -len(channel_suffix)] if name.endswith(channel_suffix) else name: path
+                   for name, path in entries.items()}
+        off_suffix = {name for name, path in entries.items() if not Path(path).name.endswith(channel_suffix + IMAGE_SUFFIX)}
+    else:
+        off_suffix = set()
     series = dicom_folders(folder)
     both = sorted(set(entries) & set(series))
     if both:
@@ -265,7 +310,8 @@ def discover_cases(folder: str | Path, pattern: str) -> tuple[list[str], dict[st
     entries.update(series)
     if not entries:
         raise ConfigError(f"no '*{IMAGE_SUFFIX}' images or DICOM series folders in {folder}")
-    misnamed = {name: path for name, path in sorted(entries.items()) if not re.match(pattern, name)}
+    misnamed = {name: path for name, path in sorted(entries.items())
+                if not re.match(pattern, name) or (name in off_suffix and name not in series)}
     return sorted(set(entries) - set(misnamed)), misnamed
 
 
@@ -288,7 +334,7 @@ def input_cases(config: dict) -> InputCases:
     for split, key in (("train", "images_tr"), ("test", "images_ts")):
         if not data[key]:  # a run with a bundle: new cases only
             continue
-        found[split], bad = discover_cases(data[key], data["case_pattern"])
+        found[split], bad = discover_cases(data[key], data["case_pattern"], data["channel_suffix"])
         misnamed.update({name: [split, path] for name, path in bad.items()})
     known = set(found["train"]) | set(found["test"])
     unknown = sorted((set(qc["exclude"]) - known - set(misnamed)) | (set(qc["allow"]) - known))

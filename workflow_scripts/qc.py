@@ -2,6 +2,7 @@
 known label values, and lesions that look like annotation errors (empty, tiny, in air or off the tissue)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+import yaml
 
 from workflow_scripts.config import section_settings
 from workflow_scripts.dicom import dicom_rows
@@ -96,6 +98,26 @@ def read_volume(path: Path) -> Volume:
     return replace(volume, voxels=voxels)
 
 
+def channel_suffix_hint(case: str, label_path: Path) -> str:
+    """For an image named as in nnU-Net's raw layout (``<case>_0000.nii.gz`` beside ``<case>.nii.gz`` labels):
+    what to do about its channel suffix."""
+    match = re.fullmatch(r"(.+)_(\d{4})", case)
+    if not match or not (label_path.parent / f"{match.group(1)}.nii.gz").exists():
+        return ""
+    return (f"; the image's name ends in _{match.group(2)}, nnU-Net's channel suffix, and the label is "
+            f"{match.group(1)}.nii.gz: rename the image {match.group(1)}.nii.gz (this workflow takes one CT channel)")
+
+
+def describe_shape(volume: Volume) -> str:
+    """What a file holds, in words: '4D with 2 volumes of 64 x 64 x 32', '3D with 3 components per voxel'."""
+    size = " x ".join(str(n) for n in volume.size[:3])
+    if volume.dimension == 4:
+        shape = f"4D with {volume.size[3]} volumes of {size}"
+    else:
+        shape = f"{volume.dimension}D of {' x '.join(str(n) for n in volume.size)}"
+    return shape + (f", {volume.components} components per voxel" if volume.components != 1 else "")
+
+
 def _read(case: str, check: str, path: Path) -> tuple[Volume | None, dict | None]:
     try:
         return read_volume(path), None
@@ -124,15 +146,16 @@ def inspect_case(case: str, image_path: Path, label_path: Path | None, label_val
     if error:
         return pd.DataFrame([error], columns=COLUMNS), measured
     if image.dimension != 3 or image.components != 1:
-        return pd.DataFrame([_row(case, "image_3d", "error", f"{image_path} is {image.dimension}D with "
-                                  f"{image.components} components; a single-channel 3D CT is needed")],
+        return pd.DataFrame([_row(case, "image_3d", "error", f"{image_path} is {describe_shape(image)}; a "
+                                  "single-channel 3D CT is needed (one volume, one value per voxel)")],
                             columns=COLUMNS), measured
     rows = _geometry_rows(case, image, settings, measured) + _intensity_rows(case, image.voxels, settings, measured)
     rows.append(_row(case, "image_content", "info", f"crc32+adler32 {content_hash(image)}"))
     if label_path is None:
         return pd.DataFrame(rows, columns=COLUMNS), measured
     if not Path(label_path).exists():
-        rows.append(_row(case, "label_exists", "error", f"no label {label_path} for image {image_path}"))
+        rows.append(_row(case, "label_exists", "error", f"no label {label_path} for image {image_path}"
+                         + channel_suffix_hint(case, Path(label_path))))
         return pd.DataFrame(rows, columns=COLUMNS), measured
     label, error = _read(case, "label_readable", label_path)
     if error:
@@ -259,18 +282,22 @@ def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[sl
         if not mask.any():
             continue
         components, n = cc3d.connected_components(mask, connectivity=26, return_N=True)  # 5x scipy's label
-        sizes_mm3 = np.bincount(components.ravel())[1:] * voxel_mm3
+        voxels = np.bincount(components.ravel())[1:]
+        sizes_mm3 = voxels * voxel_mm3
         hu = image[mask].astype(np.float64)
         mean_hu, air = float(hu.mean()), float(np.mean(hu < settings["air_hu"]))
         volume_ml = float(np.count_nonzero(mask) * voxel_mm3 / 1000)
         measured.update({f"label_{value}_ml": volume_ml, f"label_{value}_lesions": n})
         rows.append(_row(case, "label_volume", "info", f"label {value}: {volume_ml:.3g} ml in {n} component(s), "
                          f"mean {mean_hu:.0f} HU"))
-        tiny = int(np.count_nonzero(sizes_mm3 < settings["min_component_mm3"]))
-        if tiny:
-            rows.append(_row(case, "label_tiny_components", "warning", f"label {value}: {tiny} of {n} component(s) "
-                             f"below {settings['min_component_mm3']:g} mm3 (smallest {sizes_mm3.min():.3g} mm3): "
-                             "stray voxels? (qc.min_component_mm3)"))
+        # By volume and by voxel count: at 3 mm voxels one stray voxel is 27 mm3, above a volume floor.
+        tiny = (sizes_mm3 < settings["min_component_mm3"]) | (voxels < settings["min_component_voxels"])
+        if tiny.any():
+            rows.append(_row(case, "label_tiny_components", "warning", f"label {value}: {int(tiny.sum())} of {n} "
+                             f"component(s) below {settings['min_component_mm3']:g} mm3 or "
+                             f"{settings['min_component_voxels']} voxels (smallest {voxels.min()} voxel(s), "
+                             f"{sizes_mm3.min():.3g} mm3): stray voxels? (qc.min_component_mm3, "
+                             "qc.min_component_voxels)"))
         if air > settings["lesion_max_air_fraction"]:
             rows.append(_row(case, "label_in_air", "warning", f"label {value}: {air:.0%} of its voxels lie in air "
                              f"(< {settings['air_hu']} HU): a shifted, flipped or mismatched label? "
@@ -284,12 +311,17 @@ def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[sl
 
 def write_case_qc(case: str, image_path: Path, label_path: Path | None, label_values: list[int],
                   out: Path, settings: dict | None = None, out_measurements: Path | None = None,
-                  dicom_findings: Path | None = None) -> pd.DataFrame:
-    """The case's QC table (and measurements) written; a DICOM case's conversion findings come first."""
+                  dicom_findings: Path | None = None, anatomy_path: Path | None = None) -> pd.DataFrame:
+    """The case's QC table (and measurements) written; a DICOM case's conversion findings come first. With
+    ``anatomy_path`` (a precomputed anatomy map, which refinement reads) its presence is checked."""
     table, measured = inspect_case(case, image_path, label_path, label_values, settings)
     if dicom_findings is not None:
         rows = [_row(case, *row) for row in dicom_rows(read_json(dicom_findings))]
         table = pd.concat([pd.DataFrame(rows, columns=COLUMNS), table], ignore_index=True)
+    if anatomy_path is not None and not Path(anatomy_path).is_file():
+        row = _row(case, "anatomy_exists", "error", f"no anatomy map {anatomy_path} (anatomy.source: precomputed); "
+                   "add the case's map or let the workflow compute it (anatomy.source: totalsegmentator)")
+        table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
     write_table(table, out)
     if out_measurements is not None:
         write_json(measured, out_measurements)
@@ -369,17 +401,20 @@ def passing_cases(table: pd.DataFrame, splits: dict[str, str]) -> dict:
             "test": [c for c, s in splits.items() if s == "test" and c not in excluded], "excluded": excluded}
 
 
-def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
-                 allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
-                 dataset_rows: list[dict] | None = None, on_error: str = "stop",
-                 splits: dict[str, str] | None = None, misnamed: dict[str, str] | None = None,
-                 case_pattern: str = "") -> pd.DataFrame:
+# Errors qc.allow may turn into warnings: the workflow runs on with them. Any other error breaks a later step
+# (an unreadable file, a label on another grid or with unknown values), so only exclusion or a fix gets past it.
+ALLOWABLE_CHECKS = ("duplicate_image", "dicom_missing_slices", "dicom_damaged_files")
+
+
+def qc_table(case_tables: list[Path], exclude: dict[str, str] | None = None,
+             allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
+             dataset_rows: list[dict] | None = None, on_error: str = "stop", splits: dict[str, str] | None = None,
+             misnamed: dict[str, str] | None = None, case_pattern: str = "", channel_suffix: str = "") -> pd.DataFrame:
     """The dataset's QC table: the case tables, plus dataset-level rows (the same image under two ids, labels
     without an image, images named off the case pattern (``misnamed``: {name: path}), cases excluded by config,
-    ``dataset_rows`` such as outliers); errors allowed by ``allow``
-    ({case: [check]}) become warnings. With ``on_error="exclude"`` training cases with errors (``splits``:
-    {case: "train" | "test"}) get an ``excluded`` row and are left out. Raise ``QCError`` naming every remaining
-    case with an error, the fix, and the config keys that allow or exclude it."""
+    ``dataset_rows`` such as outliers); errors allowed by ``allow`` ({case: [check]}) become warnings. With
+    ``on_error="exclude"`` training cases with errors (``splits``: {case: "train" | "test"}) get an ``excluded``
+    row; their errors stay in the table. ``qc_verdict`` decides whether the run goes on."""
     table = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
     rows = list(dataset_rows or [])
     contents = table[table["check"] == "image_content"]
@@ -393,6 +428,12 @@ def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | N
         rows.append(_row(case, "label_without_image", "warning", f"label {path} has no image, so the case is left "
                          "out; add its image or remove the label"))
     for name, path in sorted((misnamed or {}).items()):
+        if channel_suffix and Path(path).name.endswith(".nii.gz") and not Path(path).name.endswith(
+                f"{channel_suffix}.nii.gz"):
+            rows.append(_row(name, "case_name", "error", f"{path}: the name does not end in data.channel_suffix "
+                             f"'{channel_suffix}' (a second channel? this workflow takes one CT channel), so no rule "
+                             "can use it; remove or rename the file"))
+            continue
         rows.append(_row(name, "case_name", "error", f"{path}: the id '{name}' does not match data.case_pattern "
                          f"'{case_pattern}', so no rule can use it; rename the image (and its label) or change the "
                          "pattern"))
@@ -404,27 +445,49 @@ def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | N
         allowed = (table["case"] == case) & table["check"].isin(checks) & (table["severity"] == "error")
         table.loc[allowed, "message"] = "allowed by qc.allow: " + table.loc[allowed, "message"]
         table.loc[allowed, "severity"] = "warning"
-    errors = table[table["severity"] == "error"]
     if on_error == "exclude":
+        errors = table[table["severity"] == "error"]
         failing = [c for c in errors["case"].unique() if (splits or {}).get(c) == "train"]
         excluded = [_row(case, "excluded", "info", "excluded by qc.on_error: exclude after errors in "
                          + ", ".join(sorted(set(errors.loc[errors["case"] == case, "check"])))
                          + ": never used for training or evaluation") for case in failing]
         table = pd.concat([table, pd.DataFrame(excluded, columns=COLUMNS)], ignore_index=True)
-        errors = errors[~errors["case"].isin(failing)]
-        if failing and not set(c for c, split in splits.items() if split == "train") - set(failing):
-            write_table(table, out)
-            raise QCError(f"every training case has QC errors; see {out}")
+    return table
+
+
+def qc_verdict(table: pd.DataFrame, table_path: Path, on_error: str, splits: dict[str, str]) -> None:
+    """Raise ``QCError`` when errors remain (not excluded): the message names every such case and check, and
+    gives the config lines that let the run go on (each accepted by the schema) or says that a fix is needed."""
+    excluded = excluded_cases(table)
+    if on_error == "exclude" and any(s == "train" for s in splits.values()) and not passing_cases(table, splits)["train"]:
+        raise QCError(f"every training case has QC errors; see {table_path}")
+    errors = table[(table["severity"] == "error") & ~table["case"].isin(excluded)]
+    if errors.empty:
+        return
+    lines = [f"  {r.case}: [{r.check}] {r.message}" for r in errors.itertuples()]
+    checks = errors.groupby("case")["check"].agg(lambda c: sorted(set(c)))
+    allow = {case: c for case, c in checks.items() if set(c) <= set(ALLOWABLE_CHECKS)}
+    exclude = {case: f"QC errors: {', '.join(c)}" for case, c in checks.items() if case not in allow}
+    snippet = yaml.safe_dump({"qc": {k: v for k, v in (("exclude", exclude), ("allow", allow)) if v}},
+                             default_flow_style=None, sort_keys=False, width=200)
+    policy = (" (qc.on_error: exclude leaves out training cases only, not a new case you asked to segment)"
+              if on_error == "exclude" else "; qc.on_error: exclude would leave out the failing training cases")
+    raise QCError(f"QC found errors in {len(checks)} case(s); the table is {table_path}, with the dataset summary "
+                  f"and figure beside it:\n" + "\n".join(lines) + "\nFix each file, or go on without these cases by "
+                  "adding to the config (qc.exclude leaves a case out of everything; qc.allow accepts only the "
+                  f"checks {', '.join(ALLOWABLE_CHECKS)})" + policy + ":\n" + snippet.rstrip())
+
+
+def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
+                 allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
+                 dataset_rows: list[dict] | None = None, on_error: str = "stop",
+                 splits: dict[str, str] | None = None, misnamed: dict[str, str] | None = None,
+                 case_pattern: str = "") -> pd.DataFrame:
+    """``qc_table`` written to ``out``, then ``qc_verdict``; returns the table when the run may go on."""
+    table = qc_table(case_tables, exclude, allow, orphan_labels, dataset_rows, on_error, splits, misnamed,
+                     case_pattern)
     write_table(table, out)
-    if len(errors):
-        lines = [f"  {r.case}: [{r.check}] {r.message}" for r in errors.itertuples()]
-        first = errors.iloc[0]
-        raise QCError(f"QC found errors in {errors['case'].nunique()} case(s); see {out}. Fix each case, or in the "
-                      f"config leave it out (qc.exclude: {{{first.case}: <reason>}}) or accept the check for it "
-                      f"(qc.allow: {{{first.case}: [{first.check}]}})"
-                      + (" (qc.on_error: exclude leaves out training cases only, not a new case you asked to segment)"
-                         if on_error == "exclude" else "; or set qc.on_error: exclude to leave out failing training "
-                         "cases") + ":\n" + "\n".join(lines))
+    qc_verdict(table, out, on_error, splits or {})
     return table
 
 
@@ -440,20 +503,21 @@ def qc_case_entry(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--measurements", help="JSON file for the case's measurements (dataset summary)")
     p.add_argument("--dicom-findings", help="JSON findings of the case's DICOM conversion (convert-dicom)")
+    p.add_argument("--anatomy", help="the case's precomputed anatomy map, checked to exist")
     args = p.parse_args(argv)
     table = write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None, args.label_values,
                           Path(args.out), args.settings, Path(args.measurements) if args.measurements else None,
-                          Path(args.dicom_findings) if args.dicom_findings else None)
+                          Path(args.dicom_findings) if args.dicom_findings else None,
+                          Path(args.anatomy) if args.anatomy else None)
     for row in table[table["severity"] != "info"].itertuples():
         print(f"{row.severity}: [{row.check}] {row.message}")
 
 
 def qc_aggregate_entry(argv=None) -> None:
-    import sys
-
     from workflow_scripts import cli
 
-    p = cli.parser("qc-aggregate", "One QC table of every case; stop on errors (or leave failing cases out).")
+    p = cli.parser("qc-aggregate", "One QC table of every case, the dataset summary and its figure. Never stops "
+                   "the run (qc-gate does), so the table is there to read when the run stops.")
     cli.add_settings(p, "qc")
     p.add_argument("--tables", nargs="+", required=True, help="the cases' QC tables")
     p.add_argument("--measurements", nargs="+", required=True, help="the cases' QC measurement JSON files")
@@ -462,22 +526,43 @@ def qc_aggregate_entry(argv=None) -> None:
     p.add_argument("--misnamed", type=cli.json_value, default={}, help="JSON {name: path} of images named off "
                    "the case pattern")
     p.add_argument("--case-pattern", default="", help="config data.case_pattern, for the message")
+    p.add_argument("--channel-suffix", default="", help="config data.channel_suffix, for the message")
     p.add_argument("--splits", type=cli.json_value, required=True, help="JSON {case: split}")
     p.add_argument("--labels", type=cli.json_value, required=True, help="JSON {name: value} of the labels")
     p.add_argument("--out", required=True)
     p.add_argument("--summary", required=True, help="dataset summary TSV to write")
     p.add_argument("--figure", required=True, help="dataset figure PNG to write")
-    p.add_argument("--passing", required=True, help="JSON to write: the cases of each split that go on, and the "
-                   "excluded ones")
     args = p.parse_args(argv)
     settings = args.settings
     summary, dataset_rows = dataset_summary([Path(m) for m in args.measurements], args.splits, args.labels)
     write_table(summary, Path(args.summary))
     plot_dataset(summary, args.labels, Path(args.figure))
+    table = qc_table([Path(t) for t in args.tables], settings["exclude"], settings["allow"], args.orphan_labels,
+                     dataset_rows, settings["on_error"], args.splits, args.misnamed, args.case_pattern,
+                     args.channel_suffix)
+    write_table(table, Path(args.out))
+    counts = table[table["severity"] != "info"].groupby(["severity", "check"])["case"].nunique()
+    print(f"QC: {len(args.tables)} cases checked, {len(table)} rows")
+    for (severity, check), count in counts.items():
+        print(f"  {severity} {check}: {count} case(s)")
+
+
+def qc_gate_entry(argv=None) -> None:
+    import sys
+
+    from workflow_scripts import cli
+
+    p = cli.parser("qc-gate", "Stop the run on QC errors, naming every failing case and the config lines that let "
+                   "it go on; else write the cases that go on.")
+    cli.add_settings(p, "qc")
+    p.add_argument("--table", required=True, help="the QC table written by qc-aggregate")
+    p.add_argument("--splits", type=cli.json_value, required=True, help="JSON {case: split}")
+    p.add_argument("--passing", required=True, help="JSON to write: the cases of each split that go on, and the "
+                   "excluded ones")
+    args = p.parse_args(argv)
+    table = pd.read_csv(args.table, sep="\t")
     try:
-        table = aggregate_qc([Path(t) for t in args.tables], Path(args.out), settings["exclude"], settings["allow"],
-                             args.orphan_labels, dataset_rows, settings["on_error"], args.splits, args.misnamed,
-                             args.case_pattern)
+        qc_verdict(table, Path(args.table), args.settings["on_error"], args.splits)
     except QCError as err:
         sys.exit(str(err))
     passing = passing_cases(table, args.splits)
@@ -485,7 +570,5 @@ def qc_aggregate_entry(argv=None) -> None:
     for case, reason in passing["excluded"].items():
         print(f"excluded {case}: {reason}")
     warnings = table[table["severity"] == "warning"]
-    print(f"QC passed: {len(args.tables)} cases checked, {len(table)} rows, {len(warnings)} warning(s) in "
-          f"{warnings['case'].nunique()} case(s)")
-    for check, count in warnings["check"].value_counts().items():
-        print(f"  warning {check}: {count} case(s)")
+    print(f"QC passed: {len(passing['train'])} training and {len(passing['test'])} new case(s) go on; "
+          f"{len(warnings)} warning(s) in {warnings['case'].nunique()} case(s)")
