@@ -22,6 +22,7 @@ wildcard_constraints:
     configuration=_alternatives(CONFIGURATIONS),
     split="oof|test",
     fold=r"\d+",
+    part=r"\d+",
     stage=_alternatives(STAGES + [NESTED_STAGE]),
 
 
@@ -32,6 +33,9 @@ localrules:
     qc_report,
     qc_gate,
     qc_anatomy_report,
+    plot_folds,
+    place_predictions,
+    overlay_worst,
     make_splits,
     export_bundle,
     summarize_metrics,

@@ -186,6 +186,19 @@ def prediction(split, stage, case, ext="nii.gz"):
     return f"{PREDICTIONS}/{split}/{stage}/{case}.{ext}"
 
 
+# New cases in prediction.parts jobs: contiguous runs of the sorted cases.
+PARTS = max(1, min(CONFIG["prediction"]["parts"], len(TEST_CASES)))
+
+
+def part_cases(part):
+    ordered = sorted(TEST_CASES)
+    return ordered[part * len(ordered) // PARTS : (part + 1) * len(ordered) // PARTS]
+
+
+def case_part(case):
+    return next(part for part in range(PARTS) if case in part_cases(part))
+
+
 def oof_probabilities():
     return [prediction("oof", c, case, "npz") for c in ensemble_configurations() for case in cases("oof")]
 
@@ -305,6 +318,11 @@ def all_targets(runtime=True):
     targets += metric_tables()
     targets += [prediction("test", "refined", case) for case in TEST_CASES]
     targets += ["results/burden/test/burden.tsv"]
+    targets += [f"results/overlays/test/{case}.png" for case in TEST_CASES]
+    if CONFIG["prediction"]["meshes"]:
+        targets += [f"results/meshes/{case}" for case in TEST_CASES]
+    if not BUNDLE:
+        targets += [f"results/training/{c}/folds.png" for c in CONFIGURATIONS] + ["results/overlays/oof_worst"]
     if runtime:
         targets.append("results/runtime/runtime.tsv")
     return targets

@@ -95,3 +95,57 @@ rule summarize_runtime:
     shell:
         "python -m workflow_scripts summarize-runtime --benchmarks $(find benchmarks -name '*.tsv' | sort) --jobs {output.jobs} "
         "--summary {output.summary} --figure {output.figure} > {log} 2>&1"
+
+
+# Pictures: every new case (refined, with its reference where given, and its burden), and the worst out-of-fold
+# cases per class of the refined stage.
+rule overlay_case:
+    input:
+        image=lambda w: image_path(w.case),
+        prediction=prediction("test", "refined", "{case}"),
+        reference=lambda w: case_references([w.case]) if CONFIG["data"].get("labels_ts") else [],
+        burden="results/burden/test/burden.tsv",
+    output:
+        report(
+            "results/overlays/test/{case}.png",
+            caption="report/overlay_case.rst",
+            category="Cases",
+            subcategory="New cases",
+            labels={"case": "{case}"},
+        ),
+    log:
+        "logs/overlay_case/{case}.log",
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        classes=as_json(stage_classes("refined")),
+    shell:
+        "python -m workflow_scripts overlay-case --case {wildcards.case} --image {input.image} "
+        "--prediction {input.prediction} --reference {input.reference} --classes {params.classes:q} "
+        "--burden {input.burden} --out {output} > {log} 2>&1"
+
+
+rule overlay_worst:
+    input:
+        worst="results/metrics/worst_cases.tsv",
+        images=lambda w: images("oof"),
+        predictions=lambda w: [prediction("oof", "refined", case) for case in cases("oof")],
+        references=lambda w: references("oof"),
+    output:
+        report(
+            directory("results/overlays/oof_worst"),
+            patterns=["{name}.png"],
+            caption="report/overlay_worst.rst",
+            category="Cases",
+            subcategory="Worst out-of-fold cases",
+        ),
+    log:
+        "logs/overlay_worst.log",
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        classes=as_json(stage_classes("refined")),
+    shell:
+        "python -m workflow_scripts overlay-worst --worst {input.worst} --stage refined --images {input.images} "
+        "--predictions {input.predictions} --references {input.references} --classes {params.classes:q} "
+        "--out-dir {output} > {log} 2>&1"

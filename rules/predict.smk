@@ -33,18 +33,13 @@ rule predict_test:
         qc=QC_PASSED,
         models=model_inputs(),
         selection=chosen_ensemble(),
-        images=[image_path(case) for case in TEST_CASES],
+        images=lambda w: [image_path(case) for case in part_cases(int(w.part))],
     output:
-        [
-            prediction("test", stage, case, ext)
-            for stage in CONFIGURATIONS + ["ensemble"]
-            for case in TEST_CASES
-            for ext in (["npz", "nii.gz"] if CONFIG["prediction"]["save_probabilities"] else ["nii.gz"])
-        ],
+        directory(f"{PREDICTIONS}/test_parts/{{part}}"),
     log:
-        "logs/predict_test.log",
+        "logs/predict_test/{part}.log",
     benchmark:
-        "benchmarks/predict_test.tsv"
+        "benchmarks/predict_test/{part}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("predict_test")
@@ -61,4 +56,22 @@ rule predict_test:
         "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} {params.models} "
         "--configurations {params.configurations} --selection {input.selection} "
         "--channel-labels {params.channel_labels:q} --settings {params.settings:q} --images {input.images} "
-        "--device {params.device} --outputs {output} > {log} 2>&1"
+        "--device {params.device} --out-dir {output} > {log} 2>&1"
+
+
+# Each new case's predictions, linked from its part's folder to where every later rule reads them.
+rule place_predictions:
+    input:
+        lambda w: f"{PREDICTIONS}/test_parts/{case_part(w.case)}",
+    output:
+        [
+            prediction("test", stage, "{case}", ext)
+            for stage in CONFIGURATIONS + ["ensemble"]
+            for ext in (["npz", "nii.gz"] if CONFIG["prediction"]["save_probabilities"] else ["nii.gz"])
+        ],
+    log:
+        "logs/place_predictions/{case}.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts place-predictions --part-dir {input} --outputs {output} > {log} 2>&1"

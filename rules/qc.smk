@@ -119,13 +119,17 @@ rule qc_anatomy_report:
         proposals=lambda w: [f"results/qc/anatomy/{case}_proposal" for case in labelled_cases()],
         images=lambda w: [image_path(case) for case in labelled_cases()],
         labels=lambda w: case_references(labelled_cases()),
+        qc="results/qc/qc_table.tsv",
     output:
         table=report("results/qc/anatomy_table.tsv", caption="report/qc_anatomy.rst", category="Quality control"),
-        figure=report("results/qc/anatomy_proposals.png", caption="report/qc_anatomy.rst", category="Quality control"),
+        figure=report("results/qc/flagged_labels.png", caption="report/qc_anatomy.rst", category="Quality control"),
     log:
         "logs/qc_anatomy_report.log",
     conda:
         "../envs/workflow.yaml"
+    params:
+        settings=as_json(CONFIG["qc"]),
     shell:
         "python -m workflow_scripts qc-anatomy-report --tables {input.tables} --proposals {input.proposals} "
-        "--images {input.images} --labels {input.labels} --out {output.table} --figure {output.figure} > {log} 2>&1"
+        "--images {input.images} --labels {input.labels} --qc-table {input.qc} --settings {params.settings:q} "
+        "--out {output.table} --figure {output.figure} > {log} 2>&1"

@@ -143,3 +143,20 @@ rule nested_selection:
         "--references {input.references} --probabilities {input.probabilities} --anatomy {input.anatomy} "
         "--images {input.images} --out-dir {output.segmentations} --out-table {output.table} "
         "> {log} 2>&1"
+
+
+# With prediction.meshes: each new case's refined segmentation as one STL per class (LPS, mm).
+rule export_meshes:
+    input:
+        prediction("test", "refined", "{case}"),
+    output:
+        directory("results/meshes/{case}"),
+    log:
+        "logs/export_meshes/{case}.log",
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        classes=as_json(stage_classes("refined")),
+    shell:
+        "python -m workflow_scripts export-meshes --segmentation {input} --classes {params.classes:q} "
+        "--out-dir {output} > {log} 2>&1"

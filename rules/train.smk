@@ -44,3 +44,25 @@ rule train_fold:
         "--validation {params.validation:q} --device {params.device} --out {output.summary} "
         "--curves {output.curves} --progress {output.progress} "
         "> {log} 2>&1"
+
+
+rule plot_folds:
+    input:
+        lambda w: [
+            f"results/training/{w.configuration}/fold_{k}_curves.tsv" for k in configuration(w.configuration)["folds"]
+        ],
+    output:
+        report(
+            "results/training/{configuration}/folds.png",
+            caption="report/training_folds.rst",
+            category="Training",
+            subcategory="{configuration}",
+            labels={"fold": "all", "kind": "plot"},
+        ),
+    log:
+        "logs/plot_folds/{configuration}.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m workflow_scripts plot-folds --configuration {wildcards.configuration} --curves {input} "
+        "--out {output} > {log} 2>&1"

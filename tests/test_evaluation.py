@@ -83,7 +83,7 @@ def test_compare_stages_pairs_stages_on_shared_cases():
 
 def test_summary_tables_and_figure(tmp_path):
     rows = [{"split": "oof", "stage": s, "case": c, "class": "primary", "label": 1, "dice": d, "hd95_mm": h,
-             "reference_voxels": 10, "dice_dilated": d, "tp_voxels": 5, "fp_voxels": 1, "fn_voxels": 1,
+             "reference_voxels": 10, "predicted_voxels": 8, "dice_dilated": d, "tp_voxels": 5, "fp_voxels": 1, "fn_voxels": 1,
              "lesions_missed": 0, "lesions_false": 0, "lesion_f1": 1.0, "nsd_1mm": d}
             for s, values in (("a", [(0.2, 5.0), (0.4, 3.0)]), ("b", [(0.6, 1.0), (math.nan, math.nan)]))
             for c, (d, h) in zip(["x", "y"], values)]
@@ -133,3 +133,26 @@ def test_exact_wilcoxon_equals_scipys_exact_test_with_ties_and_zeros(seed):
         return
     expected = stats.wilcoxon(diff, zero_method="wilcox").pvalue
     assert wilcoxon_signed_rank_p(diff) == pytest.approx(expected, rel=1e-9, abs=1e-12), diff
+
+
+def test_metric_figures_show_the_cases_holding_the_class_and_count_the_lesion_free_apart(tmp_path):
+    """A lesion-free case scores Dice 1 by convention whatever the stage does: it is left out of the plotted
+    distribution (n counts the cases with the class) and counted apart, with how many stages kept it empty."""
+    from workflow_scripts.evaluation import metric_panels, plot_metrics
+
+    rows = []
+    for stage, found in (("resenc", 0.8), ("ensemble", 0.9)):
+        rows += [{"split": "oof", "stage": stage, "case": "a", "class": "metastasis", "dice": found,
+                  "reference_voxels": 50, "predicted_voxels": 40},
+                 {"split": "oof", "stage": stage, "case": "b", "class": "metastasis", "dice": found - 0.1,
+                  "reference_voxels": 30, "predicted_voxels": 20},
+                 {"split": "oof", "stage": stage, "case": "free", "class": "metastasis",
+                  "dice": 1.0 if stage == "ensemble" else 0.0, "reference_voxels": 0,
+                  "predicted_voxels": 0 if stage == "ensemble" else 12}]
+    metrics = pd.DataFrame(rows)
+    (panel,) = metric_panels(metrics, "dice")
+    assert panel["stages"] == ["resenc", "ensemble"] and panel["cases"] == 2 and panel["lesion_free"] == 1
+    assert [v.tolist() for v in panel["values"]] == [pytest.approx([0.8, 0.7]), pytest.approx([0.9, 0.8])]
+    assert panel["kept_empty"] == [0, 1]
+    plot_metrics(metrics, ["dice"], tmp_path / "metrics.png")
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

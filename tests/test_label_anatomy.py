@@ -46,7 +46,7 @@ def write(array, reference, path, dtype=np.uint8):
     return path
 
 
-def test_a_label_flipped_along_z_is_flagged_and_the_flip_is_proposed(example, totalseg_example, tmp_path):
+def test_a_label_flipped_along_z_is_flagged_and_the_flip_is_proposed(example, totalseg_example, tmp_path, capsys):
     """The real CT with a lesion painted in (+80 HU, an enhancing nodule), its label written with the slices
     reversed: the label lands in the lung, is flagged, and the proposal is the flip back (the shifts that also
     leave the lung do not sit on the lesion)."""
@@ -66,6 +66,20 @@ def test_a_label_flipped_along_z_is_flagged_and_the_flip_is_proposed(example, to
     dice = 2 * ((proposed == 2) & (truth == 2)).sum() / ((proposed == 2).sum() + (truth == 2).sum())
     assert dice > 0.9
     assert pd.read_csv(tmp_path / "flipped.tsv", sep="\t").equals(table)
+    # The report: the flagged label pictured with its proposal, beside a case QC found in air.
+    from workflow_scripts.label_anatomy import qc_anatomy_report_entry
+
+    qc = pd.DataFrame([{"case": "other", "check": "label_in_air", "severity": "warning", "message": "m"}])
+    qc.to_csv(tmp_path / "qc.tsv", sep="\t", index=False)
+    (tmp_path / "other_proposal").mkdir()
+    pd.DataFrame(columns=table.columns).to_csv(tmp_path / "other.tsv", sep="\t", index=False)
+    qc_anatomy_report_entry(["--tables", str(tmp_path / "flipped.tsv"), str(tmp_path / "other.tsv"),
+                             "--proposals", str(tmp_path / "proposal"), str(tmp_path / "other_proposal"),
+                             "--images", str(image), str(image), "--labels", str(tmp_path / "flipped.nii.gz"),
+                             str(tmp_path / "flipped.nii.gz"), "--qc-table", str(tmp_path / "qc.tsv"),
+                             "--out", str(tmp_path / "all.tsv"), "--figure", str(tmp_path / "flagged.png")])
+    assert "2 flagged label(s) pictured, 1 correction(s) proposed" in capsys.readouterr().out
+    assert (tmp_path / "flagged.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The label as it should be: nothing flagged, nothing proposed.
     table = check_case_anatomy("right", image, write(truth, ct, tmp_path / "right.nii.gz"), seg, SETTINGS,
                                [0, 1, 2], "total", tmp_path / "right.tsv", tmp_path / "none")

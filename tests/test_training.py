@@ -1,6 +1,7 @@
 import os
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 
@@ -124,3 +125,17 @@ def test_an_nnunet_outside_the_supported_range_stops_with_the_fix(monkeypatch):
     finally:
         nnunet_seam.require_supported_nnunet.cache_clear()
 
+
+
+def test_folds_are_overlaid_in_one_figure(tmp_path):
+    from workflow_scripts.training import plot_folds_entry
+
+    curves = []
+    for fold in range(3):
+        path = tmp_path / f"fold_{fold}_curves.tsv"
+        pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [0.5, 0.1, -0.2], "val_loss": [0.4, 0.0, -0.1],
+                      "pseudo_dice_mean": [0.2, 0.5, 0.7], "pseudo_dice_ema": [0.2, 0.3, 0.45]}).to_csv(
+            path, sep="\t", index=False)
+        curves.append(str(path))
+    plot_folds_entry(["--configuration", "resenc", "--curves", *curves, "--out", str(tmp_path / "folds.png")])
+    assert (tmp_path / "folds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -178,7 +178,8 @@ def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_
     shutil.copyfile(tmp_path / "resources/toy/imagesTr/toy_004.nii.gz", tmp_path / "resources/toy/imagesTr/toy 4.nii.gz")
     config = yaml.safe_load(TOY_CONFIG.read_text())
     (tmp_path / "stop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    result = snakemake(tmp_path, "results/qc/qc_table.tsv", "--cores", "2", "--configfile", "stop.yaml", check=False)
+    result = snakemake(tmp_path, "results/qc/passing_cases.json", "--cores", "2", "--configfile", "stop.yaml",
+                       check=False)
     assert result.returncode != 0
     assert "toy_003: [label_values] label values [7]" in result.stderr and "qc.on_error: exclude" in result.stderr
     assert "toy 4: [case_name]" in result.stderr  # an image named off data.case_pattern
@@ -204,7 +205,7 @@ def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_
     plan = snakemake(tmp_path, "-n", "--configfile", "exclude.yaml").stdout
     assert job_count(plan, "gather_oof") == 11  # one per case, every configuration
     assert job_count(plan, "ensemble_case") == 11 and job_count(plan, "refine_case") == 11 + 3
-    assert job_count(plan, "predict_test") == 1  # every configuration and the ensemble of the 3 new cases
+    assert job_count(plan, "predict_test") == 2  # the 3 new cases in prediction.parts: 2 jobs, every configuration
     assert "toy_003" not in plan
 
 
@@ -477,7 +478,20 @@ def test_report_pages_and_figures_load_in_headless_chromium(smoke_run):
         assert expected in results, expected
     figures = [path for path, mime in results.items() if mime == "image/png"]
     assert sorted(checked["figures"]) == sorted(figures) and len(figures) >= 18  # 15 folds, QC, metrics, runtime
-    assert {"Quality control / Other", "Metrics / Summary", "Runtime / Other"} <= set(checked["pages"])
+    assert {"Quality control / Other", "Metrics / Summary", "Runtime / Other", "Cases / New cases",
+            "Cases / Worst out-of-fold cases"} <= set(checked["pages"])
+    # One overlay per new case, the worst out-of-fold cases, every configuration's folds overlaid, the anatomy
+    # QC figure: all opened in the browser (every PNG decoded).
+    for case in ("toy_100", "toy_101", "toy_102"):
+        assert f"results/overlays/test/{case}.png" in checked["figures"]
+    worst = pd.read_csv(smoke_run / "results/metrics/worst_cases.tsv", sep="\t")
+    worst = worst[(worst["split"] == "oof") & (worst["stage"] == "refined")]
+    drawn = {p for p in checked["figures"] if p.startswith("results/overlays/oof_worst/")}
+    assert drawn == {f"results/overlays/oof_worst/{r['case']}_{r['class']}.png" for _, r in worst.iterrows()}
+    assert len(drawn) >= 2
+    for name in ("resenc_multiclass", "isotropic_multiclass", "metastasis_only"):
+        assert f"results/training/{name}/folds.png" in checked["figures"]
+    assert "results/qc/flagged_labels.png" in checked["figures"]
 
 
 def test_qc_of_the_smoke_run_agrees_with_the_evaluation(smoke_run):
@@ -653,6 +667,22 @@ def test_oversampling_centres_the_configured_share_of_patches_on_lesions(smoke_r
     assert measured[1]["fraction"] - measured[2]["fraction"] > 0.1, measured
 
 
+def test_meshes_of_the_new_cases_match_their_segmentations(smoke_run):
+    """prediction.meshes (on in the toy config): one STL per class present in each new case's refined
+    segmentation, closed, with the voxels' volume (within 5 %)."""
+    import trimesh
+
+    for case in ("toy_100", "toy_101", "toy_102"):
+        seg = sitk.ReadImage(str(smoke_run / f"results/predictions/test/refined/{case}.nii.gz"))
+        labels = sitk.GetArrayFromImage(seg)
+        present = {name for name, value in (("primary", 1), ("metastasis", 2)) if (labels == value).any()}
+        assert {p.stem for p in (smoke_run / f"results/meshes/{case}").glob("*.stl")} == present
+        for name in present:
+            mesh = trimesh.load(smoke_run / f"results/meshes/{case}/{name}.stl")
+            voxels = (labels == {"primary": 1, "metastasis": 2}[name]).sum() * np.prod(seg.GetSpacing())
+            assert mesh.is_watertight and abs(mesh.volume - voxels) / voxels < 0.05, (case, name)
+
+
 def test_tumour_burden_of_the_new_cases(smoke_run):
     burden = pd.read_csv(smoke_run / "results/burden/test/burden.tsv", sep="\t").set_index("case")
     lesions = pd.read_csv(smoke_run / "results/burden/test/lesions.tsv", sep="\t")
@@ -713,11 +743,37 @@ def test_an_exported_bundle_segments_new_scans_as_the_study_did(smoke_run, tmp_p
         assert ours.GetSpacing() == scan.GetSpacing() and ours.GetDirection() == scan.GetDirection()
     burden = pd.read_csv(batch / "results/burden/test/burden.tsv", sep="\t")
     assert sorted(burden["case"]) == ["scan_a", "scan_b"]
-    log = (batch / "logs/predict_test.log").read_text()
+    log = "".join(p.read_text() for p in (batch / "logs/predict_test").glob("*.log"))
     for name in manifest["configurations"]:
         assert f"model files of {name} match the manifest" in log
     qc = pd.read_csv(batch / "results/qc/qc_table.tsv", sep="\t")
     assert sorted(qc["case"].unique()) == ["scan_a", "scan_b"] and set(qc["severity"]) == {"info"}
+
+
+def test_new_cases_in_parts_give_what_one_job_gives(smoke_run, tmp_path):
+    """The toy study predicts its 3 new cases in prediction.parts: 2 jobs; the predict verb run once on all 3
+    with the same models, ensemble and settings writes the same label maps and probabilities."""
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    assert config["prediction"]["parts"] == 2
+    assert sorted(p.name for p in (smoke_run / "results/predictions/test_parts").iterdir()) == ["0", "1"]
+    names = list(config["configurations"])
+    summaries = {n: [str(smoke_run / f"results/training/{n}/fold_{k}.json") for k in range(5)] for n in names}
+    cases = ["toy_100", "toy_101", "toy_102"]
+    run([sys.executable, "-m", "workflow_scripts", "predict", "--nnunet-root", "results/nnunet", "--threads", "2",
+         "--training-summaries", json.dumps(summaries), "--configurations", *names,
+         "--selection", "results/ensemble/selected.json", "--channel-labels",
+         json.dumps({"resenc_multiclass": [0, 1, 2], "isotropic_multiclass": [0, 1, 2], "metastasis_only": [0, 2]}),
+         "--settings", json.dumps(config["prediction"]), "--images", *[f"results/inputs/test/{c}.nii.gz" for c in cases],
+         "--device", "cpu", "--out-dir", tmp_path / "one_job"], cwd=smoke_run)
+    for stage in names + ["ensemble"]:
+        for case in cases:
+            study = smoke_run / f"results/predictions/test/{stage}/{case}"
+            assert (study.parent / f"{case}.nii.gz").is_symlink()  # linked from its part's folder
+            ours = tmp_path / f"one_job/{stage}/{case}"
+            assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(f"{study}.nii.gz")),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(f"{ours}.nii.gz"))), (stage, case)
+            with np.load(f"{study}.npz") as a, np.load(f"{ours}.npz") as b:
+                assert all(np.array_equal(a[k], b[k]) for k in a.files), (stage, case)
 
 
 def test_speed_options_of_new_case_prediction_agree_with_the_study(smoke_run, tmp_path):

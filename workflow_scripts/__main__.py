@@ -21,8 +21,10 @@ VERBS = {
     "convert-dataset": "nnunet_dataset",
     "plan-and-preprocess": "planning",
     "train-fold": "training",
+    "plot-folds": "training",
     "gather-oof": "prediction",
     "predict": "prediction",
+    "place-predictions": "prediction",
     "export-bundle": "bundle",
     "select-ensemble": "ensemble_selection",
     "ensemble-case": "ensemble",
@@ -34,6 +36,9 @@ VERBS = {
     "evaluate-stage": "evaluation",
     "summarize-metrics": "evaluation",
     "summarize-runtime": "runtime",
+    "overlay-case": "overlays",
+    "export-meshes": "meshes",
+    "overlay-worst": "overlays",
     "config-readme": "config",
 }
 

@@ -175,21 +175,45 @@ def worst_cases(metrics: pd.DataFrame, per_stage: int = 3) -> pd.DataFrame:
     return worst
 
 
-def plot_metrics(metrics: pd.DataFrame, metric_names: list[str], out: Path) -> None:
-    """Box plots per class and stage: one row per metric, one column per split and class."""
-    plt = pyplot()
-
-    panels = [(s, c) for s in metrics["split"].unique() for c in metrics["class"].unique()]
-    fig, axes = plt.subplots(len(metric_names), len(panels), figsize=(4.5 * len(panels), 3.6 * len(metric_names)),
-                             squeeze=False)
-    for row, metric in enumerate(metric_names):
-        for ax, (split, name) in zip(axes[row], panels):
+def metric_panels(metrics: pd.DataFrame, metric: str) -> list[dict]:
+    """Per split and class: each stage's values of ``metric`` over the cases whose reference holds the class, and
+    the lesion-free cases apart (they score 1 or NaN by convention whatever the stage does): their count and how
+    many of them each stage kept empty."""
+    panels = []
+    for split in metrics["split"].unique():
+        for name in metrics["class"].unique():
             subset = metrics[(metrics["split"] == split) & (metrics["class"] == name)]
+            holding, free = subset[subset["reference_voxels"] > 0], subset[subset["reference_voxels"] == 0]
             stages = list(subset["stage"].unique())
-            ax.boxplot([subset.loc[subset["stage"] == s, metric].dropna() for s in stages], tick_labels=stages)
-            ax.set_title(f"{split}: {name}")
+            panels.append({"split": split, "class": name, "stages": stages,
+                           "values": [holding.loc[holding["stage"] == s, metric].dropna().to_numpy() for s in stages],
+                           "cases": holding["case"].nunique(), "lesion_free": free["case"].nunique(),
+                           "kept_empty": [int((free.loc[free["stage"] == s, "predicted_voxels"] == 0).sum())
+                                          for s in stages]})
+    return panels
+
+
+def plot_metrics(metrics: pd.DataFrame, metric_names: list[str], out: Path) -> None:
+    """Per metric (rows), split and class (columns), ``metric_panels`` drawn: points over a box per stage, n in
+    the tick label, the lesion-free cases counted in the title."""
+    plt = pyplot()
+    n_panels = len(metrics["split"].unique()) * len(metrics["class"].unique())
+    fig, axes = plt.subplots(len(metric_names), n_panels, figsize=(4.5 * n_panels, 3.6 * len(metric_names)),
+                             squeeze=False)
+    jitter = np.random.default_rng(0)
+    for row, metric in enumerate(metric_names):
+        for ax, panel in zip(axes[row], metric_panels(metrics, metric)):
+            values = panel["values"]
+            ax.boxplot(values, tick_labels=[f"{s}\nn={len(v)}" for s, v in zip(panel["stages"], values)],
+                       showfliers=False)
+            for k, v in enumerate(values, 1):
+                ax.scatter(k + jitter.uniform(-0.12, 0.12, len(v)), v, s=12, alpha=0.7, zorder=3)
+            free = panel["lesion_free"]
+            ax.set_title(f"{panel['split']}: {panel['class']} ({panel['cases']} cases with it; {free} lesion-free"
+                         + (f", kept empty: {'/'.join(map(str, panel['kept_empty']))}" if free else "") + ")",
+                         fontsize=9)
             ax.set_ylabel(metric)
-            ax.tick_params(axis="x", rotation=45)
+            ax.tick_params(axis="x", rotation=45, labelsize=8)
     fig.tight_layout()
     write_figure(fig, out)
 

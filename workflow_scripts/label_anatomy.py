@@ -230,31 +230,43 @@ def check_case_anatomy(case: str, image_path: Path, label_path: Path, anatomy_pa
 PROPOSAL = "label.nii.gz"
 
 
-def _slice_through(mask: np.ndarray) -> int:
-    return int(np.round(np.argwhere(mask)[:, 0].mean())) if mask.any() else mask.shape[0] // 2
+# QC warnings whose case gets a picture: the label drawn where it is most wrong.
+PICTURED_CHECKS = ("label_in_air", "label_mean_hu", "label_anatomy", "label_anatomy_proposal")
 
 
-def plot_proposals(cases: list[tuple[str, Path, Path, Path]], out: Path) -> None:
-    """Per case with a proposal (``(case, image, label, proposed label)``): the CT (W 400 / L 40) on the slice
-    through the label as given (red) and on the slice through the proposal (green)."""
+def worst_slice(label: np.ndarray, image: np.ndarray, air_hu: float) -> int:
+    """The axial slice where a label is most wrong: the most label voxels in air, else the most label voxels."""
+    lesions = label > 0
+    in_air = (lesions & (image < air_hu)).sum(axis=(1, 2))
+    counts = in_air if in_air.any() else lesions.sum(axis=(1, 2))
+    return int(np.argmax(counts)) if counts.any() else label.shape[0] // 2
+
+
+def plot_flagged(cases: list[dict], air_hu: float, out: Path) -> None:
+    """Per flagged case (``case``, ``image``, ``label``, ``proposal`` or None, ``checks``): the CT (W 400 / L 40)
+    with the label as given (red) on the slice where it is most wrong, and the proposal (green) on its own
+    slice where there is one."""
     plt = pyplot()
     if not cases:
         fig, ax = plt.subplots(figsize=(5, 1.2))
-        ax.text(0.5, 0.5, "no label correction proposed", ha="center", va="center")
+        ax.text(0.5, 0.5, "no label flagged", ha="center", va="center")
         ax.set_axis_off()
         write_figure(fig, out)
         return
     fig, axes = plt.subplots(len(cases), 2, figsize=(8, 4 * len(cases)), squeeze=False)
-    for row, (case, image_path, label_path, proposal_path) in zip(axes, cases):
-        image = image_array(read_image(image_path)).astype(float)
-        for ax, (title, path, colour) in zip(row, (("label as given", label_path, "red"),
-                                                   ("proposed (for review)", proposal_path, "lime"))):
-            mask = image_array(read_image(path)) > 0
-            z = _slice_through(mask)
+    for row, case in zip(axes, cases):
+        image = image_array(read_image(case["image"])).astype(float)
+        label = image_array(read_image(case["label"]))
+        panels = [("label as given", label, "red", worst_slice(label, image, air_hu))]
+        if case["proposal"] is not None:
+            proposal = image_array(read_image(case["proposal"]))
+            panels.append(("proposed (for review)", proposal, "lime", worst_slice(proposal, image, air_hu)))
+        for ax, (title, mask, colour, z) in zip(row, panels):
             ax.imshow(image[z], cmap="gray", vmin=40 - 200, vmax=40 + 200)
-            if mask[z].any():
-                ax.contour(mask[z], levels=[0.5], colors=colour, linewidths=1.5)
-            ax.set_title(f"{case}: {title}, slice {z}", fontsize=9)
+            if (mask[z] > 0).any():
+                ax.contour(mask[z] > 0, levels=[0.5], colors=colour, linewidths=1.5)
+            ax.set_title(f"{case['case']}: {title}, slice {z}\n{', '.join(case['checks'])}", fontsize=9)
+        for ax in row:
             ax.set_axis_off()
     fig.tight_layout()
     write_figure(fig, out)
@@ -264,24 +276,33 @@ def qc_anatomy_report_entry(argv=None) -> None:
     from workflow_scripts import cli
 
     p = cli.parser("qc-anatomy-report", "One table of the anatomy checks of every label, and a figure of every "
-                   "proposed correction.")
+                   "flagged label (in air, off the tissue, against anatomy) with its proposed correction.")
     p.add_argument("--tables", nargs="*", default=[], help="the cases' anatomy QC tables")
     p.add_argument("--proposals", nargs="*", default=[], help="the cases' proposal folders, same order")
     p.add_argument("--images", nargs="*", default=[], help="the cases' images, same order")
     p.add_argument("--labels", nargs="*", default=[], help="the cases' labels, same order")
+    p.add_argument("--qc-table", required=True, help="the QC table: its label warnings get pictures too")
+    cli.add_settings(p, "qc")
     p.add_argument("--out", required=True)
     p.add_argument("--figure", required=True)
     args = p.parse_args(argv)
     tables = [pd.read_csv(t, sep="\t") for t in args.tables]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
     write_table(table, Path(args.out))
-    proposed = [(Path(t).name[: -len(".tsv")], Path(image), Path(label), Path(folder) / PROPOSAL)
-                for t, folder, image, label in zip(args.tables, args.proposals, args.images, args.labels)
-                if (Path(folder) / PROPOSAL).is_file()]
-    plot_proposals(proposed, Path(args.figure))
-    flagged = table[table["severity"] == "warning"]
-    print(f"anatomy QC: {len(args.tables)} label(s) checked, {flagged['case'].nunique()} flagged, "
-          f"{len(proposed)} correction(s) proposed for review")
+    qc = pd.read_csv(args.qc_table, sep="\t")
+    warnings = pd.concat([table, qc], ignore_index=True)
+    warnings = warnings[(warnings["severity"] == "warning") & warnings["check"].isin(PICTURED_CHECKS)]
+    flagged = []
+    for t, folder, image, label in zip(args.tables, args.proposals, args.images, args.labels):
+        case = Path(t).name[: -len(".tsv")]
+        checks = sorted(set(warnings.loc[warnings["case"] == case, "check"]))
+        if checks:
+            proposal = Path(folder) / PROPOSAL
+            flagged.append({"case": case, "image": Path(image), "label": Path(label), "checks": checks,
+                            "proposal": proposal if proposal.is_file() else None})
+    plot_flagged(flagged, args.settings["air_hu"], Path(args.figure))
+    print(f"anatomy QC: {len(args.tables)} label(s) checked, {len(flagged)} flagged label(s) pictured, "
+          f"{sum(f['proposal'] is not None for f in flagged)} correction(s) proposed for review")
 
 
 def qc_anatomy_entry(argv=None) -> None:

@@ -182,8 +182,10 @@ def predict_entry(argv=None) -> None:
     cli.add_settings(p, "prediction")
     p.add_argument("--images", nargs="+", required=True, help="the new cases' images, <case>.nii.gz")
     p.add_argument("--device", required=True, choices=["cpu", "cuda", "auto"])
-    p.add_argument("--outputs", nargs="+", required=True,
-                   help="the files to write, <folder>/<configuration or ensemble>/<case>.nii.gz (and .npz)")
+    outputs = p.add_mutually_exclusive_group(required=True)
+    outputs.add_argument("--outputs", nargs="+",
+                         help="the files to write, <folder>/<configuration or ensemble>/<case>.nii.gz (and .npz)")
+    outputs.add_argument("--out-dir", help="a folder that gets <configuration or ensemble>/<case>.nii.gz (and .npz)")
     args = p.parse_args(argv)
     cli.configure_nnunet(args)
     images_dir, cases = cli.case_folder(args.images, "--images")
@@ -198,8 +200,29 @@ def predict_entry(argv=None) -> None:
     selection = read_json(args.selection)
     print(f"{len(cases)} cases, ensemble {selection.get('candidate', selection['members'])}, "
           f"settings {args.settings}", flush=True)
-    out_dir = cli.stage_root(args.outputs, "--outputs")
+    out_dir = Path(args.out_dir) if args.out_dir else cli.stage_root(args.outputs, "--outputs")
     predict_new_cases(models, selection, cases, images_dir, out_dir, args.settings, args.device, args.threads)
-    missing = [o for o in args.outputs if not Path(o).is_file()]
+    missing = [o for o in args.outputs or [] if not Path(o).is_file()]
     if missing:
         raise SystemExit(f"error: the settings wrote no {missing[:3]}")
+
+
+def place_predictions_entry(argv=None) -> None:
+    """A part's predictions linked where every later rule reads them (relative symbolic links: no copy)."""
+    import os
+
+    from workflow_scripts import cli
+
+    p = cli.parser("place-predictions", "Link a case's predictions from its part's folder to <folder>/<stage>/.")
+    p.add_argument("--part-dir", required=True, help="the part's folder: <stage>/<case>.<ext>")
+    p.add_argument("--outputs", nargs="+", required=True, help="<folder>/<stage>/<case>.<ext> to link")
+    args = p.parse_args(argv)
+    for out in map(Path, args.outputs):
+        source = Path(args.part_dir) / out.parent.name / out.name
+        if not source.is_file():
+            raise SystemExit(f"error: {source} is missing: the part's prediction did not write it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_symlink() or out.exists():
+            out.unlink()
+        out.symlink_to(os.path.relpath(source, out.parent))
+    print(f"{len(args.outputs)} prediction file(s) linked from {args.part_dir}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io import copy_file, write_json, write_table
+from workflow_scripts.io import copy_file, pyplot, write_figure, write_json, write_table
 from workflow_scripts.nnunet_seam import (CONFIGURATION, find_trainer_class, in_process_validation_pools,
                                           make_checkpoints_atomic, resolve_device, tile_batched_validation,
                                           training_log)
@@ -35,6 +35,39 @@ def training_curves(log: dict) -> pd.DataFrame:
     for k in range(len(per_class[0]) if per_class else 0):
         table[f"pseudo_dice_class_{k + 1}"] = [float(d[k]) for d in per_class]
     return table.astype({c: float for c in table.columns if c != "epoch"})
+
+
+def plot_folds(curves: dict[int, Path], configuration: str, out: Path) -> None:
+    """One configuration's folds overlaid: losses (left) and pseudo Dice (right; solid the mean, dashed the
+    EMA nnU-Net selects on), one colour per fold."""
+    plt = pyplot()
+    fig, (loss, dice) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, (fold, path) in enumerate(sorted(curves.items())):
+        table = pd.read_csv(path, sep="\t")
+        colour = f"C{k}"
+        loss.plot(table["epoch"], table["train_loss"], color=colour, label=f"fold {fold} train")
+        loss.plot(table["epoch"], table["val_loss"], color=colour, linestyle=":", label=f"fold {fold} validation")
+        dice.plot(table["epoch"], table["pseudo_dice_mean"], color=colour, label=f"fold {fold}")
+        dice.plot(table["epoch"], table["pseudo_dice_ema"], color=colour, linestyle="--")
+    loss.set(xlabel="epoch", ylabel="loss", title=f"{configuration}: losses (dotted: validation)")
+    dice.set(xlabel="epoch", ylabel="pseudo Dice", ylim=(0, 1), title=f"{configuration}: pseudo Dice (dashed: EMA)")
+    loss.legend(fontsize=7, ncol=2)
+    dice.legend(fontsize=7)
+    fig.tight_layout()
+    write_figure(fig, out)
+
+
+def plot_folds_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("plot-folds", "One figure of a configuration's folds' training curves overlaid.")
+    p.add_argument("--configuration", required=True)
+    p.add_argument("--curves", nargs="+", required=True, help="the folds' curves TSV, fold_<k>_curves.tsv")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    folds = {int(Path(c).name.split("_")[1]): Path(c) for c in args.curves}
+    plot_folds(folds, args.configuration, Path(args.out))
+    print(f"{args.configuration}: {len(folds)} folds plotted")
 
 
 def make_trainer(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict, device):
