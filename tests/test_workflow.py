@@ -962,6 +962,15 @@ def results_files(workdir):
 def test_slurm_results_match_the_local_run(slurm_run, smoke_run):
     slurm_workdir = slurm_run["workdir"]
     local, cluster = results_files(smoke_run), results_files(slurm_workdir)
+    # The worst out-of-fold cases are named by each study's own scores (the SLURM study trains less): each study
+    # drew exactly the rows of its own worst_cases.tsv; the rest must match file for file.
+    for files, workdir in ((local, smoke_run), (cluster, slurm_workdir)):
+        worst = pd.read_csv(workdir / "results/metrics/worst_cases.tsv", sep="\t")
+        worst = worst[(worst["split"] == "oof") & (worst["stage"] == "refined")]
+        drawn = {f for f in files if f.startswith("overlays/oof_worst/")}
+        assert drawn == {f"overlays/oof_worst/{r['case']}_{r['class']}.png" for _, r in worst.iterrows()}
+        assert len(drawn) >= 2
+        files -= drawn
     assert local == cluster, f"only local: {sorted(local - cluster)}; only SLURM: {sorted(cluster - local)}"
     preprocessed = sorted(p.relative_to(smoke_run / "results") for p in
                           (smoke_run / "results/nnunet/nnUNet_preprocessed").glob("*/*.json"))
