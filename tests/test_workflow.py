@@ -967,7 +967,7 @@ def test_slurm_results_match_the_local_run(slurm_run, smoke_run):
     for files, workdir in ((local, smoke_run), (cluster, slurm_workdir)):
         worst = pd.read_csv(workdir / "results/metrics/worst_cases.tsv", sep="\t")
         worst = worst[(worst["split"] == "oof") & (worst["stage"] == "refined")]
-        drawn = {f for f in files if f.startswith("overlays/oof_worst/")}
+        drawn = {f for f in files if f.startswith("overlays/oof_worst/") and f.endswith(".png")}
         assert drawn == {f"overlays/oof_worst/{r['case']}_{r['class']}.png" for _, r in worst.iterrows()}
         assert len(drawn) >= 2
         files -= drawn
