@@ -218,6 +218,23 @@ def anatomy_maps(case_list):
     return paths
 
 
+# crop.enabled: the lesion models read each case cut to its anatomy box (results/crop/) and their outputs are pasted
+# back on the full grid.
+CROP = CONFIG["crop"]["enabled"]
+
+
+def model_image(case):
+    return f"results/crop/{case}.nii.gz" if CROP else image_path(case)
+
+
+def crop_boxes(case_list):
+    return [f"results/crop/{case}.json" for case in case_list] if CROP else []
+
+
+def crop_flag(flag, files):
+    return f"{flag} {' '.join(files)}" if files else ""
+
+
 def ensemble_configurations():
     """Configurations an ensemble may draw on: the full-label members and the fused partial models (with a
     bundle: those its chosen ensemble uses)."""

@@ -1,4 +1,5 @@
-# The shared split, then per configuration: nnU-Net raw dataset, fingerprint, plans and preprocessing.
+# The shared split, the optional anatomy crop of each case, then per configuration: nnU-Net raw dataset,
+# fingerprint, plans and preprocessing.
 
 
 rule make_splits:
@@ -21,11 +22,38 @@ rule make_splits:
         "--settings {params.settings:q} {params.patients} --out {output} > {log} 2>&1"
 
 
+rule crop_case:
+    input:
+        image=lambda w: image_path(w.case),
+        anatomy=lambda w: anatomy_maps([w.case]),
+        qc=QC_PASSED,
+    output:
+        image="results/crop/{case}.nii.gz",
+        box="results/crop/{case}.json",
+    log:
+        "logs/crop_case/{case}.log",
+    benchmark:
+        "benchmarks/crop_case/{case}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("crop_case")
+    resources:
+        **resources_of("crop_case"),
+    params:
+        settings=as_json(CONFIG["crop"]),
+        task=CONFIG["anatomy"]["task"],
+    shell:
+        "python -m workflow_scripts crop-case --image {input.image} --anatomy {input.anatomy} "
+        "--settings {params.settings:q} --task {params.task} --out-image {output.image} --out-box {output.box} "
+        "> {log} 2>&1"
+
+
 rule convert_dataset:
     input:
         qc=QC_PASSED,
-        images=lambda w: images("oof"),
+        images=lambda w: [model_image(case) for case in cases("oof")],
         references=lambda w: references("oof"),
+        boxes=lambda w: crop_boxes(cases("oof")),
     output:
         "results/datasets/{configuration}/dataset_summary.json",
     log:
@@ -40,10 +68,11 @@ rule convert_dataset:
     params:
         nnunet_root=NNUNET_ROOT,
         settings=lambda w: as_json(configuration(w.configuration)),
+        boxes=lambda w, input: crop_flag("--crop-boxes", input.boxes),
     shell:
         "python -m workflow_scripts convert-dataset --nnunet-root {params.nnunet_root} --images {input.images} "
-        "--references {input.references} --name {wildcards.configuration} --settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
+        "--references {input.references} {params.boxes} --name {wildcards.configuration} "
+        "--settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
 rule plan_and_preprocess:

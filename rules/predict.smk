@@ -7,6 +7,7 @@ rule gather_oof:
     input:
         summaries=lambda w: [s for c in CONFIGURATIONS for s in training_summaries(c)],
         image=lambda w: image_path(w.case),
+        box=lambda w: crop_boxes([w.case]),
     output:
         npz=[prediction("oof", c, "{case}", "npz") for c in CONFIGURATIONS],
         seg=[prediction("oof", c, "{case}") for c in CONFIGURATIONS],
@@ -22,9 +23,10 @@ rule gather_oof:
     params:
         summaries=lambda w: as_json({c: training_summaries(c) for c in CONFIGURATIONS}),
         channel_labels=lambda w: as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
+        box=lambda w, input: crop_flag("--crop-box", input.box),
     shell:
         "python -m workflow_scripts gather-oof --training-summaries {params.summaries:q} "
-        "--channel-labels {params.channel_labels:q} --case {wildcards.case} --image {input.image} "
+        "--channel-labels {params.channel_labels:q} --case {wildcards.case} --image {input.image} {params.box} "
         "--out {output.npz} > {log} 2>&1"
 
 
@@ -34,6 +36,8 @@ rule predict_test:
         models=model_inputs(),
         selection=chosen_ensemble(),
         images=lambda w: [image_path(case) for case in part_cases(int(w.part))],
+        cropped=lambda w: [model_image(case) for case in part_cases(int(w.part))] if CROP else [],
+        boxes=lambda w: crop_boxes(part_cases(int(w.part))),
     output:
         directory(f"{PREDICTIONS}/test_parts/{{part}}"),
     log:
@@ -52,11 +56,14 @@ rule predict_test:
         channel_labels=as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
         device=CONFIG["compute"]["device"],
         settings=as_json(CONFIG["prediction"]),
+        crops=lambda w, input: crop_flag("--cropped-images", input.cropped)
+        + " "
+        + crop_flag("--crop-boxes", input.boxes),
     shell:
         "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} {params.models} "
         "--configurations {params.configurations} --selection {input.selection} "
         "--channel-labels {params.channel_labels:q} --settings {params.settings:q} --images {input.images} "
-        "--device {params.device} --out-dir {output} > {log} 2>&1"
+        "{params.crops} --device {params.device} --out-dir {output} > {log} 2>&1"
 
 
 # Each new case's predictions, linked from its part's folder to where every later rule reads them.

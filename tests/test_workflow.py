@@ -87,7 +87,8 @@ def test_dry_run_default_target_and_every_rule(toy_workdir, profile):
     assert job_count(result.stdout, "train_fold") == 15, result.stdout[-3000:]
     result = snakemake(toy_workdir, "-n", "export_bundle", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG)
     assert job_count(result.stdout, "export_bundle") == 1 and job_count(result.stdout, "train_fold") == 15
-    planned = [rule for rule in rules if rule not in ("all", "segment_anatomy", "export_bundle")]
+    # segment_anatomy: precomputed maps here (next test); crop_case: crop is off here (test_crop_option_...)
+    planned = [rule for rule in rules if rule not in ("all", "segment_anatomy", "export_bundle", "crop_case")]
 
     def dry_run_until(rule):
         return snakemake(toy_workdir, "-n", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG,
@@ -695,6 +696,29 @@ def test_tumour_burden_of_the_new_cases(smoke_run):
     from workflow_scripts.toy_data import ANATOMY_IDS
 
     assert set(lesions["structure"]) <= {"none", *ANATOMY_IDS}  # the toy anatomy's structures, by name
+
+
+def test_crop_option_crops_every_case_for_the_models_and_nothing_else(toy_workdir, tmp_path):
+    """crop.enabled: a crop_case job per case; the datasets, the out-of-fold gathering and new-case prediction read
+    the crops and their boxes; QC, anatomy, ensembles, refinement and evaluation still read the full images."""
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["crop"] = {"enabled": True, "structures": ["liver", "hip_*"], "margin_mm": 10}
+    path = tmp_path / "crop.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(toy_workdir, "-n", "-p", "--profile", PROFILES["local"], "--configfile", path)
+    assert job_count(result.stdout, "crop_case") == 15, result.stdout[-3000:]
+    commands = [line for line in result.stdout.splitlines() if "python -m workflow_scripts" in line]
+    convert = [c for c in commands if " convert-dataset " in c]
+    assert len(convert) == 3 and all("--images results/crop/toy_000.nii.gz" in c and "--crop-boxes " in c
+                                     and c.count("results/crop/") == 24 for c in convert)
+    gather = [c for c in commands if " gather-oof " in c]
+    assert len(gather) == 12 and all("--crop-box results/crop/toy_" in c for c in gather)
+    predict = [c for c in commands if " predict " in c]
+    assert len(predict) == 2 and all("--cropped-images results/crop/toy_1" in c and "--crop-boxes" in c
+                                     for c in predict)
+    others = [c for c in commands if not any(v in c for v in (" convert-dataset ", " gather-oof ", " predict ",
+                                                                " crop-case "))]
+    assert others and not any("results/crop" in c for c in others)
 
 
 def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):

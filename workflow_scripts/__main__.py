@@ -18,6 +18,7 @@ VERBS = {
     "qc-anatomy": "label_anatomy",
     "qc-anatomy-report": "label_anatomy",
     "make-splits": "splits",
+    "crop-case": "crop",
     "convert-dataset": "nnunet_dataset",
     "plan-and-preprocess": "planning",
     "train-fold": "training",

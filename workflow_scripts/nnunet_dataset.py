@@ -57,13 +57,18 @@ def _on_image_grid(label: sitk.Image, image_path: Path) -> sitk.Image:
 
 
 def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_root: Path, dataset_id: int,
-                    name: str, label_mapping: dict[str, list[int]], summary_path: Path) -> dict:
-    """Write ``raw_root/DatasetNNN_name`` (images linked, labels remapped) and a summary JSON."""
+                    name: str, label_mapping: dict[str, list[int]], summary_path: Path,
+                    crop_boxes: dict[str, Path] | None = None) -> dict:
+    """Write ``raw_root/DatasetNNN_name`` (images linked, labels remapped) and a summary JSON. With ``crop_boxes``
+    ({case: box JSON}) the images are the cropped ones and each label is cut to its case's box; lesion voxels
+    outside the box are counted in the summary."""
+    from workflow_scripts.crop import crop_label, read_box
     from workflow_scripts.nnunet_seam import dataset_name
 
     folder = Path(raw_root) / dataset_name(dataset_id, name)
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    lost: dict[str, int] = {}
     for case in cases:
         link = folder / "imagesTr" / f"{case}{CHANNEL_SUFFIX}.nii.gz"
         target = (Path(images_dir) / f"{case}.nii.gz").resolve()
@@ -71,6 +76,8 @@ def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_ro
             link.unlink()
         os.symlink(target, link)
         label = remap_label(read_image(Path(labels_dir) / f"{case}.nii.gz"), label_mapping)
+        if crop_boxes is not None:
+            label, lost[case] = crop_label(label, read_box(crop_boxes[case]))
         write_image(_on_image_grid(label, target), folder / "labelsTr" / f"{case}.nii.gz")
     dataset_json = {
         "channel_names": {"0": "CT"},
@@ -81,7 +88,8 @@ def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_ro
     }
     write_json(dataset_json, folder / "dataset.json")
     summary = {"dataset": folder.name, "folder": str(folder), "cases": list(cases),
-               "labels": dataset_json["labels"], "class_label_values": class_label_values(label_mapping)}
+               "labels": dataset_json["labels"], "class_label_values": class_label_values(label_mapping),
+               "cropped": crop_boxes is not None, "lesion_voxels_outside_crop": lost}
     write_json(summary, summary_path)
     return summary
 
@@ -93,6 +101,8 @@ def convert_dataset_entry(argv=None) -> None:
     p.add_argument("--nnunet-root", required=True)
     p.add_argument("--images", nargs="+", required=True, help="the training cases' images, <case>.nii.gz")
     p.add_argument("--references", nargs="+", required=True, help="their labels, same order")
+    p.add_argument("--crop-boxes", nargs="+", help="crop.enabled: each case's crop box JSON (the images are the "
+                   "cropped ones)")
     p.add_argument("--name", required=True, help="the configuration's name")
     p.add_argument("--settings", type=cli.json_value, required=True,
                    help="JSON: the configuration's section (dataset_id, label_mapping)")
@@ -102,6 +112,16 @@ def convert_dataset_entry(argv=None) -> None:
     labels_dir, label_cases = cli.case_folder(args.references, "--references")
     if label_cases != cases:
         raise SystemExit(f"error: --references name other cases than --images: {sorted(set(cases) ^ set(label_cases))}")
+    boxes = None
+    if args.crop_boxes:
+        boxes = {Path(b).name[: -len(".json")]: Path(b) for b in args.crop_boxes}
+        if sorted(boxes) != sorted(cases):
+            raise SystemExit(f"error: --crop-boxes name other cases than --images: {sorted(set(cases) ^ set(boxes))}")
     summary = convert_dataset(cases, images_dir, labels_dir, Path(args.nnunet_root) / "nnUNet_raw",
-                              args.settings["dataset_id"], args.name, args.settings["label_mapping"], Path(args.out))
+                              args.settings["dataset_id"], args.name, args.settings["label_mapping"], Path(args.out),
+                              boxes)
     print(f"wrote {summary['folder']} with {len(summary['cases'])} cases")
+    for case, voxels in summary["lesion_voxels_outside_crop"].items():
+        if voxels:
+            print(f"warning: {case}: {voxels} lesion voxels lie outside the crop box and are not trained on; widen "
+                  "crop.margin_mm or add structures to crop.structures")

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from workflow_scripts.crop import paste_labels, paste_probabilities, read_box
 from workflow_scripts.io import array_like, image_grid, read_json, write_image, write_prediction
 from workflow_scripts.nnunet_seam import resolve_device, tile_batch_predictor_class, use_torch_export_resampling
 
 
 def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], case: str, image: Path,
-                       out_dir: Path) -> str:
+                       out_dir: Path, crop_box: dict | None = None) -> str:
     """Convert a case's validation probabilities (nnU-Net's export) from the one fold that held it out into the
-    common format; returns that fold's output folder."""
+    common format, pasted on the full grid where the model saw the case cropped; returns that fold's output
+    folder."""
     summaries = [read_json(p) for p in training_summaries]
     holding = [s for s in summaries if case in s["validation_cases"]]
     if len(holding) != 1:
@@ -25,6 +27,8 @@ def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[
     folder = Path(holding[0]["output_folder"])
     with np.load(folder / "validation" / f"{case}.npz") as data:
         probabilities = data["probabilities"]
+    if crop_box is not None:
+        probabilities = paste_probabilities(probabilities, crop_box)
     write_prediction(probabilities, class_label_values, image, out_dir, case)
     return str(folder)
 
@@ -53,7 +57,8 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
 
 
 def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str], images_dir: Path, out_dir: Path,
-                      settings: dict, device: str, threads: int) -> None:
+                      settings: dict, device: str, threads: int,
+                      crops: dict[str, tuple[Path, dict]] | None = None) -> None:
     """Segment new cases with every configuration in ``models`` ({name: {"folder", "folds", "labels"}}) and the
     ensemble ``selection`` describes, in one process: each model is loaded once, cases are streamed, and the
     ensemble is built in memory one configuration's probabilities at a time.
@@ -61,7 +66,8 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
     Writes ``out_dir/<configuration>/<case>.nii.gz`` for every configuration and ``out_dir/ensemble/<case>.nii.gz``;
     the ``.npz`` probabilities beside them only with ``settings["save_probabilities"]``. Configurations whose
     probabilities nothing needs (not in the ensemble, or the ensemble's only member when no probabilities are kept)
-    are reduced by argmax on the logits, nnU-Net's fast path without softmax.
+    are reduced by argmax on the logits, nnU-Net's fast path without softmax. With ``crops`` ({case: (cropped
+    image, crop box)}) the models read the cropped image and their outputs are pasted on the full grid.
     """
     import time
 
@@ -84,12 +90,15 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
     for i, case in enumerate(cases, 1):
         start = time.perf_counter()
         image_path = Path(images_dir) / f"{case}.nii.gz"
-        image, properties = reader.read_images([str(image_path)])
+        box = crops[case][1] if crops else None
+        image, properties = reader.read_images([str(crops[case][0] if crops else image_path)])
         reference = image_grid(image_path)  # nnU-Net's reader has the voxels
 
         def member(name):
             _, probabilities = predictors[name].predict_single_npy_array(image, properties, None, None, True)
             probabilities = np.asarray(probabilities)
+            if box is not None:
+                probabilities = paste_probabilities(probabilities, box)
             write_prediction(probabilities, models[name]["labels"], reference, out_dir / name, case, keep)
             return probabilities, models[name]["labels"]
 
@@ -100,6 +109,8 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
                 continue
             indices = predictors[name].predict_single_npy_array(image, properties, None, None, False)
             segmentation = np.asarray(models[name]["labels"], dtype=np.uint8)[np.asarray(indices)]
+            if box is not None:
+                segmentation = paste_labels(segmentation, box, background=models[name]["labels"][0])
             for folder in [name] + (["ensemble"] if name in single else []):
                 write_image(array_like(segmentation, reference), out_dir / folder / f"{case}.nii.gz")
         if with_probabilities & set(used):
@@ -150,6 +161,7 @@ def gather_oof_entry(argv=None) -> None:
                    help="JSON {configuration: [label value per channel]}")
     p.add_argument("--case", required=True)
     p.add_argument("--image", required=True, help="the case's image (the grid of the outputs)")
+    p.add_argument("--crop-box", help="crop.enabled: the case's crop box JSON (the models saw the crop)")
     p.add_argument("--out", nargs="+", required=True,
                    help="the case's .npz of each configuration, in the order of --training-summaries")
     args = p.parse_args(argv)
@@ -159,7 +171,8 @@ def gather_oof_entry(argv=None) -> None:
         if Path(out).name != f"{args.case}.npz":
             raise SystemExit(f"error: output {out} is not {args.case}.npz")
         folder = gather_out_of_fold([Path(s) for s in summaries], args.channel_labels[configuration], args.case,
-                                    Path(args.image), Path(out).parent)
+                                    Path(args.image), Path(out).parent,
+                                    read_box(Path(args.crop_box)) if args.crop_box else None)
         print(f"{args.case}: {configuration} out-of-fold probabilities from {folder}")
 
 
@@ -181,6 +194,8 @@ def predict_entry(argv=None) -> None:
                    help="JSON {configuration: [label value per channel]}")
     cli.add_settings(p, "prediction")
     p.add_argument("--images", nargs="+", required=True, help="the new cases' images, <case>.nii.gz")
+    p.add_argument("--cropped-images", nargs="+", help="crop.enabled: the cases' cropped images, same order")
+    p.add_argument("--crop-boxes", nargs="+", help="crop.enabled: the cases' crop box JSON, same order")
     p.add_argument("--device", required=True, choices=["cpu", "cuda", "auto"])
     outputs = p.add_mutually_exclusive_group(required=True)
     outputs.add_argument("--outputs", nargs="+",
@@ -189,6 +204,14 @@ def predict_entry(argv=None) -> None:
     args = p.parse_args(argv)
     cli.configure_nnunet(args)
     images_dir, cases = cli.case_folder(args.images, "--images")
+    crops = None
+    if args.cropped_images or args.crop_boxes:
+        _, cropped_cases = cli.case_folder(args.cropped_images or [], "--cropped-images")
+        box_cases = [Path(b).name[: -len(".json")] for b in args.crop_boxes or []]
+        if not cropped_cases == box_cases == cases:
+            raise SystemExit("error: --cropped-images and --crop-boxes must name the cases of --images, in order")
+        crops = {case: (Path(image), read_box(Path(box)))
+                 for case, image, box in zip(cases, args.cropped_images, args.crop_boxes)}
     if args.bundle:
         try:
             models = bundle_models(Path(args.bundle), args.configurations, args.channel_labels)
@@ -201,7 +224,7 @@ def predict_entry(argv=None) -> None:
     print(f"{len(cases)} cases, ensemble {selection.get('candidate', selection['members'])}, "
           f"settings {args.settings}", flush=True)
     out_dir = Path(args.out_dir) if args.out_dir else cli.stage_root(args.outputs, "--outputs")
-    predict_new_cases(models, selection, cases, images_dir, out_dir, args.settings, args.device, args.threads)
+    predict_new_cases(models, selection, cases, images_dir, out_dir, args.settings, args.device, args.threads, crops)
     missing = [o for o in args.outputs or [] if not Path(o).is_file()]
     if missing:
         raise SystemExit(f"error: the settings wrote no {missing[:3]}")
