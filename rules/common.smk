@@ -199,6 +199,10 @@ def case_part(case):
     return next(part for part in range(PARTS) if case in part_cases(part))
 
 
+def ensemble_case_scores():
+    return [f"results/ensemble/cases/{case}.tsv" for case in cases("oof")]
+
+
 def oof_probabilities():
     return [prediction("oof", c, case, "npz") for c in ensemble_configurations() for case in cases("oof")]
 

@@ -1,12 +1,34 @@
-# Ensemble of configurations on probabilities: the candidates scored on out-of-fold predictions, the best one
+# Ensemble of configurations on probabilities: the candidates scored on out-of-fold predictions (one job per case,
+# so that the scoring spreads over the cluster as the cases grow), the best one
 # (or the configured one) applied per out-of-fold case, members averaged one file at a time, partial models fused
 # into a class.
 
 
+rule score_ensembles:
+    input:
+        probabilities=lambda w: [prediction("oof", c, w.case, "npz") for c in ensemble_configurations()],
+        reference=lambda w: case_references([w.case]),
+    output:
+        "results/ensemble/cases/{case}.tsv",
+    log:
+        "logs/score_ensembles/{case}.log",
+    benchmark:
+        "benchmarks/score_ensembles/{case}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("score_ensembles")
+    resources:
+        **resources_of("score_ensembles"),
+    params:
+        settings=selection_settings(),
+    shell:
+        "python -m workflow_scripts score-ensembles --settings {params.settings:q} --reference {input.reference} "
+        "--probabilities {input.probabilities} --out {output} > {log} 2>&1"
+
+
 rule select_ensemble:
     input:
-        probabilities=lambda w: oof_probabilities(),
-        references=lambda w: references("oof"),
+        scores=lambda w: ensemble_case_scores(),
     output:
         table=report("results/ensemble/candidates.tsv", caption="report/ensemble_candidates.rst", category="Ensemble"),
         selection="results/ensemble/selected.json",
@@ -22,17 +44,15 @@ rule select_ensemble:
     params:
         settings=selection_settings(),
     shell:
-        "python -m workflow_scripts select-ensemble --settings {params.settings:q} --references {input.references} "
-        "--probabilities {input.probabilities} --out-table {output.table} --out-selection {output.selection} "
-        "> {log} 2>&1"
+        "python -m workflow_scripts select-ensemble --settings {params.settings:q} --case-scores {input.scores} "
+        "--out-table {output.table} --out-selection {output.selection} > {log} 2>&1"
 
 
 rule ensemble_case:
     input:
         unpack(ensemble_inputs),
     output:
-        npz=prediction("{split}", "ensemble", "{case}", "npz"),
-        seg=prediction("{split}", "ensemble", "{case}"),
+        prediction("{split}", "ensemble", "{case}"),
     log:
         "logs/ensemble_case/{split}/{case}.log",
     benchmark:
@@ -46,4 +66,4 @@ rule ensemble_case:
         **resources_of("ensemble_case"),
     shell:
         "python -m workflow_scripts ensemble-case --case {wildcards.case} --selection {input.selection} "
-        "--probabilities {input.probabilities} --image {input.image} --out {output.npz} > {log} 2>&1"
+        "--probabilities {input.probabilities} --image {input.image} --out {output} > {log} 2>&1"

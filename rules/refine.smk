@@ -118,6 +118,7 @@ rule tumour_burden:
 rule nested_selection:
     input:
         probabilities=lambda w: oof_probabilities(),
+        scores=lambda w: ensemble_case_scores(),
         references=lambda w: references("oof"),
         anatomy=lambda w: anatomy_maps(cases("oof")),
         images=lambda w: images("oof"),
@@ -140,7 +141,8 @@ rule nested_selection:
     shell:
         "python -m workflow_scripts nested-selection --ensemble-settings {params.ensemble_settings:q} "
         "--refinement-settings {params.refinement_settings:q} --splits {input.splits} "
-        "--references {input.references} --probabilities {input.probabilities} --anatomy {input.anatomy} "
+        "--references {input.references} --probabilities {input.probabilities} --case-scores {input.scores} "
+        "--anatomy {input.anatomy} "
         "--images {input.images} --out-dir {output.segmentations} --out-table {output.table} "
         "> {log} 2>&1"
 

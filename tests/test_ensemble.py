@@ -64,8 +64,11 @@ def test_ensemble_case_writes_labels_on_the_image_grid(tmp_path):
     write_probabilities(tmp_path / "partial" / "c.npz", partial, [0, 2])
     selection = {"members": {"full": 1.0},
                  "fusions": [{"configuration": "partial", "into": 2, "strategy": "mean"}]}
-    ensemble_case(selection, tmp_path, tmp_path / "image.nii.gz", tmp_path / "out", "c")
+    ensemble_case(selection, tmp_path, tmp_path / "image.nii.gz", tmp_path / "labels_only", "c")
+    assert sorted(p.name for p in (tmp_path / "labels_only").iterdir()) == ["c.nii.gz"]
+    ensemble_case(selection, tmp_path, tmp_path / "image.nii.gz", tmp_path / "out", "c", save_probabilities=True)
     seg = sitk.ReadImage(str(tmp_path / "out" / "c.nii.gz"))
+    assert (sitk.GetArrayFromImage(seg) == sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels_only/c.nii.gz")))).all()
     assert np.allclose(seg.GetSpacing(), reference.GetSpacing())
     array = sitk.GetArrayFromImage(seg)
     assert array[0, 0, 0] == 1 and array[1, 1, 1] == 2 and array.sum() == 3

@@ -1,4 +1,7 @@
 """Selection of the ensemble on out-of-fold predictions built so that the right answer is known."""
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,3 +92,34 @@ def test_candidates_cover_every_subset_and_strategy():
 def test_unknown_metric_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown selection metric"):
         rank_candidates([], pd.DataFrame(columns=["candidate"]), "hd95")
+
+
+def test_per_case_score_jobs_give_the_selection_of_one_process(tmp_path):
+    """score_ensembles writes one table per case (parallel jobs); select_ensemble ranks their rows: the table and
+    the choice equal those of scoring every case in one process, to the last digit."""
+    from workflow_scripts.__main__ import main
+
+    cases = make_oof(tmp_path)
+    one = select_ensemble(settings(), cases, tmp_path / "oof", tmp_path / "labels", tmp_path / "one.tsv",
+                          tmp_path / "one.json")
+    arguments = ["--settings", json.dumps(settings())]
+    for case in cases:
+        main(["score-ensembles", *arguments, "--reference", str(tmp_path / "labels" / f"{case}.nii.gz"),
+              "--probabilities", *[str(tmp_path / "oof" / n / f"{case}.npz") for n in ("good", "noisy", "twin",
+                                                                                         "meta_only")],
+              "--out", str(tmp_path / "cases" / f"{case}.tsv")])
+    scores = [str(tmp_path / "cases" / f"{case}.tsv") for case in cases]
+    main(["select-ensemble", *arguments, "--case-scores", *scores, "--out-table", str(tmp_path / "jobs.tsv"),
+          "--out-selection", str(tmp_path / "jobs.json")])
+    assert read_json(tmp_path / "jobs.json") == one
+    assert (tmp_path / "jobs.tsv").read_text() == (tmp_path / "one.tsv").read_text()
+    shutil.copy(tmp_path / "cases/case_3.tsv", tmp_path / "case_4.tsv")  # case_4's table holds case_3's rows
+    with pytest.raises(SystemExit, match="missing .*case_4"):
+        main(["select-ensemble", *arguments, "--case-scores", *scores[:-1], str(tmp_path / "case_4.tsv"),
+              "--out-table", str(tmp_path / "x.tsv"), "--out-selection", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="more than once: .'case_3'"):
+        main(["select-ensemble", *arguments, "--case-scores", *scores[:-1], scores[3],
+              "--out-table", str(tmp_path / "x.tsv"), "--out-selection", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="other ensemble settings"):  # tables from other settings
+        main(["select-ensemble", "--settings", json.dumps(settings(select=False)), "--case-scores", *scores,
+              "--out-table", str(tmp_path / "x.tsv"), "--out-selection", str(tmp_path / "x.json")])

@@ -70,6 +70,21 @@ def test_nested_estimate_is_below_the_optimistic_one_when_the_choice_fits_noise(
     nested_dice = [dice(tmp_path, "nested", case) for case in cases]
     assert np.mean(chosen_dice) == pytest.approx(0.4) and optimistic["score"] > 0.3
     assert nested_dice == [0.0] * 10  # every fold segmented by the configuration that misses it
+    # The workflow passes the cases' score tables (score_ensembles) instead of scoring again: the same folds.
+    from workflow_scripts.ensemble_selection import read_case_scores, score_case, settings_candidates
+    from workflow_scripts.io import write_table
+    from workflow_scripts.metrics import Conventions
+
+    candidates = settings_candidates(ensemble_settings())
+    for case in cases:
+        rows = score_case(candidates, case, tmp_path / "oof", tmp_path / "labels" / f"{case}.nii.gz",
+                          ensemble_settings()["classes"], Conventions.from_settings(ensemble_settings()["conventions"]))
+        write_table(pd.DataFrame(rows), tmp_path / "scores" / f"{case}.tsv", float_format="%.17g")
+    rows = read_case_scores([tmp_path / "scores" / f"{case}.tsv" for case in cases], cases, candidates)
+    from_tables = nested_selection(ensemble_settings(), refinement_settings(), FOLDS, tmp_path / "oof",
+                                   tmp_path / "labels", {}, tmp_path / "images", tmp_path / "nested_tables",
+                                   tmp_path / "folds_tables.tsv", rows)
+    pd.testing.assert_frame_equal(from_tables, table)
 
 
 def test_without_selection_nested_equals_the_configured_pipeline(tmp_path):

@@ -406,9 +406,12 @@ def test_predictions_of_every_stage_exist_on_the_input_grid(smoke_run):
                 assert np.allclose(seg.GetSpacing(), image.GetSpacing())
         with np.load(smoke_run / f"results/predictions/{split}/metastasis_only/{cases[0]}.npz") as data:
             assert list(data["labels"]) == [0, 2]
-        with np.load(smoke_run / f"results/predictions/{split}/ensemble/{cases[0]}.npz") as data:
-            assert list(data["labels"]) == [0, 1, 2]
-            np.testing.assert_allclose(data["probabilities"].astype(np.float32).sum(axis=0), 1.0, atol=1e-2)
+        if split == "oof":  # nothing reads an out-of-fold ensemble's probabilities: only its label map is written
+            assert not list((smoke_run / "results/predictions/oof/ensemble").glob("*.npz"))
+        else:
+            with np.load(smoke_run / f"results/predictions/{split}/ensemble/{cases[0]}.npz") as data:
+                assert list(data["labels"]) == [0, 1, 2]
+                np.testing.assert_allclose(data["probabilities"].astype(np.float32).sum(axis=0), 1.0, atol=1e-2)
         removed = pd.read_csv(smoke_run / f"results/refinement/{split}/{cases[0]}.tsv", sep="\t")
         assert list(removed.columns)[:3] == ["case", "rule", "label"]
 
@@ -942,6 +945,7 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
     for rule in ("rule_train_fold", "rule_predict_test", "rule_plan_and_preprocess", "rule_convert_dicom"):
         assert rule in jobs, f"no SLURM job log for {rule}: {sorted(jobs)}"
     assert any(name.startswith("group_out_of_fold") for name in jobs), sorted(jobs)  # 12 per-case gathers
+    assert any(name.startswith("group_ensemble_scores") for name in jobs), sorted(jobs)  # 12 per-case scorings
     # 15 trainings, one of them submitted twice (preempted, then resubmitted).
     assert len(jobs["rule_train_fold"]) == 15 + bool(slurm_run["preempted"])
     # Per-case jobs are packed into group jobs: 15 QC cases in one SLURM job, not 15.

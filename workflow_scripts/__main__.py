@@ -27,6 +27,7 @@ VERBS = {
     "predict": "prediction",
     "place-predictions": "prediction",
     "export-bundle": "bundle",
+    "score-ensembles": "ensemble_selection",
     "select-ensemble": "ensemble_selection",
     "ensemble-case": "ensemble",
     "segment-anatomy": "anatomy",

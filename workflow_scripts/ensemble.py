@@ -85,12 +85,14 @@ def ensemble_probabilities(selection: dict, member: Callable[[str], tuple[np.nda
     return probabilities, labels
 
 
-def ensemble_case(selection: dict, predictions_dir: Path, reference_image: Path, out_dir: Path, case: str) -> None:
+def ensemble_case(selection: dict, predictions_dir: Path, reference_image: Path, out_dir: Path, case: str,
+                  save_probabilities: bool = False) -> None:
     """Ensemble one case as ``selection`` says from ``predictions_dir/<configuration>/<case>.npz``, one file in
-    memory at a time."""
+    memory at a time. The label map only by default: no later rule reads an out-of-fold ensemble's probabilities,
+    and at CT size each such file is as large as a member's."""
     probabilities, labels = ensemble_probabilities(
         selection, lambda name: read_probabilities(Path(predictions_dir) / name / f"{case}.npz"))
-    write_prediction(probabilities, labels, reference_image, out_dir, case)
+    write_prediction(probabilities, labels, reference_image, out_dir, case, save_probabilities)
 
 
 def ensemble_case_entry(argv=None) -> None:
@@ -102,8 +104,10 @@ def ensemble_case_entry(argv=None) -> None:
     p.add_argument("--selection", required=True, help="JSON file written by select-ensemble")
     p.add_argument("--probabilities", nargs="+", required=True, help="<folder>/<configuration>/<case>.npz files")
     p.add_argument("--image", required=True)
-    p.add_argument("--out", required=True, help="the ensemble's <case>.npz (the .nii.gz is written beside it)")
+    p.add_argument("--out", required=True, help="the ensemble's <case>.nii.gz")
     args = p.parse_args(argv)
+    if Path(args.out).name != f"{args.case}.nii.gz":
+        raise SystemExit(f"error: --out {args.out} is not {args.case}.nii.gz")
     selection = read_json(args.selection)
     print(f"{args.case}: ensemble {selection['candidate']}")
     ensemble_case(selection, cli.probability_root(args.probabilities, [args.case]), Path(args.image),

@@ -100,21 +100,45 @@ def candidate_score(rows: pd.DataFrame, metric: str) -> float:
     return float(per_case.mean()) if len(per_case) else math.nan
 
 
+def needed_configurations(candidates: list[Candidate]) -> list[str]:
+    return sorted({m for c in candidates for m, _ in c.members} | {f[0] for c in candidates for f in c.fusions})
+
+
+def score_case(candidates: list[Candidate], case: str, oof_dir: Path, reference_path: Path,
+               classes: dict[str, int], conventions: Conventions) -> list[dict]:
+    """One case's rows for every candidate; each configuration's map of the case is read once."""
+    maps = {name: read_probabilities(Path(oof_dir) / name / f"{case}.npz") for name in needed_configurations(candidates)}
+    reference = image_array(read_image(reference_path))
+    rows = []
+    for candidate in candidates:
+        segmentation = candidate_segmentation(candidate, maps, case, reference.shape)
+        rows += [{"candidate": candidate.name, **r} for r in case_rows(case, reference, segmentation, classes, conventions)]
+    return rows
+
+
 def score_candidates(candidates: list[Candidate], cases: list[str], oof_dir: Path, references_dir: Path,
                      classes: dict[str, int], conventions: Conventions) -> pd.DataFrame:
-    """Per candidate, case and class rows; each configuration's map of a case is read once for all candidates."""
-    needed = sorted({m for c in candidates for m, _ in c.members} | {f[0] for c in candidates for f in c.fusions})
+    """Per candidate, case and class rows, one case after the other (the workflow scores cases in parallel jobs,
+    ``score_ensembles``, and reads their tables)."""
     rows = []
     for i, case in enumerate(cases, 1):
-        maps = {name: read_probabilities(Path(oof_dir) / name / f"{case}.npz") for name in needed}
-        reference = image_array(read_image(Path(references_dir) / f"{case}.nii.gz"))
-        for candidate in candidates:
-            segmentation = candidate_segmentation(candidate, maps, case, reference.shape)
-            rows += [{"candidate": candidate.name, **r}
-                     for r in case_rows(case, reference, segmentation, classes, conventions)]
-        del maps
+        rows += score_case(candidates, case, oof_dir, Path(references_dir) / f"{case}.nii.gz", classes, conventions)
         print(f"[{i}/{len(cases)}] {case}: {len(candidates)} candidate(s) scored", flush=True)
     return pd.DataFrame(rows)
+
+
+def read_case_scores(paths: list[Path], cases: list[str], candidates: list[Candidate]) -> pd.DataFrame:
+    """The ``score_ensembles`` tables of ``cases``, checked to hold every candidate of every case."""
+    if len(set(cases)) != len(cases):
+        raise ValueError(f"cases given more than once: {sorted({c for c in cases if cases.count(c) > 1})}")
+    rows = pd.concat([pd.read_csv(p, sep="\t") for p in paths], ignore_index=True)
+    expected = {(c.name, case) for c in candidates for case in cases}
+    found = set(zip(rows["candidate"], rows["case"]))
+    if found != expected:
+        missing, extra = sorted(expected - found)[:3], sorted(found - expected)[:3]
+        raise ValueError(f"the case score tables do not match the candidates and cases (missing {missing}, "
+                         f"unexpected {extra}): were they written with other ensemble settings?")
+    return rows
 
 
 def rank_candidates(candidates: list[Candidate], rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -140,15 +164,20 @@ def rank_candidates(candidates: list[Candidate], rows: pd.DataFrame, metric: str
     return table
 
 
-def select_ensemble(settings: dict, cases: list[str], oof_dir: Path, references_dir: Path, out_table: Path,
-                    out_selection: Path) -> dict:
-    """``settings``: members, fusions, select, strategies, metric, classes, conventions (evaluation keys)."""
-    candidates = enumerate_candidates(settings["members"], settings["fusions"], settings["strategies"],
-                                      settings["select"])
+def settings_candidates(settings: dict) -> list[Candidate]:
+    return enumerate_candidates(settings["members"], settings["fusions"], settings["strategies"], settings["select"])
+
+
+def select_ensemble(settings: dict, cases: list[str], oof_dir: Path | None, references_dir: Path | None,
+                    out_table: Path, out_selection: Path, rows: pd.DataFrame | None = None) -> dict:
+    """``settings``: members, fusions, select, strategies, metric, classes, conventions (evaluation keys).
+    ``rows``: the cases' scores when already computed (``score_ensembles``); else they are computed here."""
+    candidates = settings_candidates(settings)
     print(f"{len(candidates)} candidate ensemble(s) on {len(cases)} out-of-fold case(s), "
           f"metric {settings['metric']}", flush=True)
-    rows = score_candidates(candidates, cases, oof_dir, references_dir, settings["classes"],
-                            Conventions.from_settings(settings["conventions"]))
+    if rows is None:
+        rows = score_candidates(candidates, cases, oof_dir, references_dir, settings["classes"],
+                                Conventions.from_settings(settings["conventions"]))
     table = rank_candidates(candidates, rows, settings["metric"])
     best = next(c for c in candidates if c.name == table.loc[0, "candidate"])
     selection = {"candidate": best.name, "metric": settings["metric"], "score": float(table.loc[0, "score"]),
@@ -159,18 +188,38 @@ def select_ensemble(settings: dict, cases: list[str], oof_dir: Path, references_
     return selection
 
 
+def score_ensembles_entry(argv=None) -> None:
+    from workflow_scripts import cli
+
+    p = cli.parser("score-ensembles", "Score every candidate ensemble on one out-of-fold case.")
+    p.add_argument("--settings", type=cli.json_value, required=True,
+                   help="JSON: members, fusions, select, strategies, metric, classes, conventions")
+    p.add_argument("--reference", required=True, help="the case's label, <case>.nii.gz")
+    p.add_argument("--probabilities", nargs="+", required=True,
+                   help="<folder>/<configuration>/<case>.npz of every configuration the candidates use")
+    p.add_argument("--out", required=True, help="TSV: a row per candidate and class")
+    args = p.parse_args(argv)
+    _, (case,) = cli.case_folder([args.reference], "--reference")
+    candidates = settings_candidates(args.settings)
+    rows = score_case(candidates, case, cli.probability_root(args.probabilities, [case]), Path(args.reference),
+                      args.settings["classes"], Conventions.from_settings(args.settings["conventions"]))
+    write_table(pd.DataFrame(rows), Path(args.out), float_format="%.17g")
+    print(f"{case}: {len(candidates)} candidate(s) scored")
+
+
 def select_ensemble_entry(argv=None) -> None:
     from workflow_scripts import cli
 
-    p = cli.parser("select-ensemble", "Score every candidate ensemble on the out-of-fold cases; choose one.")
+    p = cli.parser("select-ensemble", "Rank every candidate ensemble on the out-of-fold cases' scores; choose one.")
     p.add_argument("--settings", type=cli.json_value, required=True,
                    help="JSON: members, fusions, select, strategies, metric, classes, conventions")
-    p.add_argument("--references", nargs="+", required=True, help="the training cases' labels, <case>.nii.gz")
-    p.add_argument("--probabilities", nargs="+", required=True,
-                   help="<folder>/<configuration>/<case>.npz of every case and configuration")
+    p.add_argument("--case-scores", nargs="+", required=True, help="score-ensembles' <case>.tsv of every case")
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-selection", required=True)
     args = p.parse_args(argv)
-    references_dir, cases = cli.case_folder(args.references, "--references")
-    select_ensemble(args.settings, cases, cli.probability_root(args.probabilities, cases), references_dir,
-                    Path(args.out_table), Path(args.out_selection))
+    cases = [Path(p).name[: -len(".tsv")] for p in args.case_scores]
+    try:
+        rows = read_case_scores([Path(p) for p in args.case_scores], cases, settings_candidates(args.settings))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
+    select_ensemble(args.settings, cases, None, None, Path(args.out_table), Path(args.out_selection), rows)

@@ -80,9 +80,10 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
-def write_table(df, path: str | os.PathLike) -> None:
+def write_table(df, path: str | os.PathLike, float_format: str = "%.6g") -> None:
+    """A TSV; ``float_format="%.17g"`` where the numbers are read back for a decision (exact round trip)."""
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+        df.to_csv(tmp, sep="\t", index=False, float_format=float_format)
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.ensemble_selection import (candidate_segmentation, enumerate_candidates, rank_candidates,
-                                                 score_candidates)
+                                                 read_case_scores, score_candidates, settings_candidates)
 from workflow_scripts.io import (array_like, image_array, read_anatomy, read_image, read_probabilities, write_image,
                                   write_table)
 from workflow_scripts.metrics import Conventions
@@ -32,9 +32,11 @@ def read_segmentation(candidate, case: str, oof_dir: Path, reference_image) -> n
 
 def nested_selection(ensemble_settings: dict, refinement_settings: dict, folds: list[list[str]], oof_dir: Path,
                      references_dir: Path, anatomy_paths: dict[str, Path | None], image_dir: Path, out_dir: Path,
-                     out_table: Path) -> pd.DataFrame:
+                     out_table: Path, rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Segment every case of ``folds`` (each fold's held-out cases) with the ensemble and rules chosen on the
-    other folds; write ``out_dir/<case>.nii.gz`` and one row per fold (choices and their inner scores)."""
+    other folds; write ``out_dir/<case>.nii.gz`` and one row per fold (choices and their inner scores).
+    ``rows``: every case's candidate scores when already computed (``score_ensembles``, as the study's own
+    selection read them); else they are computed here."""
     candidates = enumerate_candidates(ensemble_settings["members"], ensemble_settings["fusions"],
                                       ensemble_settings["strategies"], ensemble_settings["select"])
     by_name = {c.name: c for c in candidates}
@@ -43,8 +45,9 @@ def nested_selection(ensemble_settings: dict, refinement_settings: dict, folds: 
     references_dir, image_dir = Path(references_dir), Path(image_dir)
     print(f"nested selection: {len(folds)} folds, {len(candidates)} candidate ensemble(s), {len(cases)} cases",
           flush=True)
-    rows = score_candidates(candidates, cases, oof_dir, references_dir, ensemble_settings["classes"],
-                            Conventions.from_settings(ensemble_settings["conventions"]))
+    if rows is None:
+        rows = score_candidates(candidates, cases, oof_dir, references_dir, ensemble_settings["classes"],
+                                Conventions.from_settings(ensemble_settings["conventions"]))
     chosen, ensemble_scores = [], []
     for fold in folds:
         ranked = rank_candidates(candidates, rows[~rows["case"].isin(fold)], ensemble_settings["metric"])
@@ -104,6 +107,8 @@ def nested_selection_entry(argv=None) -> None:
     p.add_argument("--splits", required=True, help="splits_final.json: each fold's held-out cases under 'val'")
     p.add_argument("--references", nargs="+", required=True, help="the training cases' labels, <case>.nii.gz")
     p.add_argument("--probabilities", nargs="+", required=True, help="<folder>/<configuration>/<case>.npz files")
+    p.add_argument("--case-scores", nargs="+", required=True,
+                   help="score-ensembles' <case>.tsv, in --references' order")
     p.add_argument("--anatomy", nargs="+", required=True, help="the cases' anatomy maps, in --references' order")
     p.add_argument("--images", nargs="+", required=True, help="the cases' images, in --references' order")
     p.add_argument("--out-dir", required=True, help="folder of the oof_nested segmentations")
@@ -114,6 +119,11 @@ def nested_selection_entry(argv=None) -> None:
     if image_cases != cases:
         raise SystemExit("error: --images name other cases than --references")
     folds = [split["val"] for split in read_json(args.splits)]
+    score_paths = cli.case_paths(args.case_scores, cases)
+    try:
+        rows = read_case_scores([score_paths[c] for c in cases], cases, settings_candidates(args.ensemble_settings))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
     nested_selection(args.ensemble_settings, args.refinement_settings, folds,
                      cli.probability_root(args.probabilities, cases), references_dir,
-                     cli.case_paths(args.anatomy, cases), images_dir, Path(args.out_dir), Path(args.out_table))
+                     cli.case_paths(args.anatomy, cases), images_dir, Path(args.out_dir), Path(args.out_table), rows)

@@ -111,7 +111,8 @@ def probability_storage(study: Path, data: Path, margin_voxels: int, limit: int)
     """Out-of-fold probability files of the configurations as stored, and re-encoded cropped: to the body (CT above
     -500 HU), to the box of the predicted lesions (argmax not background) and to the box of every voxel where a
     lesion class has probability 0.05 or more, each box widened by ``margin_voxels`` (outside a box a reader would
-    take certain background). Also nnU-Net's own copy of the same probabilities (its validation export)."""
+    take certain background), and rounded to uint8. Also nnU-Net's own copy of the same probabilities (its
+    validation export, float32)."""
     rows = []
     files = sorted(p for p in (study / "results").glob("predictions/oof/*/*.npz") if p.parent.name != "ensemble")
     for path in files[:limit]:
@@ -128,6 +129,8 @@ def probability_storage(study: Path, data: Path, margin_voxels: int, limit: int)
         row = {"file": str(path.relative_to(study)), "voxels": int(probabilities[0].size),
                "stored_bytes": path.stat().st_size,
                "nnunet_validation_copy_bytes": sum(p.stat().st_size for p in nnunet_copy)}
+        # As stored but rounded to 1/255 steps (uint8): what the noise in float16's low bits costs.
+        row["uint8_bytes"] = encoded_bytes(np.round(probabilities.astype(np.float32) * 255).astype(np.uint8))
         for name, box in boxes.items():
             row[f"{name}_box_bytes"] = encoded_bytes(probabilities[(slice(None), *box)])
             row[f"{name}_box_voxel_fraction"] = float(np.prod([s.stop - s.start for s in box])) / image.size
@@ -188,16 +191,19 @@ def growth(rules: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("total_seconds_exponent", ascending=False)
 
 
-def projection(disk: pd.DataFrame, cases: int) -> pd.DataFrame:
+def projection(disk: pd.DataFrame, cases: int, voxel_ratio: float, target: str) -> pd.DataFrame:
+    """Bytes per folder against N fitted by a straight line (per-case slope, fixed part), projected to ``cases``
+    at the rehearsal's image size, and at ``target`` size with the per-case bytes scaled by ``voxel_ratio``."""
     rows = []
     for folder, group in disk.groupby("folder"):
         if group["n"].nunique() >= 2:
             slope, intercept = np.polyfit(group["n"], group["bytes"], 1)
         else:
             slope, intercept = float(group["bytes"].iloc[0]) / float(group["n"].iloc[0]), 0.0
-        rows.append({"folder": folder, "bytes_per_case": slope, "fixed_bytes": intercept,
-                     f"projected_gb_{cases}_cases": (intercept + slope * cases) / 1e9})
-    return pd.DataFrame(rows).sort_values(f"projected_gb_{cases}_cases", ascending=False)
+        rows.append({"folder": folder, "mb_per_case": slope / 1e6, "fixed_mb": intercept / 1e6,
+                     f"gb_{cases}_cases": (intercept + slope * cases) / 1e9,
+                     f"gb_{cases}_cases_at_{target}": (intercept + slope * cases * voxel_ratio) / 1e9})
+    return pd.DataFrame(rows).sort_values(f"gb_{cases}_cases", ascending=False)
 
 
 def plot(rules: pd.DataFrame, disk: pd.DataFrame, out: Path, top: int = 8) -> None:
@@ -251,6 +257,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("scale_rehearsal"))
     parser.add_argument("--out", type=Path, default=Path("docs/scale"))
     parser.add_argument("--project", type=int, default=250, help="training cases to project disk to")
+    parser.add_argument("--project-shape", type=int, nargs=3, default=[250, 512, 512],
+                        help="z y x of the cases the disk is also projected to, per-case bytes scaled by voxels")
     parser.add_argument("--probability-files", type=int, default=6,
                         help="out-of-fold probability files re-encoded to measure cropped storage")
     parser.add_argument("--crop-margin-mm", type=float,
@@ -302,7 +310,9 @@ def main() -> None:
     write_table(pd.DataFrame(totals), out / "scale_totals.tsv")
     if rules["n"].nunique() > 1:
         write_table(growth(rules), out / "scale_growth.tsv")
-    write_table(projection(disk, args.project), out / "scale_projection.tsv")
+    target = "x".join(map(str, args.project_shape))
+    voxel_ratio = float(np.prod(args.project_shape)) / float(np.prod(args.shape))
+    write_table(projection(disk, args.project, voxel_ratio, target), out / "scale_projection.tsv")
     if storage:
         write_table(pd.concat(storage, ignore_index=True), out / "scale_probabilities.tsv")
     if crops:
