@@ -31,6 +31,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+from workflow_scripts.crop import anatomy_box, box_slices  # noqa: E402
 from workflow_scripts.io import pyplot, read_image, write_figure, write_image, write_table  # noqa: E402
 from workflow_scripts.runtime import read_benchmarks, summarize_runtime  # noqa: E402
 from workflow_scripts.toy_data import (CT_IN_PLANE_MM, METASTASIS_FREE_EVERY, _to_image,  # noqa: E402
@@ -94,11 +95,8 @@ def folder_bytes(root: Path) -> dict[str, int]:
 
 
 def crop_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    if not mask.any():
-        return tuple(slice(0, 0) for _ in mask.shape)
-    where = np.nonzero(mask)
-    return tuple(slice(max(int(w.min()) - margin, 0), min(int(w.max()) + margin + 1, n))
-                 for w, n in zip(where, mask.shape))
+    """The box of ``mask`` widened by ``margin`` voxels (the whole image where the mask is empty)."""
+    return box_slices(anatomy_box(mask, [True], (1.0, 1.0, 1.0), margin))
 
 
 def encoded_bytes(probabilities: np.ndarray) -> int:
