@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from workflow_scripts.io import image_array, read_anatomy, read_image, read_json, write_image, write_json
+from workflow_scripts.io import image_array, read_anatomy, read_image, write_image, write_json
 
 
 def anatomy_box(anatomy: np.ndarray, ids: list[int], spacing_zyx, margin_mm: float) -> dict:
@@ -81,10 +81,6 @@ def crop_label(label: sitk.Image, box: dict) -> tuple[sitk.Image, int]:
     inside = full[box_slices(box)]
     lost = int(np.count_nonzero(full)) - int(np.count_nonzero(inside))
     return crop_image(label, box), lost
-
-
-def read_box(path: Path) -> dict:
-    return read_json(path)
 
 
 def crop_case_entry(argv=None) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.ensemble_selection import (candidate_segmentation, enumerate_candidates, rank_candidates,
+from workflow_scripts.ensemble_selection import (candidate_segmentation, rank_candidates,
                                                  read_case_scores, score_candidates, settings_candidates)
 from workflow_scripts.io import (array_like, image_array, read_anatomy, read_image, read_probabilities, write_image,
                                   write_table)
@@ -37,8 +37,7 @@ def nested_selection(ensemble_settings: dict, refinement_settings: dict, folds: 
     other folds; write ``out_dir/<case>.nii.gz`` and one row per fold (choices and their inner scores).
     ``rows``: every case's candidate scores when already computed (``score_ensembles``, as the study's own
     selection read them); else they are computed here."""
-    candidates = enumerate_candidates(ensemble_settings["members"], ensemble_settings["fusions"],
-                                      ensemble_settings["strategies"], ensemble_settings["select"])
+    candidates = settings_candidates(ensemble_settings)
     by_name = {c.name: c for c in candidates}
     cases = [case for fold in folds for case in fold]
     fold_of = {case: k for k, fold in enumerate(folds) for case in fold}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from workflow_scripts.io import array_like, image_header, read_image, write_image, write_json
+from workflow_scripts.io import array_like, image_header, read_image, read_json, write_image, write_json
 
 CHANNEL_SUFFIX = "_0000"
 
@@ -62,7 +62,7 @@ def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_ro
     """Write ``raw_root/DatasetNNN_name`` (images linked, labels remapped) and a summary JSON. With ``crop_boxes``
     ({case: box JSON}) the images are the cropped ones and each label is cut to its case's box; lesion voxels
     outside the box are counted in the summary."""
-    from workflow_scripts.crop import crop_label, read_box
+    from workflow_scripts.crop import crop_label
     from workflow_scripts.nnunet_seam import dataset_name
 
     folder = Path(raw_root) / dataset_name(dataset_id, name)
@@ -77,7 +77,7 @@ def convert_dataset(cases: list[str], images_dir: Path, labels_dir: Path, raw_ro
         os.symlink(target, link)
         label = remap_label(read_image(Path(labels_dir) / f"{case}.nii.gz"), label_mapping)
         if crop_boxes is not None:
-            label, lost[case] = crop_label(label, read_box(crop_boxes[case]))
+            label, lost[case] = crop_label(label, read_json(crop_boxes[case]))
         write_image(_on_image_grid(label, target), folder / "labelsTr" / f"{case}.nii.gz")
     dataset_json = {
         "channel_names": {"0": "CT"},

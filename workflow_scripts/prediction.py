@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.crop import paste_labels, paste_probabilities, read_box
+from workflow_scripts.crop import paste_labels, paste_probabilities
 from workflow_scripts.io import array_like, image_grid, read_json, write_image, write_prediction
 from workflow_scripts.nnunet_seam import resolve_device, tile_batch_predictor_class, use_torch_export_resampling
 
@@ -172,7 +172,7 @@ def gather_oof_entry(argv=None) -> None:
             raise SystemExit(f"error: output {out} is not {args.case}.npz")
         folder = gather_out_of_fold([Path(s) for s in summaries], args.channel_labels[configuration], args.case,
                                     Path(args.image), Path(out).parent,
-                                    read_box(Path(args.crop_box)) if args.crop_box else None)
+                                    read_json(args.crop_box) if args.crop_box else None)
         print(f"{args.case}: {configuration} out-of-fold probabilities from {folder}")
 
 
@@ -210,7 +210,7 @@ def predict_entry(argv=None) -> None:
         box_cases = [Path(b).name[: -len(".json")] for b in args.crop_boxes or []]
         if not cropped_cases == box_cases == cases:
             raise SystemExit("error: --cropped-images and --crop-boxes must name the cases of --images, in order")
-        crops = {case: (Path(image), read_box(Path(box)))
+        crops = {case: (Path(image), read_json(box))
                  for case, image, box in zip(cases, args.cropped_images, args.crop_boxes)}
     if args.bundle:
         try:
