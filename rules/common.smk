@@ -203,6 +203,10 @@ def ensemble_case_scores():
     return [f"results/ensemble/cases/{case}.tsv" for case in cases("oof")]
 
 
+def refinement_case_scores():
+    return [f"results/refinement/cases/{case}.tsv" for case in cases("oof")]
+
+
 def oof_probabilities():
     return [prediction("oof", c, case, "npz") for c in ensemble_configurations() for case in cases("oof")]
 
@@ -316,9 +320,7 @@ def metric_tables():
 
 
 def stage_predictions(split, stage):
-    """What evaluate_stage reads: the stage's segmentation of every case (the nested stage's folder as a whole)."""
-    if stage == NESTED_STAGE:
-        return [f"{PREDICTIONS}/oof/{NESTED_STAGE}"]
+    """What evaluate_stage reads: the stage's segmentation of every case."""
     return [prediction(split, stage, c) for c in cases(split)]
 
 

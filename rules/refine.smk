@@ -26,12 +26,41 @@ rule segment_anatomy:
         "> {log} 2>&1"
 
 
+# Every subset of the rules scored per out-of-fold case, on the study's ensemble and on the ensembles the nested
+# selection's other folds chose; the two choices below rank these tables.
+rule score_refinements:
+    input:
+        segmentation=prediction("oof", "ensemble", "{case}"),
+        selection="results/ensemble/selected.json",
+        nested="results/nested/ensembles.tsv",
+        probabilities=lambda w: [prediction("oof", c, w.case, "npz") for c in ensemble_configurations()],
+        anatomy=lambda w: anatomy_maps([w.case]),
+        image=lambda w: image_path(w.case),
+        reference=lambda w: case_references([w.case]),
+    output:
+        "results/refinement/cases/{case}.tsv",
+    log:
+        "logs/score_refinements/{case}.log",
+    benchmark:
+        "benchmarks/score_refinements/{case}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("score_refinements")
+    resources:
+        **resources_of("score_refinements"),
+    params:
+        settings=refinement_settings(),
+        ensemble_settings=selection_settings(),
+    shell:
+        "python -m workflow_scripts score-refinements --settings {params.settings:q} "
+        "--ensemble-settings {params.ensemble_settings:q} --segmentation {input.segmentation} "
+        "--selection {input.selection} --nested-ensembles {input.nested} --probabilities {input.probabilities} "
+        "--anatomy {input.anatomy} --image {input.image} --reference {input.reference} --out {output} > {log} 2>&1"
+
+
 rule select_refinement:
     input:
-        segmentations=lambda w: [prediction("oof", "ensemble", case) for case in cases("oof")],
-        anatomy=lambda w: anatomy_maps(cases("oof")),
-        images=lambda w: images("oof"),
-        references=lambda w: references("oof"),
+        scores=lambda w: refinement_case_scores(),
     output:
         table=report(
             "results/refinement/rule_subsets.tsv", caption="report/refinement_rules.rst", category="Refinement"
@@ -49,8 +78,7 @@ rule select_refinement:
     params:
         settings=refinement_settings(),
     shell:
-        "python -m workflow_scripts select-refinement --settings {params.settings:q} --segmentations {input.segmentations} "
-        "--anatomy {input.anatomy} --images {input.images} --references {input.references} "
+        "python -m workflow_scripts select-refinement --settings {params.settings:q} --case-scores {input.scores} "
         "--out-table {output.table} --out-selection {output.selection} > {log} 2>&1"
 
 
@@ -115,17 +143,36 @@ rule tumour_burden:
         "--out-lesions {output.lesions} --out-burden {output.burden} > {log} 2>&1"
 
 
-rule nested_selection:
+# Nested selection: per fold, the ensemble (nested_ensembles) and then the rules (nested_selection) chosen on the
+# other folds' cases; nested_case segments each case with its fold's choice.
+rule nested_ensembles:
     input:
-        probabilities=lambda w: oof_probabilities(),
         scores=lambda w: ensemble_case_scores(),
-        references=lambda w: references("oof"),
-        anatomy=lambda w: anatomy_maps(cases("oof")),
-        images=lambda w: images("oof"),
         splits="results/splits/splits_final.json",
     output:
-        segmentations=directory(f"{PREDICTIONS}/oof/{NESTED_STAGE}"),
-        table=report("results/nested/folds.tsv", caption="report/nested_folds.rst", category="Ensemble"),
+        "results/nested/ensembles.tsv",
+    log:
+        "logs/nested_ensembles.log",
+    benchmark:
+        "benchmarks/nested_ensembles.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("nested_ensembles")
+    resources:
+        **resources_of("nested_ensembles"),
+    params:
+        ensemble_settings=selection_settings(),
+    shell:
+        "python -m workflow_scripts nested-ensembles --ensemble-settings {params.ensemble_settings:q} "
+        "--splits {input.splits} --case-scores {input.scores} --out {output} > {log} 2>&1"
+
+
+rule nested_selection:
+    input:
+        nested="results/nested/ensembles.tsv",
+        scores=lambda w: refinement_case_scores(),
+    output:
+        report("results/nested/folds.tsv", caption="report/nested_folds.rst", category="Ensemble"),
     log:
         "logs/nested_selection.log",
     benchmark:
@@ -136,15 +183,38 @@ rule nested_selection:
     resources:
         **resources_of("nested_selection"),
     params:
+        refinement_settings=refinement_settings(),
+    shell:
+        "python -m workflow_scripts nested-selection --refinement-settings {params.refinement_settings:q} "
+        "--nested-ensembles {input.nested} --case-scores {input.scores} --out-table {output} > {log} 2>&1"
+
+
+rule nested_case:
+    input:
+        folds="results/nested/folds.tsv",
+        probabilities=lambda w: [prediction("oof", c, w.case, "npz") for c in ensemble_configurations()],
+        reference=lambda w: case_references([w.case]),
+        anatomy=lambda w: anatomy_maps([w.case]),
+        image=lambda w: image_path(w.case),
+    output:
+        prediction("oof", NESTED_STAGE, "{case}"),
+    log:
+        "logs/nested_case/{case}.log",
+    benchmark:
+        "benchmarks/nested_case/{case}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    threads: threads_of("nested_case")
+    resources:
+        **resources_of("nested_case"),
+    params:
         ensemble_settings=selection_settings(),
         refinement_settings=refinement_settings(),
     shell:
-        "python -m workflow_scripts nested-selection --ensemble-settings {params.ensemble_settings:q} "
-        "--refinement-settings {params.refinement_settings:q} --splits {input.splits} "
-        "--references {input.references} --probabilities {input.probabilities} --case-scores {input.scores} "
-        "--anatomy {input.anatomy} "
-        "--images {input.images} --out-dir {output.segmentations} --out-table {output.table} "
-        "> {log} 2>&1"
+        "python -m workflow_scripts nested-case --ensemble-settings {params.ensemble_settings:q} "
+        "--refinement-settings {params.refinement_settings:q} --folds {input.folds} "
+        "--probabilities {input.probabilities} --reference {input.reference} --anatomy {input.anatomy} "
+        "--image {input.image} --out {output} > {log} 2>&1"
 
 
 # With prediction.meshes: each new case's refined segmentation as one STL per class (LPS, mm).

@@ -95,3 +95,95 @@ def test_without_selection_nested_equals_the_configured_pipeline(tmp_path):
     assert list(table["ensemble"]) == ["b"] * 5 and list(table["rules"]) == ["drop_tiny"] * 5
     assert [dice(tmp_path, "nested", case) for fold in FOLDS for case in fold] == \
         [1.0 if k in RIGHT["b"] else 0.0 for k, fold in enumerate(FOLDS) for _ in fold]
+
+
+def test_per_case_jobs_give_the_selections_of_one_process(tmp_path):
+    """The workflow runs the selections as jobs: per case score-ensembles, ensemble-case, score-refinements and
+    nested-case; select-ensemble, nested-ensembles, select-refinement and nested-selection rank their tables.
+    Their choices, tables and segmentations equal those of one process, to the last digit."""
+    import json
+
+    from workflow_scripts.__main__ import main
+    from workflow_scripts.io import read_json
+    from workflow_scripts.metrics import Conventions
+    from workflow_scripts.refinement_selection import score_subsets, select_refinement
+
+    make_study(tmp_path)
+    cases = [case for fold in FOLDS for case in fold]
+    (tmp_path / "anatomy").mkdir()
+    for case in cases:
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros(SHAPE, np.uint8)), str(tmp_path / "anatomy" / f"{case}.nii.gz"))
+    anatomy = {case: tmp_path / "anatomy" / f"{case}.nii.gz" for case in cases}
+    rules = RULES + [{"name": "drop_outside_body", "kind": "drop_outside_body", "body_hu": -500, "min_fraction": 0.5}]
+    refinement = {**refinement_settings(), "rules": rules}
+    one = nested_selection(ensemble_settings(), refinement, FOLDS, tmp_path / "oof", tmp_path / "labels", anatomy,
+                           tmp_path / "images", tmp_path / "one", tmp_path / "one.tsv")
+
+    def path(folder, case, ext="nii.gz"):
+        return str(tmp_path / folder / f"{case}.{ext}")
+
+    def probabilities(case):
+        return [path(f"oof/{name}", case, "npz") for name in RIGHT]
+
+    es, rs = json.dumps(ensemble_settings()), json.dumps(refinement)
+    (tmp_path / "splits.json").write_text(json.dumps([{"train": [], "val": fold} for fold in FOLDS]))
+    ensemble_scores = [path("ensemble_scores", case, "tsv") for case in cases]
+    refinement_scores = [path("refinement_scores", case, "tsv") for case in cases]
+    for case in cases:
+        main(["score-ensembles", "--settings", es, "--reference", path("labels", case), "--probabilities",
+              *probabilities(case), "--out", path("ensemble_scores", case, "tsv")])
+    main(["select-ensemble", "--settings", es, "--case-scores", *ensemble_scores, "--out-table",
+          str(tmp_path / "candidates.tsv"), "--out-selection", str(tmp_path / "selected.json")])
+    main(["nested-ensembles", "--ensemble-settings", es, "--splits", str(tmp_path / "splits.json"), "--case-scores",
+          *ensemble_scores, "--out", str(tmp_path / "ensembles.tsv")])
+    for case in cases:
+        main(["ensemble-case", "--case", case, "--selection", str(tmp_path / "selected.json"), "--probabilities",
+              *probabilities(case), "--image", path("labels", case), "--out", path("ensemble", case)])
+        main(["score-refinements", "--settings", rs, "--ensemble-settings", es, "--segmentation",
+              path("ensemble", case), "--selection", str(tmp_path / "selected.json"), "--nested-ensembles",
+              str(tmp_path / "ensembles.tsv"), "--probabilities", *probabilities(case), "--anatomy",
+              path("anatomy", case), "--image", path("images", case), "--reference", path("labels", case),
+              "--out", path("refinement_scores", case, "tsv")])
+    main(["select-refinement", "--settings", rs, "--case-scores", *refinement_scores, "--out-table",
+          str(tmp_path / "rule_subsets.tsv"), "--out-selection", str(tmp_path / "selected_rules.json")])
+    main(["nested-selection", "--refinement-settings", rs, "--nested-ensembles", str(tmp_path / "ensembles.tsv"),
+          "--case-scores", *refinement_scores, "--out-table", str(tmp_path / "folds.tsv")])
+    for case in cases:
+        main(["nested-case", "--ensemble-settings", es, "--refinement-settings", rs, "--folds",
+              str(tmp_path / "folds.tsv"), "--probabilities", *probabilities(case), "--reference",
+              path("labels", case), "--anatomy", path("anatomy", case), "--image", path("images", case),
+              "--out", path("nested", case)])
+
+    assert (tmp_path / "folds.tsv").read_text() == (tmp_path / "one.tsv").read_text()
+    assert list(one["ensemble"]) == ["b", "b", "a", "a", "a"]
+    for case in cases:
+        assert np.array_equal(image_array(read_image(tmp_path / "nested" / f"{case}.nii.gz")),
+                              image_array(read_image(tmp_path / "one" / f"{case}.nii.gz"))), case
+    # The study's rules: as if scored in one process on the ensemble-case segmentations.
+    rows = score_subsets(cases, tmp_path / "ensemble", anatomy, tmp_path / "images", tmp_path / "labels", rules,
+                         "total", CLASSES, Conventions.from_settings({"both_empty": "one"}))
+    expected = select_refinement(refinement, rows, tmp_path / "one_rules.tsv", tmp_path / "one_rules.json")
+    assert read_json(tmp_path / "selected_rules.json") == expected
+    assert (tmp_path / "rule_subsets.tsv").read_text() == (tmp_path / "one_rules.tsv").read_text()
+    # Each case of fold 0 is scored on "a" (the study's ensemble, once: the same label map) and on "b" (fold 1's).
+    table = pd.read_csv(tmp_path / "refinement_scores" / "case_0.tsv", sep="\t")
+    assert sorted(set(zip(table["candidate"], table["source"]))) == [("a", "ensemble"), ("a", "probabilities"),
+                                                                      ("b", "probabilities")]
+
+    with pytest.raises(SystemExit, match="other refinement settings"):  # tables written with other rules
+        main(["select-refinement", "--settings", json.dumps(refinement_settings()), "--case-scores",
+              *refinement_scores, "--out-table", str(tmp_path / "x.tsv"), "--out-selection", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="no rule-subset scores of b"):  # a case's table missing
+        main(["nested-selection", "--refinement-settings", rs, "--nested-ensembles", str(tmp_path / "ensembles.tsv"),
+              "--case-scores", *refinement_scores[:-1], "--out-table", str(tmp_path / "x.tsv")])
+    with pytest.raises(SystemExit, match="case_99 is held out by 0 folds"):
+        main(["nested-case", "--ensemble-settings", es, "--refinement-settings", rs, "--folds",
+              str(tmp_path / "folds.tsv"), "--probabilities", *[p.replace("case_0", "case_99") for p in
+                                                                probabilities("case_0")],
+              "--reference", path("labels", "case_99"), "--anatomy", path("anatomy", "case_0"), "--image",
+              path("images", "case_99"), "--out", path("nested", "case_99")])
+    with pytest.raises(SystemExit, match="name different cases"):  # the rule passed another case's image
+        main(["nested-case", "--ensemble-settings", es, "--refinement-settings", rs, "--folds",
+              str(tmp_path / "folds.tsv"), "--probabilities", *probabilities("case_0"), "--reference",
+              path("labels", "case_0"), "--anatomy", path("anatomy", "case_0"), "--image", path("images", "case_1"),
+              "--out", path("nested", "case_0")])

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,9 +8,23 @@ import yaml
 from scipy import ndimage
 
 from workflow_scripts.config import section_settings
-from workflow_scripts.qc import QCError, aggregate_qc, check_case, write_case_qc
+from workflow_scripts.io import write_table
+from workflow_scripts.qc import QCError, check_case, qc_table, qc_verdict, write_case_qc
 
 VALUES = [0, 1, 2]
+
+
+def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
+                 allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
+                 dataset_rows: list[dict] | None = None, on_error: str = "stop",
+                 splits: dict[str, str] | None = None, misnamed: dict[str, str] | None = None,
+                 case_pattern: str = "") -> pd.DataFrame:
+    """What qc_report and qc_gate do in turn: ``qc_table`` written to ``out``, then ``qc_verdict``."""
+    table = qc_table(case_tables, exclude, allow, orphan_labels, dataset_rows, on_error, splits, misnamed,
+                     case_pattern)
+    write_table(table, out)
+    qc_verdict(table, out, on_error, splits or {})
+    return table
 
 
 def errors(table):

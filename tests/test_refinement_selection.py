@@ -6,7 +6,8 @@ import SimpleITK as sitk
 
 from workflow_scripts.io import read_json
 from workflow_scripts.refinement import anatomy_class_ids, refine
-from workflow_scripts.refinement_selection import choose_rules, rule_subsets, select_refinement
+from workflow_scripts.metrics import Conventions
+from workflow_scripts.refinement_selection import choose_rules, rule_subsets, score_subsets, select_refinement
 
 CLASSES = {"primary": 1, "metastasis": 2}
 RULES = [
@@ -51,10 +52,15 @@ def settings(apply):
             "conventions": {"both_empty": "one"}}
 
 
+def subset_rows(tmp_path, cases):
+    return score_subsets(cases, tmp_path / "seg", {c: tmp_path / "anatomy" / f"{c}.nii.gz" for c in cases},
+                         tmp_path / "images", tmp_path / "labels", RULES, "total", CLASSES,
+                         Conventions.from_settings({"both_empty": "one"}))
+
+
 def run(tmp_path, cases, apply):
-    return select_refinement(settings(apply), cases, tmp_path / "seg",
-                             {c: tmp_path / "anatomy" / f"{c}.nii.gz" for c in cases}, tmp_path / "images",
-                             tmp_path / "labels", tmp_path / f"{apply}.tsv", tmp_path / f"{apply}.json")
+    return select_refinement(settings(apply), subset_rows(tmp_path, cases), tmp_path / f"{apply}.tsv",
+                             tmp_path / f"{apply}.json")
 
 
 def test_only_the_rule_that_helps_is_applied(tmp_path):

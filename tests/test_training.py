@@ -139,3 +139,43 @@ def test_folds_are_overlaid_in_one_figure(tmp_path):
         curves.append(str(path))
     plot_folds_entry(["--configuration", "resenc", "--curves", *curves, "--out", str(tmp_path / "folds.png")])
     assert (tmp_path / "folds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+
+def test_validation_export_saves_float16_probabilities_and_nnunets_function_is_restored(tmp_path):
+    """nnU-Net's own export (export_prediction_from_logits, unchanged) writes the .npz; inside the context the
+    probabilities it gets are float16 and the label map is the one computed before the cast."""
+    import numpy as np
+    from nnunetv2.inference import export_prediction
+
+    from workflow_scripts.nnunet_seam import float16_validation_probabilities
+
+    probabilities = np.random.default_rng(0).dirichlet([1, 1, 1], size=(4, 5, 6)).transpose(3, 0, 1, 2)
+    segmentation = probabilities.argmax(0).astype(np.uint8)
+
+    def convert(*args, return_probabilities=False, **kwargs):  # stands in for the resampling to the image grid
+        return (segmentation, probabilities.astype(np.float32)) if return_probabilities else segmentation
+
+    class LabelsAndWriter:  # what export_prediction_from_logits asks of the plans
+        def get_label_manager(self, dataset_json):
+            return None
+
+        def image_reader_writer_class(self):
+            return self
+
+        def write_seg(self, seg, path, properties):
+            np.save(path, seg)
+
+    original = export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape
+    export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape = convert
+    try:
+        with float16_validation_probabilities():
+            export_prediction.export_prediction_from_logits(None, {}, None, LabelsAndWriter(), {"file_ending": ".npy"},
+                                                            str(tmp_path / "case_0"), save_probabilities=True)
+        assert export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape is convert
+    finally:
+        export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape = original
+    with np.load(tmp_path / "case_0.npz") as data:
+        assert data["probabilities"].dtype == np.float16
+        assert np.array_equal(data["probabilities"], probabilities.astype(np.float32).astype(np.float16))
+    assert np.array_equal(np.load(tmp_path / "case_0.npy"), segmentation)

@@ -351,6 +351,9 @@ def test_every_fold_of_every_configuration_trained_and_learned(smoke_run):
             assert summary["epochs"] == conf["trainer_settings"]["num_epochs"]
             assert summary["validation_cases"] == splits[fold]["val"], "the shared split was used"
             assert Path(summary["output_folder"], "checkpoint_final.pth").exists()
+            for case in summary["validation_cases"]:  # nnU-Net's float32 export rewritten as float16 (disk)
+                with np.load(Path(summary["output_folder"], "validation", f"{case}.npz")) as data:
+                    assert data["probabilities"].dtype == np.float16, (name, fold, case)
             # Learning, not just shapes: the loss falls well below where it started.
             assert np.mean(summary["train_losses"][-3:]) < summary["train_losses"][0] - 0.1, summary["train_losses"]
             validated += summary["validation_cases"]

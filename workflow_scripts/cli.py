@@ -63,6 +63,14 @@ def case_folder(paths: list[str], what: str) -> tuple[Path, list[str]]:
     return Path(folders.pop()), [Path(p).name[: -len(IMAGE_SUFFIX)] for p in paths]
 
 
+def one_case(files: dict[str, str]) -> str:
+    """The case that ``{flag: <folder>/<case>.nii.gz}`` all name; files of different cases are a rule error."""
+    cases = {flag: case_folder([path], flag)[1][0] for flag, path in files.items()}
+    if len(set(cases.values())) != 1:
+        raise SystemExit(f"error: the files name different cases: {cases}")
+    return next(iter(cases.values()))
+
+
 def case_paths(paths: list[str], cases: list[str]) -> dict[str, Path]:
     """{case: path} of files given in the order of ``cases``."""
     if len(paths) != len(cases):

@@ -78,6 +78,13 @@ def candidate_segmentation(candidate: Candidate, maps: dict[str, tuple[np.ndarra
     return labels_from_probabilities(probabilities, labels)
 
 
+def read_candidate_segmentation(candidate: Candidate, case: str, oof_dir: Path,
+                                grid_shape: tuple[int, ...]) -> np.ndarray:
+    """One case's label map from the candidate, its configurations' out-of-fold probabilities read from disk."""
+    maps = {name: read_probabilities(Path(oof_dir) / name / f"{case}.npz") for name in needed_configurations([candidate])}
+    return candidate_segmentation(candidate, maps, case, grid_shape)
+
+
 def case_rows(case: str, reference: np.ndarray, segmentation: np.ndarray, classes: dict[str, int],
               conventions: Conventions) -> list[dict]:
     """Overlap and dilated Dice per class: what the selection metrics need, without the distances."""

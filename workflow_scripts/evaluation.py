@@ -256,19 +256,16 @@ def evaluate_stage_entry(argv=None) -> None:
     p.add_argument("--split", required=True)
     p.add_argument("--stage", required=True)
     p.add_argument("--predictions", nargs="+", required=True,
-                   help="the stage's <case>.nii.gz, or the one folder holding them (the nested stage)")
+                   help="the stage's <case>.nii.gz, in --references' order")
     p.add_argument("--references", nargs="+", required=True, help="the reference labels, <case>.nii.gz")
     p.add_argument("--classes", type=cli.json_value, required=True, help="JSON {name: label}")
     cli.add_settings(p, "evaluation")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     reference_dir, cases = cli.case_folder(args.references, "--references")
-    if len(args.predictions) == 1 and Path(args.predictions[0]).is_dir():
-        prediction_dir = Path(args.predictions[0])
-    else:
-        prediction_dir, predicted = cli.case_folder(args.predictions, "--predictions")
-        if predicted != cases:
-            raise SystemExit("error: --predictions name other cases than --references")
+    prediction_dir, predicted = cli.case_folder(args.predictions, "--predictions")
+    if predicted != cases:
+        raise SystemExit("error: --predictions name other cases than --references")
     conventions = Conventions.from_settings(args.settings)
     print(f"conventions: {conventions.describe()}")
     table = evaluate_stage(args.split, args.stage, cases, prediction_dir, reference_dir, args.classes, conventions)

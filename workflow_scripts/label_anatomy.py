@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.io import array_like, image_array, pyplot, read_image, write_figure, write_image, write_table
-from workflow_scripts.qc import COLUMNS, _row
+from workflow_scripts.qc import COLUMNS, finding
 from workflow_scripts.refinement import (anatomy_class_ids, body_mask, cranio_caudal_axis, span_region,
                                          structure_ids)
 
@@ -54,7 +54,7 @@ def check_label(case: str, label: np.ndarray, image: np.ndarray, anatomy: np.nda
         for rule in (r for r in rules if applies(r, value)):
             region = regions[rule["name"]]
             if region is None:
-                rows.append(_row(case, "label_anatomy", "info", f"label {value}: rule {rule['name']} not checked, "
+                rows.append(finding(case, "label_anatomy", "info", f"label {value}: rule {rule['name']} not checked, "
                                  f"the anatomy map holds none of {rule['structures']}"))
                 continue
             allowed[value] &= region
@@ -62,11 +62,11 @@ def check_label(case: str, label: np.ndarray, image: np.ndarray, anatomy: np.nda
                 continue
             inside = float(np.mean(region[mask]))
             if rule["kind"] == "outside" and 1 - inside > rule["max_fraction"]:
-                rows.append(_row(case, "label_anatomy", "warning", f"label {value}: {1 - inside:.0%} of it lies "
+                rows.append(finding(case, "label_anatomy", "warning", f"label {value}: {1 - inside:.0%} of it lies "
                                  f"inside {rule['structures']} (rule {rule['name']}: at most "
                                  f"{rule['max_fraction']:.0%}): a flipped, shifted or mismatched label?"))
             elif rule["kind"] == "within_span" and inside < rule["min_fraction"]:
-                rows.append(_row(case, "label_anatomy", "warning", f"label {value}: {inside:.0%} of it lies within "
+                rows.append(finding(case, "label_anatomy", "warning", f"label {value}: {inside:.0%} of it lies within "
                                  f"the span of {rule['structures']} +- {rule['margin_mm']:g} mm (rule "
                                  f"{rule['name']}: at least {rule['min_fraction']:.0%}): a flipped, shifted or "
                                  "mismatched label?"))
@@ -198,7 +198,7 @@ def check_case_anatomy(case: str, image_path: Path, label_path: Path, anatomy_pa
     label, image = image_array(label_image), image_array(read_image(image_path))
     anatomy, problem = read_anatomy_map(anatomy_path, label_image)
     if problem:
-        table = pd.DataFrame([_row(case, "label_anatomy", "warning", f"anatomy map {anatomy_path} {problem}: labels "
+        table = pd.DataFrame([finding(case, "label_anatomy", "warning", f"anatomy map {anatomy_path} {problem}: labels "
                                    "not checked against anatomy; rewrite the map on the image grid")], columns=COLUMNS)
         write_table(table, out_table)
         return table
@@ -213,13 +213,13 @@ def check_case_anatomy(case: str, image_path: Path, label_path: Path, anatomy_pa
             proposed = out_proposal / PROPOSAL
             write_image(array_like(transform_label(label, correction["flips"], correction["shift"]), label_image),
                         proposed)
-            rows.append(_row(case, "label_anatomy_proposal", "warning", f"proposed correction for review: "
+            rows.append(finding(case, "label_anatomy_proposal", "warning", f"proposed correction for review: "
                              f"{describe(correction)}; agreement with anatomy {correction['identity']:.0%} -> "
                              f"{correction['agreement']:.0%}, contrast with its surroundings {correction['contrast']:.2f}; "
                              f"{proposed} (never applied: to use it, replace the "
                              "label with it)"))
         else:
-            rows.append(_row(case, "label_anatomy_proposal", "info", f"no flip or shift within "
+            rows.append(finding(case, "label_anatomy_proposal", "info", f"no flip or shift within "
                              f"{settings['anatomy_search_mm']:g} mm agrees much better (best: {describe(correction)}, "
                              f"{correction['identity']:.0%} -> {correction['agreement']:.0%})"))
     table = pd.DataFrame(rows, columns=COLUMNS)

@@ -210,6 +210,30 @@ def tile_batched_validation(tile_step_size: float = 0.5, use_mirroring: bool = T
         base.nnUNetPredictor = original
 
 
+@contextlib.contextmanager
+def float16_validation_probabilities():
+    """nnU-Net's validation saves each case's probabilities as a float32 ``.npz``: at scale its largest files,
+    2.5 times the workflow's float16 copy that gather_oof makes of them (docs/scale.md). While it runs, its export
+    gets them as float16. nnU-Net computes its label map before the cast, so that file is unchanged."""
+    import numpy as np
+    from nnunetv2.inference import export_prediction
+
+    original = export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape
+
+    def to_float16(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if isinstance(result, tuple):  # (segmentation, probabilities) when probabilities are asked for
+            segmentation, probabilities = result
+            return segmentation, np.asarray(probabilities).astype(np.float16)
+        return result
+
+    export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape = to_float16
+    try:
+        yield
+    finally:
+        export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape = original
+
+
 @functools.cache
 def tile_batch_predictor_class():
     """nnU-Net's predictor with the sliding window run ``tile_batch_size`` tiles per network pass (class attribute;

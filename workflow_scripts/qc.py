@@ -32,7 +32,8 @@ class QCError(RuntimeError):
     """Raised when cases fail QC; the message names every failing case and the fix."""
 
 
-def _row(case, check, severity, message):
+def finding(case, check, severity, message) -> dict:
+    """One row of a QC table."""
     return {"case": case, "check": check, "severity": severity, "message": message}
 
 
@@ -123,7 +124,7 @@ def _read(case: str, check: str, path: Path) -> tuple[Volume | None, dict | None
         return read_volume(path), None
     except Exception as err:  # any reader failure is a QC finding, never a traceback
         reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
-        return None, _row(case, check, "error", f"cannot read {path}: {reason} ({type(err).__name__}); "
+        return None, finding(case, check, "error", f"cannot read {path}: {reason} ({type(err).__name__}); "
                           "re-export or re-download the file")
 
 
@@ -146,15 +147,15 @@ def inspect_case(case: str, image_path: Path, label_path: Path | None, label_val
     if error:
         return pd.DataFrame([error], columns=COLUMNS), measured
     if image.dimension != 3 or image.components != 1:
-        return pd.DataFrame([_row(case, "image_3d", "error", f"{image_path} is {describe_shape(image)}; a "
+        return pd.DataFrame([finding(case, "image_3d", "error", f"{image_path} is {describe_shape(image)}; a "
                                   "single-channel 3D CT is needed (one volume, one value per voxel)")],
                             columns=COLUMNS), measured
     rows = _geometry_rows(case, image, settings, measured) + _intensity_rows(case, image.voxels, settings, measured)
-    rows.append(_row(case, "image_content", "info", f"crc32+adler32 {content_hash(image)}"))
+    rows.append(finding(case, "image_content", "info", f"crc32+adler32 {content_hash(image)}"))
     if label_path is None:
         return pd.DataFrame(rows, columns=COLUMNS), measured
     if not Path(label_path).exists():
-        rows.append(_row(case, "label_exists", "error", f"no label {label_path} for image {image_path}"
+        rows.append(finding(case, "label_exists", "error", f"no label {label_path} for image {image_path}"
                          + channel_suffix_hint(case, Path(label_path))))
         return pd.DataFrame(rows, columns=COLUMNS), measured
     label, error = _read(case, "label_readable", label_path)
@@ -171,7 +172,7 @@ def inspect_case(case: str, image_path: Path, label_path: Path | None, label_val
         if not np.allclose(label.direction, image.direction, atol=settings["direction_tolerance"]):
             problems.append(f"direction {_orientation(label.direction)} vs image {_orientation(image.direction)}")
     if problems:
-        rows.append(_row(case, "label_grid", "error", "label is not on the image grid: " + "; ".join(problems)
+        rows.append(finding(case, "label_grid", "error", "label is not on the image grid: " + "; ".join(problems)
                          + ". Resample the label onto its image (nearest neighbour) or fix the pairing"))
     if label.voxels is None:
         return pd.DataFrame(rows, columns=COLUMNS), measured
@@ -179,9 +180,9 @@ def inspect_case(case: str, image_path: Path, label_path: Path | None, label_val
     values, voxels = _value_counts(label.voxels, box)
     unknown = sorted(v for v in values.tolist() if v not in label_values)
     if unknown:
-        rows.append(_row(case, "label_values", "error", f"label values {unknown} are not in the configured "
+        rows.append(finding(case, "label_values", "error", f"label values {unknown} are not in the configured "
                          f"labels {label_values}; fix the label or add them to config 'labels'"))
-    rows.append(_row(case, "label_voxels", "info", ", ".join(f"label {v:g}: {c}" for v, c in zip(values, voxels))))
+    rows.append(finding(case, "label_voxels", "info", ", ".join(f"label {v:g}: {c}" for v, c in zip(values, voxels))))
     if not problems:
         rows += _lesion_rows(case, image.voxels, label.voxels, box, image.spacing,
                              [v for v in label_values if v != 0], settings, measured)
@@ -227,19 +228,19 @@ def _geometry_rows(case: str, image: Volume, settings: dict, measured: dict) -> 
     measured.update({f"spacing_{a}_mm": float(d) for a, d in zip("xyz", spacing)})
     measured.update({f"field_{a}_mm": float(n * d) for a, n, d in zip("xyz", size, spacing)})
     measured["orientation"] = _orientation(image.direction)
-    rows = [_row(case, "image_geometry", "info", f"size {size}, spacing {tuple(round(s, 3) for s in spacing)} mm, "
+    rows = [finding(case, "image_geometry", "info", f"size {size}, spacing {tuple(round(s, 3) for s in spacing)} mm, "
                  f"orientation {measured['orientation']}")]
     low, high = settings["slice_thickness_mm"]
     if not low <= spacing[2] <= high:
-        rows.append(_row(case, "slice_thickness", "warning", f"slice spacing {spacing[2]:.3g} mm is outside "
+        rows.append(finding(case, "slice_thickness", "warning", f"slice spacing {spacing[2]:.3g} mm is outside "
                          f"[{low}, {high}] mm; check the header (qc.slice_thickness_mm sets the range)"))
     low, high = settings["in_plane_spacing_mm"]
     if not (low <= spacing[0] <= high and low <= spacing[1] <= high):
-        rows.append(_row(case, "in_plane_spacing", "warning", f"in-plane spacing {spacing[0]:.3g} x {spacing[1]:.3g} "
+        rows.append(finding(case, "in_plane_spacing", "warning", f"in-plane spacing {spacing[0]:.3g} x {spacing[1]:.3g} "
                          f"mm is outside [{low}, {high}] mm; check the header (qc.in_plane_spacing_mm)"))
     field = (size[0] * spacing[0], size[1] * spacing[1])
     if min(field) < settings["min_field_of_view_mm"]:
-        rows.append(_row(case, "field_of_view", "warning", f"field of view {field[0]:.0f} x {field[1]:.0f} mm is "
+        rows.append(finding(case, "field_of_view", "warning", f"field of view {field[0]:.0f} x {field[1]:.0f} mm is "
                          f"below {settings['min_field_of_view_mm']} mm: a tightly cropped scan loses context "
                          "(qc.min_field_of_view_mm)"))
     return rows
@@ -250,17 +251,17 @@ def _intensity_rows(case: str, array: np.ndarray, settings: dict, measured: dict
         # Read with nibabel: ITK's NIfTI reader turns NaN and infinity into 0, nnU-Net's NibabelIO keeps them.
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
-            return [_row(case, "image_finite", "error", f"{bad} voxels are NaN or infinite; fix the conversion "
+            return [finding(case, "image_finite", "error", f"{bad} voxels are NaN or infinite; fix the conversion "
                          "that wrote the image")]
     low, high = float(array.min()), float(array.max())
     measured.update(intensity_min=low, intensity_max=high)
-    rows = [_row(case, "image_intensity", "info", f"range [{low:g}, {high:g}]")]
+    rows = [finding(case, "image_intensity", "info", f"range [{low:g}, {high:g}]")]
     if low > settings["air_hu"]:
-        rows.append(_row(case, "hounsfield_units", "warning", f"lowest value {low:g} is above {settings['air_hu']} "
+        rows.append(finding(case, "hounsfield_units", "warning", f"lowest value {low:g} is above {settings['air_hu']} "
                          "(air is -1000 HU): not in Hounsfield units (rescale slope/intercept not applied?) or "
                          "cropped inside the body (qc.air_hu)"))
     if max(-low, high) > settings["max_abs_value"]:
-        rows.append(_row(case, "intensity_range", "warning", f"values reach [{low:g}, {high:g}], beyond "
+        rows.append(finding(case, "intensity_range", "warning", f"values reach [{low:g}, {high:g}], beyond "
                          f"+-{settings['max_abs_value']:g}: raw or unsigned stored values? (qc.max_abs_value)"))
     return rows
 
@@ -273,7 +274,7 @@ def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[sl
     for value in lesion_values:
         measured.update({f"label_{value}_ml": 0.0, f"label_{value}_lesions": 0})
     if box is None:
-        return [_row(case, "label_empty", "warning", "the label has no lesion voxels: an empty annotation, or the "
+        return [finding(case, "label_empty", "warning", "the label has no lesion voxels: an empty annotation, or the "
                      "wrong file?")]
     rows = []
     labels, image = labels[box], image[box]
@@ -288,22 +289,22 @@ def _lesion_rows(case: str, image: np.ndarray, labels: np.ndarray, box: tuple[sl
         mean_hu, air = float(hu.mean()), float(np.mean(hu < settings["air_hu"]))
         volume_ml = float(np.count_nonzero(mask) * voxel_mm3 / 1000)
         measured.update({f"label_{value}_ml": volume_ml, f"label_{value}_lesions": n})
-        rows.append(_row(case, "label_volume", "info", f"label {value}: {volume_ml:.3g} ml in {n} component(s), "
+        rows.append(finding(case, "label_volume", "info", f"label {value}: {volume_ml:.3g} ml in {n} component(s), "
                          f"mean {mean_hu:.0f} HU"))
         # By volume and by voxel count: at 3 mm voxels one stray voxel is 27 mm3, above a volume floor.
         tiny = (sizes_mm3 < settings["min_component_mm3"]) | (voxels < settings["min_component_voxels"])
         if tiny.any():
-            rows.append(_row(case, "label_tiny_components", "warning", f"label {value}: {int(tiny.sum())} of {n} "
+            rows.append(finding(case, "label_tiny_components", "warning", f"label {value}: {int(tiny.sum())} of {n} "
                              f"component(s) below {settings['min_component_mm3']:g} mm3 or "
                              f"{settings['min_component_voxels']} voxels (smallest {voxels.min()} voxel(s), "
                              f"{sizes_mm3.min():.3g} mm3): stray voxels? (qc.min_component_mm3, "
                              "qc.min_component_voxels)"))
         if air > settings["lesion_max_air_fraction"]:
-            rows.append(_row(case, "label_in_air", "warning", f"label {value}: {air:.0%} of its voxels lie in air "
+            rows.append(finding(case, "label_in_air", "warning", f"label {value}: {air:.0%} of its voxels lie in air "
                              f"(< {settings['air_hu']} HU): a shifted, flipped or mismatched label? "
                              "(qc.lesion_max_air_fraction)"))
         elif mean_hu < settings["lesion_min_mean_hu"]:
-            rows.append(_row(case, "label_mean_hu", "warning", f"label {value}: mean {mean_hu:.0f} HU is below "
+            rows.append(finding(case, "label_mean_hu", "warning", f"label {value}: mean {mean_hu:.0f} HU is below "
                              f"{settings['lesion_min_mean_hu']:g} HU, unusual for a lesion: a label shifted off the "
                              "tissue? (qc.lesion_min_mean_hu)"))
     return rows
@@ -316,10 +317,10 @@ def write_case_qc(case: str, image_path: Path, label_path: Path | None, label_va
     ``anatomy_path`` (a precomputed anatomy map, which refinement reads) its presence is checked."""
     table, measured = inspect_case(case, image_path, label_path, label_values, settings)
     if dicom_findings is not None:
-        rows = [_row(case, *row) for row in dicom_rows(read_json(dicom_findings))]
+        rows = [finding(case, *row) for row in dicom_rows(read_json(dicom_findings))]
         table = pd.concat([pd.DataFrame(rows, columns=COLUMNS), table], ignore_index=True)
     if anatomy_path is not None and not Path(anatomy_path).is_file():
-        row = _row(case, "anatomy_exists", "error", f"no anatomy map {anatomy_path} (anatomy.source: precomputed); "
+        row = finding(case, "anatomy_exists", "error", f"no anatomy map {anatomy_path} (anatomy.source: precomputed); "
                    "add the case's map or let the workflow compute it (anatomy.source: totalsegmentator)")
         table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
     write_table(table, out)
@@ -357,7 +358,7 @@ def dataset_summary(measurement_files: list[Path], splits: dict[str, str], label
         for index, value in values.items():
             z = abs(value - median) / scale
             if z > outlier_z:
-                rows.append(_row(summary.loc[index, "case"], "dataset_outlier", "warning",
+                rows.append(finding(summary.loc[index, "case"], "dataset_outlier", "warning",
                                  f"{what} {value:.4g} against the dataset's median {median:.4g} (robust z {z:.0f}): "
                                  "a different protocol or a header error?"))
     return summary, rows
@@ -422,23 +423,23 @@ def qc_table(case_tables: list[Path], exclude: dict[str, str] | None = None,
         for case in same["case"]:
             if len(same) > 1:
                 others = ", ".join(c for c in same["case"] if c != case)
-                rows.append(_row(case, "duplicate_image", "error", f"same voxels and geometry as {others}: one "
+                rows.append(finding(case, "duplicate_image", "error", f"same voxels and geometry as {others}: one "
                                  "image under two ids; remove one copy"))
     for case, path in sorted((orphan_labels or {}).items()):
-        rows.append(_row(case, "label_without_image", "warning", f"label {path} has no image, so the case is left "
+        rows.append(finding(case, "label_without_image", "warning", f"label {path} has no image, so the case is left "
                          "out; add its image or remove the label"))
     for name, path in sorted((misnamed or {}).items()):
         if channel_suffix and Path(path).name.endswith(".nii.gz") and not Path(path).name.endswith(
                 f"{channel_suffix}.nii.gz"):
-            rows.append(_row(name, "case_name", "error", f"{path}: the name does not end in data.channel_suffix "
+            rows.append(finding(name, "case_name", "error", f"{path}: the name does not end in data.channel_suffix "
                              f"'{channel_suffix}' (a second channel? this workflow takes one CT channel), so no rule "
                              "can use it; remove or rename the file"))
             continue
-        rows.append(_row(name, "case_name", "error", f"{path}: the id '{name}' does not match data.case_pattern "
+        rows.append(finding(name, "case_name", "error", f"{path}: the id '{name}' does not match data.case_pattern "
                          f"'{case_pattern}', so no rule can use it; rename the image (and its label) or change the "
                          "pattern"))
     for case, reason in sorted((exclude or {}).items()):
-        rows.append(_row(case, "excluded", "info", f"excluded by qc.exclude ({reason}): never used for training, "
+        rows.append(finding(case, "excluded", "info", f"excluded by qc.exclude ({reason}): never used for training, "
                          "prediction or evaluation"))
     table = pd.concat([table, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
     for case, checks in (allow or {}).items():
@@ -448,7 +449,7 @@ def qc_table(case_tables: list[Path], exclude: dict[str, str] | None = None,
     if on_error == "exclude":
         errors = table[table["severity"] == "error"]
         failing = [c for c in errors["case"].unique() if (splits or {}).get(c) == "train"]
-        excluded = [_row(case, "excluded", "info", "excluded by qc.on_error: exclude after errors in "
+        excluded = [finding(case, "excluded", "info", "excluded by qc.on_error: exclude after errors in "
                          + ", ".join(sorted(set(errors.loc[errors["case"] == case, "check"])))
                          + ": never used for training or evaluation") for case in failing]
         table = pd.concat([table, pd.DataFrame(excluded, columns=COLUMNS)], ignore_index=True)
@@ -476,19 +477,6 @@ def qc_verdict(table: pd.DataFrame, table_path: Path, on_error: str, splits: dic
                   f"and figure beside it:\n" + "\n".join(lines) + "\nFix each file, or go on without these cases by "
                   "adding to the config (qc.exclude leaves a case out of everything; qc.allow accepts only the "
                   f"checks {', '.join(ALLOWABLE_CHECKS)})" + policy + ":\n" + snippet.rstrip())
-
-
-def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | None = None,
-                 allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
-                 dataset_rows: list[dict] | None = None, on_error: str = "stop",
-                 splits: dict[str, str] | None = None, misnamed: dict[str, str] | None = None,
-                 case_pattern: str = "") -> pd.DataFrame:
-    """``qc_table`` written to ``out``, then ``qc_verdict``; returns the table when the run may go on."""
-    table = qc_table(case_tables, exclude, allow, orphan_labels, dataset_rows, on_error, splits, misnamed,
-                     case_pattern)
-    write_table(table, out)
-    qc_verdict(table, out, on_error, splits or {})
-    return table
 
 
 def qc_case_entry(argv=None) -> None:

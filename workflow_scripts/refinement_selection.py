@@ -103,14 +103,49 @@ def choose_rules(rules: list[dict], rows: pd.DataFrame, metric: str, apply: str)
     return list(chosen), pd.DataFrame(table)
 
 
-def select_refinement(settings: dict, cases: list[str], segmentation_dir: Path, anatomy_paths: dict[str, Path | None],
-                      image_dir: Path, reference_dir: Path, out_table: Path, out_selection: Path) -> dict:
-    """``settings``: rules, apply, metric, task, classes, conventions (evaluation keys)."""
+def score_case_refinements(case: str, segmentations: list[tuple[str, str, object]], anatomy_path: Path | None,
+                           image_path: Path, reference: np.ndarray, settings: dict) -> list[dict]:
+    """One case's rows for every rule subset on each of ``segmentations`` ((candidate, source, SimpleITK image)):
+    ``source`` is ``ensemble`` for the study's out-of-fold ensemble, ``probabilities`` for a candidate rebuilt from
+    the configurations' maps (the nested selection's). A label map equal to one already scored is not scored again."""
+    rules = settings["rules"]
+    class_ids = rules_class_ids(rules, settings["task"])
+    conventions = Conventions.from_settings(settings["conventions"])
+    scored: list[tuple[np.ndarray, list[dict]]] = []
+    out = []
+    for candidate, source, seg_image in segmentations:
+        array = image_array(seg_image)
+        rows = next((r for a, r in scored if np.array_equal(a, array)), None)
+        if rows is None:
+            rows = case_subset_rows(case, seg_image, anatomy_path, image_path, reference, rules, class_ids,
+                                    settings["classes"], conventions)
+            scored.append((array, rows))
+        out += [{"candidate": candidate, "source": source, **r} for r in rows]
+    return out
+
+
+def read_refinement_scores(paths: list[Path], cases: list[str], rules: list[dict]) -> pd.DataFrame:
+    """The ``score_refinements`` tables of ``cases``, checked to hold every rule subset of every case."""
+    if len(set(cases)) != len(cases):
+        raise ValueError(f"cases given more than once: {sorted({c for c in cases if cases.count(c) > 1})}")
+    rows = pd.concat([pd.read_csv(p, sep="\t") for p in paths], ignore_index=True)
+    names = {",".join(rules[k]["name"] for k in s) or "none" for s in rule_subsets(len(rules))}
+    ensemble = rows[rows["source"] == "ensemble"]
+    expected = {(name, case) for name in names for case in cases}
+    found = set(zip(ensemble["rules"], ensemble["case"]))
+    if found != expected or not set(rows["case"]) <= set(cases):
+        missing, extra = sorted(expected - found)[:3], sorted(found - expected)[:3]
+        raise ValueError(f"the refinement score tables do not match the rules and cases (missing {missing}, "
+                         f"unexpected {extra}): were they written with other refinement settings?")
+    return rows
+
+
+def select_refinement(settings: dict, rows: pd.DataFrame, out_table: Path, out_selection: Path) -> dict:
+    """``settings``: rules, apply, metric, task, classes, conventions (evaluation keys). ``rows``: every case's
+    rule-subset scores on the out-of-fold ensemble (:func:`score_subsets`, or ``score_refinements`` tables)."""
     rules = settings["rules"]
     print(f"refinement: {len(rules)} rule(s), apply {settings['apply']}, metric {settings['metric']}, "
-          f"{len(cases)} out-of-fold case(s)", flush=True)
-    rows = score_subsets(cases, segmentation_dir, anatomy_paths, image_dir, reference_dir, rules, settings["task"],
-                         settings["classes"], Conventions.from_settings(settings["conventions"]))
+          f"{rows['case'].nunique()} out-of-fold case(s)", flush=True)
     chosen, table = choose_rules(rules, rows, settings["metric"], settings["apply"])
     none_score = float(table.loc[table["rules"] == "none", "score"].iloc[0])
     chosen_score = float(table.loc[table["chosen"], "score"].iloc[0])
@@ -124,24 +159,63 @@ def select_refinement(settings: dict, cases: list[str], segmentation_dir: Path, 
     return selection
 
 
+def other_folds_choices(nested_ensembles: pd.DataFrame, case: str) -> list[str]:
+    """The ensembles chosen by the nested selection's folds that do not hold ``case``: those folds choose their
+    rules on this case, segmented by their ensemble."""
+    return sorted({row.ensemble for row in nested_ensembles.itertuples() if case not in row.held_out.split(",")})
+
+
+def score_refinements_entry(argv=None) -> None:
+    from workflow_scripts import cli
+    from workflow_scripts.ensemble_selection import read_candidate_segmentation, settings_candidates
+    from workflow_scripts.io import array_like, read_json
+
+    p = cli.parser("score-refinements", "Score every subset of the refinement rules on one out-of-fold case: on "
+                   "the study's ensemble and on the ensembles the nested selection's other folds chose.")
+    p.add_argument("--settings", type=cli.json_value, required=True,
+                   help="JSON: rules, apply, metric, task, classes, conventions")
+    p.add_argument("--ensemble-settings", type=cli.json_value, required=True, help="JSON, as select-ensemble's")
+    p.add_argument("--segmentation", required=True, help="the case's out-of-fold ensemble, <case>.nii.gz")
+    p.add_argument("--selection", required=True, help="select-ensemble's JSON: the study's ensemble")
+    p.add_argument("--nested-ensembles", required=True, help="nested-ensembles' table: each fold's ensemble")
+    p.add_argument("--probabilities", nargs="+", required=True,
+                   help="<folder>/<configuration>/<case>.npz of every configuration the candidates use")
+    p.add_argument("--anatomy", required=True, help="the case's anatomy map")
+    p.add_argument("--image", required=True, help="the case's image")
+    p.add_argument("--reference", required=True, help="the case's label")
+    p.add_argument("--out", required=True, help="TSV: a row per segmentation, rule subset and class")
+    args = p.parse_args(argv)
+    case = cli.one_case({"--segmentation": args.segmentation, "--image": args.image, "--reference": args.reference})
+    reference_image = read_image(args.reference)
+    reference = image_array(reference_image)
+    by_name = {c.name: c for c in settings_candidates(args.ensemble_settings)}
+    segmentations = [(read_json(args.selection)["candidate"], "ensemble", read_image(args.segmentation))]
+    oof_dir = cli.probability_root(args.probabilities, [case])
+    nested = pd.read_csv(args.nested_ensembles, sep="\t")
+    for name in other_folds_choices(nested, case):
+        segmentation = read_candidate_segmentation(by_name[name], case, oof_dir, reference.shape)
+        segmentations.append((name, "probabilities", array_like(segmentation, reference_image)))
+    rows = score_case_refinements(case, segmentations, Path(args.anatomy), Path(args.image), reference, args.settings)
+    write_table(pd.DataFrame(rows), Path(args.out), float_format="%.17g")
+    print(f"{case}: {len(rule_subsets(len(args.settings['rules'])))} rule subset(s) scored on "
+          f"{', '.join(f'{name} ({source})' for name, source, _ in segmentations)}")
+
+
 def select_refinement_entry(argv=None) -> None:
     from workflow_scripts import cli
 
-    p = cli.parser("select-refinement", "Score every subset of the refinement rules on the out-of-fold ensemble; "
-                   "keep the rules that help (or all).")
+    p = cli.parser("select-refinement", "Choose the refinement rules on the out-of-fold ensemble from the cases' "
+                   "rule-subset scores: keep the rules that help (or all).")
     p.add_argument("--settings", type=cli.json_value, required=True,
                    help="JSON: rules, apply, metric, task, classes, conventions")
-    p.add_argument("--segmentations", nargs="+", required=True, help="the out-of-fold ensemble's <case>.nii.gz")
-    p.add_argument("--anatomy", nargs="+", required=True, help="the cases' anatomy maps, same order")
-    p.add_argument("--images", nargs="+", required=True, help="the cases' images, same order")
-    p.add_argument("--references", nargs="+", required=True, help="the cases' labels, same order")
+    p.add_argument("--case-scores", nargs="+", required=True, help="score-refinements' <case>.tsv of every case")
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-selection", required=True)
     args = p.parse_args(argv)
-    segmentation_dir, cases = cli.case_folder(args.segmentations, "--segmentations")
-    for flag, paths in (("--images", args.images), ("--references", args.references)):
-        if cli.case_folder(paths, flag)[1] != cases:
-            raise SystemExit(f"error: {flag} name other cases than --segmentations")
-    select_refinement(args.settings, cases, segmentation_dir, cli.case_paths(args.anatomy, cases),
-                      cli.case_folder(args.images, "--images")[0], cli.case_folder(args.references, "--references")[0],
-                      Path(args.out_table), Path(args.out_selection))
+    cases = [Path(p).name[: -len(".tsv")] for p in args.case_scores]
+    try:
+        rows = read_refinement_scores([Path(p) for p in args.case_scores], cases, args.settings["rules"])
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
+    ensemble = rows[rows["source"] == "ensemble"].drop(columns=["candidate", "source"])
+    select_refinement(args.settings, ensemble, Path(args.out_table), Path(args.out_selection))

@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.io import copy_file, pyplot, write_figure, write_json, write_table
-from workflow_scripts.nnunet_seam import (CONFIGURATION, find_trainer_class, in_process_validation_pools,
+from workflow_scripts.nnunet_seam import (CONFIGURATION, find_trainer_class, float16_validation_probabilities,
+                                          in_process_validation_pools,
                                           make_checkpoints_atomic, resolve_device, tile_batched_validation,
                                           training_log)
 
@@ -123,7 +124,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
             trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
         trainer.run_training()
     validation = {"tile_step_size": 0.5, "use_mirroring": True, **(validation or {})}
-    with tile_batched_validation(**validation), in_process_validation_pools():
+    with tile_batched_validation(**validation), in_process_validation_pools(), float16_validation_probabilities():
         trainer.perform_actual_validation(save_probabilities=True)
 
     log = training_log(trainer)
