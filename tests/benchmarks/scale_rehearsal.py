@@ -110,7 +110,7 @@ def probability_storage(study: Path, data: Path, margin_voxels: int, limit: int)
     -500 HU), to the box of the predicted lesions (argmax not background) and to the box of every voxel where a
     lesion class has probability 0.05 or more, each box widened by ``margin_voxels`` (outside a box a reader would
     take certain background), and rounded to uint8. Also nnU-Net's own copy of the same probabilities (its
-    validation export, float32)."""
+    validation export: float16 since the seam exports it so, float32 in studies run before)."""
     rows = []
     files = sorted(p for p in (study / "results").glob("predictions/oof/*/*.npz") if p.parent.name != "ensemble")
     for path in files[:limit]:
