@@ -207,8 +207,9 @@ def refinement_case_scores():
     return [f"results/refinement/cases/{case}.tsv" for case in cases("oof")]
 
 
-def oof_probabilities():
-    return [prediction("oof", c, case, "npz") for c in ensemble_configurations() for case in cases("oof")]
+def case_probabilities(case):
+    """A training case's out-of-fold probabilities of every configuration the ensemble candidates use."""
+    return [prediction("oof", c, case, "npz") for c in ensemble_configurations()]
 
 
 def anatomy_map(case):

@@ -6,7 +6,7 @@
 
 rule score_ensembles:
     input:
-        probabilities=lambda w: [prediction("oof", c, w.case, "npz") for c in ensemble_configurations()],
+        probabilities=lambda w: case_probabilities(w.case),
         reference=lambda w: case_references([w.case]),
     output:
         "results/ensemble/cases/{case}.tsv",

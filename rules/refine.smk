@@ -33,7 +33,7 @@ rule score_refinements:
         segmentation=prediction("oof", "ensemble", "{case}"),
         selection="results/ensemble/selected.json",
         nested="results/nested/ensembles.tsv",
-        probabilities=lambda w: [prediction("oof", c, w.case, "npz") for c in ensemble_configurations()],
+        probabilities=lambda w: case_probabilities(w.case),
         anatomy=lambda w: anatomy_maps([w.case]),
         image=lambda w: image_path(w.case),
         reference=lambda w: case_references([w.case]),
@@ -192,7 +192,7 @@ rule nested_selection:
 rule nested_case:
     input:
         folds="results/nested/folds.tsv",
-        probabilities=lambda w: [prediction("oof", c, w.case, "npz") for c in ensemble_configurations()],
+        probabilities=lambda w: case_probabilities(w.case),
         reference=lambda w: case_references([w.case]),
         anatomy=lambda w: anatomy_maps([w.case]),
         image=lambda w: image_path(w.case),
