@@ -95,11 +95,33 @@ def make_trainer(dataset: str, plans_identifier: str, trainer_name: str, fold: i
     return trainer
 
 
+def seed_training(seed: int | None, fold: int, epoch: int) -> int | None:
+    """Seed Python's, NumPy's and torch's generators for a run of ``fold`` starting at ``epoch``; the seed used.
+
+    nnU-Net draws initial weights, patches and augmentation from these global generators (in this process when
+    augmentation runs in it) and does not seed them; its checkpoints do not keep their state, so a resumed run
+    is seeded from the epoch it starts at. ``None`` leaves them as they are.
+    """
+    if seed is None:
+        return None
+    import random
+
+    import numpy as np
+    import torch
+
+    derived = int(np.random.SeedSequence([seed, fold, epoch]).generate_state(1)[0])
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)
+    return derived
+
+
 def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict,
                device: str, summary_out: Path, curves_out: Path | None = None,
-               progress_out: Path | None = None, validation: dict | None = None) -> dict:
+               progress_out: Path | None = None, validation: dict | None = None, seed: int | None = None) -> dict:
     """Train one fold and export its validation probabilities; resumes from checkpoint_latest.pth if present.
     ``validation``: ``tile_step_size`` and ``use_mirroring`` of the validation (default nnU-Net's, 0.5 and on).
+    ``seed``: see ``seed_training`` (``None``: unseeded).
 
     A fold with checkpoint_final.pth is not trained again, only its validation is (re)exported.
     nnU-Net must already be configured for this process (``configure_nnunet``).
@@ -112,7 +134,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     final, latest = folder / "checkpoint_final.pth", folder / "checkpoint_latest.pth"
     make_checkpoints_atomic(trainer)
 
-    resumed_from = None
+    resumed_from, derived_seed = None, None
     if final.exists():
         trainer.load_checkpoint(str(final))
         resumed_from = "final"
@@ -122,6 +144,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
             trainer.load_checkpoint(str(latest))
             resumed_from = f"epoch {trainer.current_epoch}"
             trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
+        derived_seed = seed_training(seed, fold, trainer.current_epoch)
         trainer.run_training()
     validation = {"tile_step_size": 0.5, "use_mirroring": True, **(validation or {})}
     with tile_batched_validation(**validation), in_process_validation_pools(), float16_validation_probabilities():
@@ -132,6 +155,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     summary = {
         "dataset": dataset, "trainer": trainer_name, "plans": plans_identifier, "fold": fold,
         "output_folder": str(folder), "epochs": trainer.current_epoch, "resumed_from": resumed_from,
+        "training_seed": seed, "derived_seed": derived_seed,
         "device": str(torch_device),
         "settings": {k: getattr(trainer, k) for k in TRAINER_SETTINGS},
         "validation": validation,
@@ -176,5 +200,6 @@ def train_fold_entry(argv=None) -> None:
     summary = train_fold(plans["dataset"], plans["plans_identifier"], args.settings["trainer"], args.fold,
                          args.settings.get("trainer_settings", {}), args.device, Path(args.out),
                          Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None,
-                         {k: prediction[k] for k in ("tile_step_size", "use_mirroring")})
+                         {k: prediction[k] for k in ("tile_step_size", "use_mirroring")},
+                         args.settings.get("training_seed"))
     print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")

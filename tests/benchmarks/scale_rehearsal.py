@@ -142,6 +142,18 @@ def read_image_array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(read_image(path))
 
 
+def dice_over_cases_with_class(study: Path) -> pd.DataFrame:
+    """Mean Dice and case count per split, stage and class over the cases whose reference holds the class (a
+    lesion-free case scores 0 or 1 on a few voxels)."""
+    tables = []
+    for path in sorted((study / "results/metrics").glob("*/*.tsv")):
+        per_case = pd.read_csv(path, sep="\t")
+        held = per_case[per_case["reference_ml"] > 0]
+        tables.append(held.groupby("class")["dice"].agg(["mean", "count"])
+                      .assign(split=path.parent.name, stage=path.stem).reset_index())
+    return pd.concat(tables).set_index(["split", "stage", "class"])
+
+
 def crop_comparison(plain: Path, cropped: Path) -> pd.DataFrame:
     """The cropped study against the uncropped one with the same cases: voxels the models see, the model rules'
     wall time, and mean Dice per split, stage and class."""
@@ -155,16 +167,7 @@ def crop_comparison(plain: Path, cropped: Path) -> pd.DataFrame:
     for rule in ("crop_case", "plan_and_preprocess", "train_fold", "gather_oof", "predict_test"):
         rows.append({"measure": f"{rule}_seconds", "uncropped": float(times["uncropped"].get(rule, 0.0)),
                      "cropped": float(times["cropped"].get(rule, 0.0))})
-    # Dice over the cases whose reference holds the class (a lesion-free case scores 0 or 1 on a few voxels).
-    dice = {}
-    for label, study in (("uncropped", plain), ("cropped", cropped)):
-        tables = []
-        for path in sorted((study / "results/metrics").glob("*/*.tsv")):
-            per_case = pd.read_csv(path, sep="\t")
-            held = per_case[per_case["reference_ml"] > 0]
-            tables.append(held.groupby("class")["dice"].agg(["mean", "count"])
-                          .assign(split=path.parent.name, stage=path.stem).reset_index())
-        dice[label] = pd.concat(tables).set_index(["split", "stage", "class"])
+    dice = {"uncropped": dice_over_cases_with_class(plain), "cropped": dice_over_cases_with_class(cropped)}
     for key, row in dice["uncropped"].iterrows():
         other = dice["cropped"]["mean"].get(key, np.nan)
         rows.append({"measure": f"dice {' '.join(key)} (n={int(row['count'])})", "uncropped": float(row["mean"]),
