@@ -1,19 +1,22 @@
-"""A training killed after its first checkpoint resumes from it when the workflow runs again."""
+"""A training killed after its first checkpoint resumes from it when the workflow runs again; a seeded fold trains
+to the same weights twice."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from tests.test_workflow import PROFILES, REPO, TOY_CONFIG, run, snakemake
 
-pytestmark = pytest.mark.smoke  # trains one toy fold twice
+pytestmark = pytest.mark.smoke  # trains one toy fold two and three times
 
 TARGET = "results/training/metastasis_only/fold_0.json"
 CONFIGURATION = yaml.safe_load(TOY_CONFIG.read_text())["configurations"]["metastasis_only"]
@@ -69,3 +72,37 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert f"at epoch {checkpoint_epoch}" in second_log
     rule_log = (tmp_path / "logs/train_fold/metastasis_only/fold_0.log").read_text()
     assert f"Resuming from {tmp_path / FOLD / 'checkpoint_latest.pth'} at epoch {checkpoint_epoch}" in rule_log
+
+
+WEIGHTS_DIGEST = ("import hashlib, sys, torch; w = torch.load(sys.argv[1], weights_only=False)['network_weights']; "
+                  "print(hashlib.sha256(b''.join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest())")
+
+
+def test_a_seeded_fold_trains_to_the_same_weights_twice_and_another_seed_changes_them(tmp_path):
+    """`training_seed`: on the CPU with augmentation in the training process, a fold run again from scratch ends
+    with the same weights and validation probabilities; another seed gives other weights."""
+    run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=tmp_path)
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    section = config["configurations"]["metastasis_only"]
+    section["trainer_settings"] = {**section["trainer_settings"], "num_epochs": 1, "num_iterations_per_epoch": 5}
+    config_path = tmp_path / "seed.yaml"
+    final = tmp_path / FOLD / "checkpoint_final.pth"
+
+    def train(seed):
+        section["training_seed"] = seed
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        shutil.rmtree(tmp_path / FOLD, ignore_errors=True)  # from scratch: a final checkpoint is only re-validated
+        snakemake(tmp_path, "--profile", PROFILES["local"], "--cores", "2", TARGET, "--forcerun", "train_fold",
+                  "--configfile", config_path)
+        summary = json.loads((tmp_path / TARGET).read_text())
+        assert summary["training_seed"] == seed and summary["resumed_from"] is None
+        digest = run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip()
+        validation = {p.name: np.load(p)["probabilities"] for p in (tmp_path / FOLD / "validation").glob("*.npz")}
+        return digest, validation
+
+    def same_probabilities(a, b):
+        return a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+
+    (first, first_validation), (again, again_validation), (other, other_validation) = train(0), train(0), train(1)
+    assert first_validation and first == again and same_probabilities(first_validation, again_validation)
+    assert other != first and not same_probabilities(first_validation, other_validation)

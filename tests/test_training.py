@@ -179,3 +179,34 @@ def test_validation_export_saves_float16_probabilities_and_nnunets_function_is_r
         assert data["probabilities"].dtype == np.float16
         assert np.array_equal(data["probabilities"], probabilities.astype(np.float32).astype(np.float16))
     assert np.array_equal(np.load(tmp_path / "case_0.npy"), segmentation)
+
+
+def test_seeded_runs_draw_the_same_numbers_and_fold_epoch_or_seed_change_them():
+    """nnU-Net draws weights, patches and augmentation from Python's, NumPy's and torch's global generators."""
+    import random
+
+    import numpy as np
+
+    from workflow_scripts.training import seed_training
+
+    def draws(seed, fold, epoch):
+        used = seed_training(seed, fold, epoch)
+        return used, (random.random(), float(np.random.uniform()), float(torch.rand(1)))
+
+    first = draws(0, 1, 0)
+    assert draws(0, 1, 0) == first
+    others = [draws(1, 1, 0), draws(0, 2, 0), draws(0, 1, 3)]
+    for used, numbers in others:
+        assert used != first[0]
+        assert all(a != b for a, b in zip(numbers, first[1]))  # each generator reseeded
+    # None leaves the generators where they are: the draws go on with the sequence, not from its start.
+    def three():
+        return random.random(), float(np.random.uniform()), float(torch.rand(1))
+
+    seed_training(0, 1, 0)
+    three()
+    second = three()
+    seed_training(0, 1, 0)
+    three()
+    assert seed_training(None, 1, 0) is None
+    assert three() == second != first[1]
