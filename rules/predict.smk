@@ -24,10 +24,11 @@ rule gather_oof:
         summaries=lambda w: as_json({c: training_summaries(c) for c in CONFIGURATIONS}),
         channel_labels=lambda w: as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
         box=lambda w, input: crop_flag("--crop-box", input.box),
+        encoding=CONFIG["prediction"]["probability_encoding"],
     shell:
         "python -m workflow_scripts gather-oof --training-summaries {params.summaries:q} "
         "--channel-labels {params.channel_labels:q} --case {wildcards.case} --image {input.image} {params.box} "
-        "--out {output.npz} > {log} 2>&1"
+        "--probability-encoding {params.encoding} --out {output.npz} > {log} 2>&1"
 
 
 rule predict_test:

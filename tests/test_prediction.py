@@ -108,3 +108,24 @@ def test_study_models_come_from_the_fold_summaries(tmp_path):
     summaries[1].write_text(json.dumps({"fold": 1, "output_folder": str(tmp_path / "elsewhere" / "fold_1")}))
     with pytest.raises(ValueError, match="trained in several folders"):
         study_models({"a": summaries}, {"a": [0, 1, 2]})
+
+
+def test_a_uint8_validation_export_is_gathered_and_stored_as_the_study_asks(tmp_path):
+    """nnU-Net's validation files hold what the seam gave its export (float16 or uint8); gather_oof decodes either
+    and stores its own copy in the study's encoding."""
+    shape = (2, 3, 8)
+    image = sitk.GetImageFromArray(np.zeros(shape, dtype=np.int16))
+    sitk.WriteImage(image, str(tmp_path / "a.nii.gz"))
+    probabilities = np.random.default_rng(3).dirichlet([1, 1, 1], size=shape).transpose(3, 0, 1, 2)
+    (tmp_path / "fold_0" / "validation").mkdir(parents=True)
+    np.savez(tmp_path / "fold_0/validation/a.npz", probabilities=np.rint(probabilities * 255).astype(np.uint8))
+    summary = tmp_path / "fold_0.json"
+    summary.write_text(json.dumps({"output_folder": str(tmp_path / "fold_0"), "validation_cases": ["a"]}))
+    for encoding, dtype in (("uint8", np.uint8), ("float16", np.float16)):
+        gather_out_of_fold([summary], [0, 1, 2], "a", tmp_path / "a.nii.gz", tmp_path / encoding, encoding=encoding)
+        with np.load(tmp_path / encoding / "a.npz") as data:
+            assert data["probabilities"].dtype == dtype
+        gathered, _ = read_probabilities(tmp_path / encoding / "a.npz")
+        np.testing.assert_allclose(gathered, probabilities, atol=0.5 / 255 + 1e-3)
+    uint8, _ = read_probabilities(tmp_path / "uint8" / "a.npz")
+    assert np.array_equal(np.rint(uint8 * 255), np.rint(probabilities * 255))  # no second rounding

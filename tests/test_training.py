@@ -142,13 +142,15 @@ def test_folds_are_overlaid_in_one_figure(tmp_path):
 
 
 
-def test_validation_export_saves_float16_probabilities_and_nnunets_function_is_restored(tmp_path):
+@pytest.mark.parametrize("encoding", ["float16", "uint8"])
+def test_validation_export_saves_encoded_probabilities_and_nnunets_function_is_restored(tmp_path, encoding):
     """nnU-Net's own export (export_prediction_from_logits, unchanged) writes the .npz; inside the context the
-    probabilities it gets are float16 and the label map is the one computed before the cast."""
+    probabilities it gets are encoded as the study stores them and the label map is the one computed before."""
     import numpy as np
     from nnunetv2.inference import export_prediction
 
-    from workflow_scripts.nnunet_seam import float16_validation_probabilities
+    from workflow_scripts.io import encode_probabilities
+    from workflow_scripts.nnunet_seam import encoded_validation_probabilities
 
     probabilities = np.random.default_rng(0).dirichlet([1, 1, 1], size=(4, 5, 6)).transpose(3, 0, 1, 2)
     segmentation = probabilities.argmax(0).astype(np.uint8)
@@ -169,15 +171,15 @@ def test_validation_export_saves_float16_probabilities_and_nnunets_function_is_r
     original = export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape
     export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape = convert
     try:
-        with float16_validation_probabilities():
+        with encoded_validation_probabilities(encoding):
             export_prediction.export_prediction_from_logits(None, {}, None, LabelsAndWriter(), {"file_ending": ".npy"},
                                                             str(tmp_path / "case_0"), save_probabilities=True)
         assert export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape is convert
     finally:
         export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape = original
     with np.load(tmp_path / "case_0.npz") as data:
-        assert data["probabilities"].dtype == np.float16
-        assert np.array_equal(data["probabilities"], probabilities.astype(np.float32).astype(np.float16))
+        assert data["probabilities"].dtype == np.dtype(encoding)
+        assert np.array_equal(data["probabilities"], encode_probabilities(probabilities.astype(np.float32), encoding))
     assert np.array_equal(np.load(tmp_path / "case_0.npy"), segmentation)
 
 

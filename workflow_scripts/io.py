@@ -137,17 +137,45 @@ def array_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-def write_probabilities(path: str | os.PathLike, probabilities: np.ndarray, labels: list[int]) -> None:
-    """Class probabilities (C, z, y, x) as float16, with the label value each channel stands for."""
+PROBABILITY_ENCODINGS = ("float16", "uint8")
+
+
+def encode_probabilities(probabilities: np.ndarray, encoding: str = "float16") -> np.ndarray:
+    """Probabilities as stored: ``float16``, or ``uint8`` (rounded to 1/255, within 1/510 of the value; about a
+    sixth of float16's compressed bytes, docs/scale.md). ``decode_probabilities`` reads either back."""
+    if encoding == "float16":
+        return np.asarray(probabilities).astype(np.float16)
+    if encoding == "uint8":
+        encoded = np.empty(np.shape(probabilities), dtype=np.uint8)
+        for k, channel in enumerate(probabilities):  # one channel at a time: no float32 copy of the whole map
+            encoded[k] = np.rint(np.clip(np.asarray(channel, dtype=np.float32), 0.0, 1.0) * 255.0)
+        return encoded
+    raise ValueError(f"probability encoding {encoding!r} is not one of {PROBABILITY_ENCODINGS}")
+
+
+def decode_probabilities(stored: np.ndarray) -> np.ndarray:
+    """float32 probabilities from a stored array: uint8 means 1/255 steps; any float type is taken as is."""
+    if stored.dtype == np.uint8:
+        return stored.astype(np.float32) / np.float32(255.0)
+    if not np.issubdtype(stored.dtype, np.floating):
+        raise ValueError(f"stored probabilities of type {stored.dtype}: expected float16, float32 or uint8")
+    return stored.astype(np.float32)
+
+
+def write_probabilities(path: str | os.PathLike, probabilities: np.ndarray, labels: list[int],
+                        encoding: str = "float16") -> None:
+    """Class probabilities (C, z, y, x), encoded (``encode_probabilities``), with the label value each channel
+    stands for."""
+    encoded = encode_probabilities(probabilities, encoding)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, probabilities=probabilities.astype(np.float16),
-                                labels=np.asarray(labels, dtype=np.int16))
+            np.savez_compressed(fh, probabilities=encoded, labels=np.asarray(labels, dtype=np.int16))
 
 
 def read_probabilities(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
+    """float32 probabilities and channel labels of a file ``write_probabilities`` wrote, in either encoding."""
     with np.load(path) as data:
-        return data["probabilities"].astype(np.float32), [int(v) for v in data["labels"]]
+        return decode_probabilities(data["probabilities"]), [int(v) for v in data["labels"]]
 
 
 def labels_from_probabilities(probabilities: np.ndarray, labels: list[int]) -> np.ndarray:
@@ -162,14 +190,14 @@ def labels_from_probabilities(probabilities: np.ndarray, labels: list[int]) -> n
 
 
 def write_prediction(probabilities: np.ndarray, labels: list[int], reference_image: Path | sitk.Image,
-                     out_dir: Path, case: str, save_probabilities: bool = True) -> None:
-    """``<case>.nii.gz`` (argmax, in source label values) on the reference image's grid, and ``<case>.npz`` (the
-    probabilities) where asked."""
+                     out_dir: Path, case: str, save_probabilities: bool = True, encoding: str = "float16") -> None:
+    """``<case>.nii.gz`` (argmax of the probabilities as given, in source label values) on the reference image's
+    grid, and ``<case>.npz`` (the probabilities, stored as ``encoding``) where asked."""
     reference = reference_image if isinstance(reference_image, sitk.Image) else read_image(reference_image)
     if probabilities.shape[1:] != reference.GetSize()[::-1]:
         raise ValueError(f"{case}: probabilities of shape {probabilities.shape[1:]} do not match the image grid "
                          f"{reference.GetSize()[::-1]} of {reference_image}")
     if save_probabilities:
-        write_probabilities(Path(out_dir) / f"{case}.npz", probabilities, labels)
+        write_probabilities(Path(out_dir) / f"{case}.npz", probabilities, labels, encoding)
     write_image(array_like(labels_from_probabilities(probabilities, labels), reference),
                 Path(out_dir) / f"{case}.nii.gz")

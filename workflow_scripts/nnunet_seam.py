@@ -211,23 +211,27 @@ def tile_batched_validation(tile_step_size: float = 0.5, use_mirroring: bool = T
 
 
 @contextlib.contextmanager
-def float16_validation_probabilities():
+def encoded_validation_probabilities(encoding: str = "float16"):
     """nnU-Net's validation saves each case's probabilities as a float32 ``.npz``: at scale its largest files,
     2.5 times the workflow's float16 copy that gather_oof makes of them (docs/scale.md). While it runs, its export
-    gets them as float16. nnU-Net computes its label map before the cast, so that file is unchanged."""
+    gets them as the study stores probabilities (``io.encode_probabilities``: float16 or uint8). nnU-Net computes
+    its label map before the cast, so that file is unchanged."""
     import numpy as np
     from nnunetv2.inference import export_prediction
 
+    from workflow_scripts.io import encode_probabilities
+
+    encode_probabilities(np.zeros((1, 1)), encoding)  # an unknown encoding fails here, before the validation
     original = export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape
 
-    def to_float16(*args, **kwargs):
+    def encoded(*args, **kwargs):
         result = original(*args, **kwargs)
         if isinstance(result, tuple):  # (segmentation, probabilities) when probabilities are asked for
             segmentation, probabilities = result
-            return segmentation, np.asarray(probabilities).astype(np.float16)
+            return segmentation, encode_probabilities(np.asarray(probabilities), encoding)
         return result
 
-    export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape = to_float16
+    export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape = encoded
     try:
         yield
     finally:

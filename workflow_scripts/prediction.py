@@ -1,7 +1,8 @@
 """Per-configuration predictions in the workflow's common format, for out-of-fold and new cases.
 
 Every stage writes, per case, ``<case>.nii.gz`` (label map in the source label values, on the input grid)
-and, where the stage has them, ``<case>.npz`` (class probabilities, float16, with the label of each channel).
+and, where the stage has them, ``<case>.npz`` (class probabilities, float16 or uint8 as
+``prediction.probability_encoding`` says, with the label of each channel).
 """
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.crop import paste_labels, paste_probabilities
-from workflow_scripts.io import array_like, image_grid, read_json, write_image, write_prediction
+from workflow_scripts.io import (array_like, decode_probabilities, image_grid, read_json, write_image,
+                                 write_prediction)
 from workflow_scripts.nnunet_seam import resolve_device, tile_batch_predictor_class, use_torch_export_resampling
 
 
 def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], case: str, image: Path,
-                       out_dir: Path, crop_box: dict | None = None) -> str:
-    """Convert a case's validation probabilities (nnU-Net's export) from the one fold that held it out into the
-    common format, pasted on the full grid where the model saw the case cropped; returns that fold's output
-    folder."""
+                       out_dir: Path, crop_box: dict | None = None, encoding: str = "float16") -> str:
+    """Convert a case's validation probabilities (nnU-Net's export, in any encoding) from the one fold that held it
+    out into the common format, stored as ``encoding``, pasted on the full grid where the model saw the case
+    cropped; returns that fold's output folder."""
     summaries = [read_json(p) for p in training_summaries]
     holding = [s for s in summaries if case in s["validation_cases"]]
     if len(holding) != 1:
@@ -26,10 +28,10 @@ def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[
                            f"{[str(p) for p in training_summaries]} do not come from one split")
     folder = Path(holding[0]["output_folder"])
     with np.load(folder / "validation" / f"{case}.npz") as data:
-        probabilities = data["probabilities"]
+        probabilities = decode_probabilities(data["probabilities"])
     if crop_box is not None:
         probabilities = paste_probabilities(probabilities, crop_box)
-    write_prediction(probabilities, class_label_values, image, out_dir, case)
+    write_prediction(probabilities, class_label_values, image, out_dir, case, encoding=encoding)
     return str(folder)
 
 
@@ -80,7 +82,7 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
     missing = [n for n in used if n not in models]
     if missing:
         raise ValueError(f"the ensemble uses {missing}, which are not among the models given ({list(models)})")
-    keep = settings["save_probabilities"]
+    keep, encoding = settings["save_probabilities"], settings["probability_encoding"]
     predictors = {name: make_predictor(m["folder"], m["folds"], device, settings, threads)
                   for name, m in models.items()}
     single = used if not selection["fusions"] and len(used) == 1 else []
@@ -99,7 +101,7 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
             probabilities = np.asarray(probabilities)
             if box is not None:
                 probabilities = paste_probabilities(probabilities, box)
-            write_prediction(probabilities, models[name]["labels"], reference, out_dir / name, case, keep)
+            write_prediction(probabilities, models[name]["labels"], reference, out_dir / name, case, keep, encoding)
             return probabilities, models[name]["labels"]
 
         for name in models:
@@ -115,7 +117,7 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
                 write_image(array_like(segmentation, reference), out_dir / folder / f"{case}.nii.gz")
         if with_probabilities & set(used):
             probabilities, labels = ensemble_probabilities(selection, member)
-            write_prediction(probabilities, labels, reference, out_dir / "ensemble", case, keep)
+            write_prediction(probabilities, labels, reference, out_dir / "ensemble", case, keep, encoding)
             del probabilities
         print(f"[{i}/{len(cases)}] {case}: {len(models)} configurations and the ensemble in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
@@ -152,6 +154,7 @@ def bundle_models(bundle: Path, configurations: list[str], channel_labels: dict[
 
 def gather_oof_entry(argv=None) -> None:
     from workflow_scripts import cli
+    from workflow_scripts.io import PROBABILITY_ENCODINGS
 
     p = cli.parser("gather-oof", "A training case's out-of-fold probabilities of every configuration, from the "
                    "fold that held it out, in the common format.")
@@ -162,6 +165,8 @@ def gather_oof_entry(argv=None) -> None:
     p.add_argument("--case", required=True)
     p.add_argument("--image", required=True, help="the case's image (the grid of the outputs)")
     p.add_argument("--crop-box", help="crop.enabled: the case's crop box JSON (the models saw the crop)")
+    p.add_argument("--probability-encoding", choices=PROBABILITY_ENCODINGS, default="float16",
+                   help="how the .npz files hold the probabilities (prediction.probability_encoding)")
     p.add_argument("--out", nargs="+", required=True,
                    help="the case's .npz of each configuration, in the order of --training-summaries")
     args = p.parse_args(argv)
@@ -172,7 +177,7 @@ def gather_oof_entry(argv=None) -> None:
             raise SystemExit(f"error: output {out} is not {args.case}.npz")
         folder = gather_out_of_fold([Path(s) for s in summaries], args.channel_labels[configuration], args.case,
                                     Path(args.image), Path(out).parent,
-                                    read_json(args.crop_box) if args.crop_box else None)
+                                    read_json(args.crop_box) if args.crop_box else None, args.probability_encoding)
         print(f"{args.case}: {configuration} out-of-fold probabilities from {folder}")
 
 

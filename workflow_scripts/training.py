@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.io import copy_file, pyplot, write_figure, write_json, write_table
-from workflow_scripts.nnunet_seam import (CONFIGURATION, find_trainer_class, float16_validation_probabilities,
+from workflow_scripts.nnunet_seam import (CONFIGURATION, encoded_validation_probabilities, find_trainer_class,
                                           in_process_validation_pools,
                                           make_checkpoints_atomic, resolve_device, tile_batched_validation,
                                           training_log)
@@ -118,10 +118,12 @@ def seed_training(seed: int | None, fold: int, epoch: int) -> int | None:
 
 def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict,
                device: str, summary_out: Path, curves_out: Path | None = None,
-               progress_out: Path | None = None, validation: dict | None = None, seed: int | None = None) -> dict:
+               progress_out: Path | None = None, validation: dict | None = None, seed: int | None = None,
+               probability_encoding: str = "float16") -> dict:
     """Train one fold and export its validation probabilities; resumes from checkpoint_latest.pth if present.
     ``validation``: ``tile_step_size`` and ``use_mirroring`` of the validation (default nnU-Net's, 0.5 and on).
-    ``seed``: see ``seed_training`` (``None``: unseeded).
+    ``seed``: see ``seed_training`` (``None``: unseeded). ``probability_encoding``: how nnU-Net's validation
+    ``.npz`` files hold the probabilities (``io.encode_probabilities``).
 
     A fold with checkpoint_final.pth is not trained again, only its validation is (re)exported.
     nnU-Net must already be configured for this process (``configure_nnunet``).
@@ -147,7 +149,8 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
         derived_seed = seed_training(seed, fold, trainer.current_epoch)
         trainer.run_training()
     validation = {"tile_step_size": 0.5, "use_mirroring": True, **(validation or {})}
-    with tile_batched_validation(**validation), in_process_validation_pools(), float16_validation_probabilities():
+    with tile_batched_validation(**validation), in_process_validation_pools(), \
+            encoded_validation_probabilities(probability_encoding):
         trainer.perform_actual_validation(save_probabilities=True)
 
     log = training_log(trainer)
@@ -155,7 +158,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     summary = {
         "dataset": dataset, "trainer": trainer_name, "plans": plans_identifier, "fold": fold,
         "output_folder": str(folder), "epochs": trainer.current_epoch, "resumed_from": resumed_from,
-        "training_seed": seed, "derived_seed": derived_seed,
+        "training_seed": seed, "derived_seed": derived_seed, "probability_encoding": probability_encoding,
         "device": str(torch_device),
         "settings": {k: getattr(trainer, k) for k in TRAINER_SETTINGS},
         "validation": validation,
@@ -188,7 +191,8 @@ def train_fold_entry(argv=None) -> None:
                    help="JSON: the configuration's section (trainer, trainer_settings)")
     p.add_argument("--validation", type=cli.json_value, default={},
                    help="JSON: the config's prediction section; its tile_step_size and use_mirroring make the "
-                   "out-of-fold predictions (keys left out: the schema's defaults)")
+                   "out-of-fold predictions, stored as its probability_encoding (keys left out: the schema's "
+                   "defaults)")
     p.add_argument("--device", required=True, choices=["cpu", "cuda", "auto"])
     p.add_argument("--out", required=True)
     p.add_argument("--curves", help="TSV of per-epoch losses and pseudo Dice")
@@ -201,5 +205,5 @@ def train_fold_entry(argv=None) -> None:
                          args.settings.get("trainer_settings", {}), args.device, Path(args.out),
                          Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None,
                          {k: prediction[k] for k in ("tile_step_size", "use_mirroring")},
-                         args.settings.get("training_seed"))
+                         args.settings.get("training_seed"), prediction["probability_encoding"])
     print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")

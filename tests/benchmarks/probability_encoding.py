@@ -1,0 +1,122 @@
+"""Stored probabilities as uint8 against float16 (``prediction.probability_encoding``) on the seeded toy study.
+
+    python tests/benchmarks/probability_encoding.py --work /tmp/probability_encoding --out docs/scale
+
+Two toy studies (``config/toy.yaml``, toy data seed 0, training seed 0, ``save_probabilities`` on so that new
+cases' files are measured too), one per encoding. Training is seeded, so the networks are the same and only the
+stored probabilities differ. Written to ``--out``:
+
+- ``probability_encoding_disk.tsv``: files and MB per kind of ``.npz`` (nnU-Net's validation copy, the
+  out-of-fold files per configuration, the new cases'), per encoding, and their ratio;
+- ``probability_encoding_choices.tsv``: whether the chosen ensemble, the chosen refinement rules and the nested
+  selection's per-fold choices are the same;
+- ``probability_encoding_dice.tsv``: mean Dice per split, stage and class over the cases holding the class, per
+  encoding, and the difference;
+- ``probability_encoding_rules.tsv``: wall seconds per rule that reads or writes probabilities.
+
+Studies already run under ``--work`` are not run again.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale_rehearsal import dice_over_cases_with_class, run_study  # noqa: E402
+from workflow_scripts.io import write_table  # noqa: E402
+from workflow_scripts.runtime import read_benchmarks, summarize_runtime  # noqa: E402
+
+ENCODINGS = ("float16", "uint8")
+PROBABILITY_RULES = ["train_fold", "gather_oof", "score_ensembles", "ensemble_case", "score_refinements",
+                     "nested_case", "predict_test"]
+CHOICES = ["results/ensemble/selected.json", "results/refinement/selected_rules.json", "results/nested/folds.tsv",
+           "results/nested/ensembles.tsv"]
+
+
+def study_config(encoding: str) -> dict:
+    config = yaml.safe_load((REPO / "config/toy.yaml").read_text())
+    for section in config["configurations"].values():
+        section["training_seed"] = 0
+    config.setdefault("prediction", {}).update(probability_encoding=encoding, save_probabilities=True)
+    return config
+
+
+def npz_bytes(study: Path) -> pd.DataFrame:
+    """Files and bytes per kind of stored probabilities (links are not counted)."""
+    kinds = {"nnU-Net validation copy": sorted((study / "results/nnunet/nnUNet_results").rglob("validation/*.npz"))}
+    for folder in sorted((study / "results/predictions/oof").iterdir()):
+        kinds[f"out-of-fold, {folder.name}"] = sorted(folder.glob("*.npz"))
+    kinds["new cases (every configuration and the ensemble)"] = sorted(
+        p for p in (study / "results/predictions/test_parts").rglob("*.npz") if not p.is_symlink())
+    return pd.DataFrame([{"kind": kind, "files": len(paths), "mb": sum(p.stat().st_size for p in paths) / 1e6}
+                         for kind, paths in kinds.items()])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--work", type=Path, default=Path("probability_encoding"))
+    parser.add_argument("--out", type=Path, default=Path("docs/scale"))
+    args = parser.parse_args()
+    work, out = args.work.resolve(), args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = work / "toy"
+    if not (data / "toy_dataset.json").exists():
+        subprocess.run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", str(data)], check=True,
+                       cwd=REPO)
+
+    disk, dice, rules = [], [], []
+    for encoding in ENCODINGS:
+        study = work / encoding
+        if not (study / "rehearsal_seconds.txt").exists():
+            (study / "resources").mkdir(parents=True, exist_ok=True)
+            if not (study / "resources/toy").exists():
+                os.symlink(data, study / "resources/toy")
+            (study / "config.yaml").write_text(yaml.safe_dump(study_config(encoding), sort_keys=False))
+            print(f"{encoding}: running the toy study in {study}", flush=True)
+            start = time.perf_counter()
+            run_study(study, args.cores)
+            (study / "rehearsal_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
+        print(f"{encoding}: {float((study / 'rehearsal_seconds.txt').read_text()):.0f} s", flush=True)
+        disk.append(npz_bytes(study).assign(encoding=encoding))
+        dice.append(dice_over_cases_with_class(study).reset_index().assign(encoding=encoding))
+        runtime = summarize_runtime(read_benchmarks(sorted((study / "benchmarks").rglob("*.tsv"))))
+        rules.append(runtime[runtime["rule"].isin(PROBABILITY_RULES)].assign(encoding=encoding))
+
+    disk = pd.concat(disk).pivot_table(index="kind", columns="encoding", values=["files", "mb"], sort=False)
+    disk.columns = [f"{value}_{encoding}" for value, encoding in disk.columns]
+    disk["ratio"] = disk["mb_uint8"] / disk["mb_float16"]
+    disk = disk.reset_index()
+    write_table(disk, out / "probability_encoding_disk.tsv")
+
+    choices = pd.DataFrame([{"file": name, "same": filecmp.cmp(work / "float16" / name, work / "uint8" / name,
+                                                                shallow=False)} for name in CHOICES])
+    write_table(choices, out / "probability_encoding_choices.tsv")
+
+    dice = pd.concat(dice).pivot_table(index=["split", "stage", "class"], columns="encoding", values="mean")
+    dice["difference"] = dice["uint8"] - dice["float16"]
+    dice = dice.reset_index()
+    write_table(dice, out / "probability_encoding_dice.tsv")
+
+    rules = pd.concat(rules).pivot_table(index="rule", columns="encoding", values="total_seconds")
+    rules["ratio"] = rules["uint8"] / rules["float16"]
+    rules = rules.reset_index()
+    write_table(rules, out / "probability_encoding_rules.tsv")
+
+    pd.set_option("display.width", 200)
+    for table in (disk, choices, dice, rules):
+        print(table.round(4).to_string(index=False), "\n")
+
+
+if __name__ == "__main__":
+    main()
