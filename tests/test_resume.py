@@ -78,9 +78,10 @@ WEIGHTS_DIGEST = ("import hashlib, sys, torch; w = torch.load(sys.argv[1], weigh
                   "print(hashlib.sha256(b''.join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest())")
 
 
-def test_a_seeded_fold_trains_to_the_same_weights_twice_and_another_seed_changes_them(tmp_path):
+def test_a_seeded_fold_trains_to_the_same_weights_twice_another_seed_changes_them_and_uint8_revalidates(tmp_path):
     """`training_seed`: on the CPU with augmentation in the training process, a fold run again from scratch ends
-    with the same weights and validation probabilities; another seed gives other weights."""
+    with the same weights and validation probabilities; another seed gives other weights. Then the same fold with
+    `probability_encoding: uint8`."""
     run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=tmp_path)
     config = yaml.safe_load(TOY_CONFIG.read_text())
     section = config["configurations"]["metastasis_only"]
@@ -106,3 +107,19 @@ def test_a_seeded_fold_trains_to_the_same_weights_twice_and_another_seed_changes
     (first, first_validation), (again, again_validation), (other, other_validation) = train(0), train(0), train(1)
     assert first_validation and first == again and same_probabilities(first_validation, again_validation)
     assert other != first and not same_probabilities(first_validation, other_validation)
+
+    # prediction.probability_encoding: uint8. The trained fold is only re-validated, and nnU-Net's own export now
+    # writes uint8 within the two roundings of the float16 files.
+    config["prediction"] = {**config.get("prediction", {}), "probability_encoding": "uint8"}
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(tmp_path, "--profile", PROFILES["local"], "--cores", "2", TARGET, "--forcerun", "train_fold",
+              "--configfile", config_path)
+    summary = json.loads((tmp_path / TARGET).read_text())
+    assert summary["resumed_from"] == "final" and summary["probability_encoding"] == "uint8"
+    assert run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip() == other
+    rounded = {p.name: np.load(p)["probabilities"] for p in (tmp_path / FOLD / "validation").glob("*.npz")}
+    assert rounded.keys() == other_validation.keys()
+    for name, stored in rounded.items():
+        assert stored.dtype == np.uint8, name
+        error = np.abs(stored / 255.0 - other_validation[name].astype(np.float64))
+        assert error.max() <= 0.5 / 255 + 2.0 ** -12 + 1e-9, (name, error.max())

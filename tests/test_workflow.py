@@ -727,6 +727,23 @@ def test_crop_option_crops_every_case_for_the_models_and_nothing_else(toy_workdi
     assert others and not any("results/crop" in c for c in others)
 
 
+def test_probability_encoding_reaches_every_rule_that_stores_probabilities(toy_workdir, tmp_path):
+    """prediction.probability_encoding: training's validation export, gather_oof and new-case prediction are told;
+    the default is float16."""
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config.setdefault("prediction", {})["probability_encoding"] = "uint8"
+    path = tmp_path / "uint8.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for configfile, encoding in ((TOY_CONFIG, "float16"), (path, "uint8")):
+        result = snakemake(toy_workdir, "-n", "-p", "--profile", PROFILES["local"], "--configfile", configfile)
+        commands = [line for line in result.stdout.splitlines() if "python -m workflow_scripts" in line]
+        for verb, count in ((" train-fold ", 15), (" gather-oof ", 12), (" predict ", 2)):
+            told = [c for c in commands if verb in c]
+            setting = f'"probability_encoding":"{encoding}"'  # in the settings JSON
+            flag = f"--probability-encoding {encoding}" if verb == " gather-oof " else setting
+            assert len(told) == count and all(flag in c for c in told), (verb, encoding, told[:1])
+
+
 def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):
     config = yaml.safe_load(TOY_CONFIG.read_text())
     fourth = dict(config["configurations"]["resenc_multiclass"], dataset_id=504, planner="nnUNetPlannerResEncL")
