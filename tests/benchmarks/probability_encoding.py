@@ -12,7 +12,9 @@ stored probabilities differ. Written to ``--out``:
   selection's per-fold choices are the same;
 - ``probability_encoding_dice.tsv``: mean Dice per split, stage and class over the cases holding the class, per
   encoding, and the difference;
-- ``probability_encoding_rules.tsv``: wall seconds per rule that reads or writes probabilities.
+- ``probability_encoding_io.tsv``: seconds to write and to read back the float16 study's out-of-fold files in each
+  encoding, one after the other in this process (the studies' rule times are not compared: other work may run
+  beside one of them).
 
 Studies already run under ``--work`` are not run again.
 """
@@ -33,12 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_rehearsal import dice_over_cases_with_class, run_study  # noqa: E402
-from workflow_scripts.io import write_table  # noqa: E402
-from workflow_scripts.runtime import read_benchmarks, summarize_runtime  # noqa: E402
+from workflow_scripts.io import read_probabilities, write_probabilities, write_table  # noqa: E402
 
 ENCODINGS = ("float16", "uint8")
-PROBABILITY_RULES = ["train_fold", "gather_oof", "score_ensembles", "ensemble_case", "score_refinements",
-                     "nested_case", "predict_test"]
 CHOICES = ["results/ensemble/selected.json", "results/refinement/selected_rules.json", "results/nested/folds.tsv",
            "results/nested/ensembles.tsv"]
 
@@ -62,6 +61,23 @@ def npz_bytes(study: Path) -> pd.DataFrame:
                          for kind, paths in kinds.items()])
 
 
+def io_seconds(files: list[Path], scratch: Path) -> pd.DataFrame:
+    """Write and read-back seconds of the same probabilities in each encoding, summed over ``files``."""
+    rows = []
+    for encoding in ENCODINGS:
+        write = read = 0.0
+        for path in files:
+            probabilities, labels = read_probabilities(path)
+            start = time.perf_counter()
+            write_probabilities(scratch / path.name, probabilities, labels, encoding)
+            write += time.perf_counter() - start
+            start = time.perf_counter()
+            read_probabilities(scratch / path.name)
+            read += time.perf_counter() - start
+        rows.append({"encoding": encoding, "files": len(files), "write_seconds": write, "read_seconds": read})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
@@ -75,7 +91,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", str(data)], check=True,
                        cwd=REPO)
 
-    disk, dice, rules = [], [], []
+    disk, dice = [], []
     for encoding in ENCODINGS:
         study = work / encoding
         if not (study / "rehearsal_seconds.txt").exists():
@@ -90,8 +106,6 @@ def main() -> None:
         print(f"{encoding}: {float((study / 'rehearsal_seconds.txt').read_text()):.0f} s", flush=True)
         disk.append(npz_bytes(study).assign(encoding=encoding))
         dice.append(dice_over_cases_with_class(study).reset_index().assign(encoding=encoding))
-        runtime = summarize_runtime(read_benchmarks(sorted((study / "benchmarks").rglob("*.tsv"))))
-        rules.append(runtime[runtime["rule"].isin(PROBABILITY_RULES)].assign(encoding=encoding))
 
     disk = pd.concat(disk).pivot_table(index="kind", columns="encoding", values=["files", "mb"], sort=False)
     disk.columns = [f"{value}_{encoding}" for value, encoding in disk.columns]
@@ -108,13 +122,14 @@ def main() -> None:
     dice = dice.reset_index()
     write_table(dice, out / "probability_encoding_dice.tsv")
 
-    rules = pd.concat(rules).pivot_table(index="rule", columns="encoding", values="total_seconds")
-    rules["ratio"] = rules["uint8"] / rules["float16"]
-    rules = rules.reset_index()
-    write_table(rules, out / "probability_encoding_rules.tsv")
+    scratch = work / "io_scratch"
+    scratch.mkdir(exist_ok=True)
+    files = sorted((work / "float16/results/predictions/oof").glob("*/*.npz"))
+    timing = io_seconds(files, scratch)
+    write_table(timing, out / "probability_encoding_io.tsv")
 
     pd.set_option("display.width", 200)
-    for table in (disk, choices, dice, rules):
+    for table in (disk, choices, dice, timing):
         print(table.round(4).to_string(index=False), "\n")
 
 

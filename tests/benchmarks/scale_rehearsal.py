@@ -32,7 +32,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from workflow_scripts.crop import anatomy_box, box_slices  # noqa: E402
-from workflow_scripts.io import pyplot, read_image, write_figure, write_image, write_table  # noqa: E402
+from workflow_scripts.io import (PROBABILITY_ENCODINGS, decode_probabilities, encode_probabilities, pyplot,  # noqa: E402
+                                 read_image, write_figure, write_image, write_table)
 from workflow_scripts.runtime import read_benchmarks, summarize_runtime  # noqa: E402
 from workflow_scripts.toy_data import (CT_IN_PLANE_MM, METASTASIS_FREE_EVERY, _to_image,  # noqa: E402
                                        make_phantom)
@@ -71,8 +72,9 @@ def study_inputs(data: Path, resources: Path, n_train: int, n_test: int) -> None
                 os.symlink(path.resolve(), resources / sub / path.name)
 
 
-def study_config(resources: Path, crop_margin_mm: float | None = None) -> dict:
+def study_config(resources: Path, crop_margin_mm: float | None = None, probability_encoding: str = "float16") -> dict:
     config = yaml.safe_load((REPO / "config/toy.yaml").read_text())
+    config.setdefault("prediction", {})["probability_encoding"] = probability_encoding
     if crop_margin_mm is not None:
         config["crop"] = {"enabled": True, "margin_mm": crop_margin_mm}  # the schema's default structures
     config["data"] = {key: str(resources / sub) for key, sub in
@@ -117,18 +119,19 @@ def probability_storage(study: Path, data: Path, margin_voxels: int, limit: int)
         case = path.stem
         with np.load(path) as stored:
             probabilities = stored["probabilities"]
+        decoded = decode_probabilities(probabilities)
         image = read_image_array(data / "imagesTr" / f"{case}.nii.gz")
-        foreground = probabilities[1:].max(axis=0)
+        foreground = decoded[1:].max(axis=0)
         boxes = {"body": crop_box(image > -500, margin_voxels),
-                 "predicted_lesion": crop_box(foreground > probabilities[0], margin_voxels),
+                 "predicted_lesion": crop_box(foreground > decoded[0], margin_voxels),
                  "lesion_p05": crop_box(foreground >= 0.05, margin_voxels)}
         nnunet_copy = list((study / "results/nnunet").glob(f"nnUNet_results/*{path.parent.name}*/*/fold_*/"
                                                            f"validation/{case}.npz"))
         row = {"file": str(path.relative_to(study)), "voxels": int(probabilities[0].size),
                "stored_bytes": path.stat().st_size,
                "nnunet_validation_copy_bytes": sum(p.stat().st_size for p in nnunet_copy)}
-        # As stored but rounded to 1/255 steps (uint8): what the noise in float16's low bits costs.
-        row["uint8_bytes"] = encoded_bytes(np.round(probabilities.astype(np.float32) * 255).astype(np.uint8))
+        # As prediction.probability_encoding: uint8 stores it (what the noise in float16's low bits costs).
+        row["uint8_bytes"] = encoded_bytes(encode_probabilities(decoded, "uint8"))
         for name, box in boxes.items():
             row[f"{name}_box_bytes"] = encoded_bytes(probabilities[(slice(None), *box)])
             row[f"{name}_box_voxel_fraction"] = float(np.prod([s.stop - s.start for s in box])) / image.size
@@ -266,6 +269,8 @@ def main() -> None:
                         help="also run the smallest N with crop.enabled at this margin and compare it with the uncropped "
                         "study (voxels per case, rule times, test and out-of-fold Dice)")
     parser.add_argument("--clean", action="store_true", help="remove each study folder once measured")
+    parser.add_argument("--probability-encoding", choices=PROBABILITY_ENCODINGS, default="float16",
+                        help="prediction.probability_encoding of every study")
     args = parser.parse_args()
     work, out = args.work.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +288,7 @@ def main() -> None:
         else:
             study.mkdir(parents=True, exist_ok=True)
             study_inputs(data, study / "resources", n, args.test_cases)
-            config = study_config(study / "resources", crop_margin)
+            config = study_config(study / "resources", crop_margin, args.probability_encoding)
             (study / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             print(f"{name}: running the study in {study}", flush=True)
             seconds = run_study(study, args.cores)
