@@ -8,8 +8,9 @@ stored probabilities differ. Written to ``--out``:
 
 - ``probability_encoding_disk.tsv``: files and MB per kind of ``.npz`` (nnU-Net's validation copy, the
   out-of-fold files per configuration, the new cases'), per encoding, and their ratio;
-- ``probability_encoding_choices.tsv``: whether the chosen ensemble, the chosen refinement rules and the nested
-  selection's per-fold choices are the same;
+- ``probability_encoding_choices.tsv``: the chosen ensemble, the chosen refinement rules and the nested
+  selection's per-fold choices in each study, whether they are the same, and the largest difference of the scores
+  they were chosen by; also whether the new cases' refined label maps are the same voxel for voxel;
 - ``probability_encoding_dice.tsv``: mean Dice per split, stage and class over the cases holding the class, per
   encoding, and the difference;
 - ``probability_encoding_io.tsv``: seconds to write and to read back the float16 study's out-of-fold files in each
@@ -21,13 +22,14 @@ Studies already run under ``--work`` are not run again.
 from __future__ import annotations
 
 import argparse
-import filecmp
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -38,8 +40,6 @@ from scale_rehearsal import dice_over_cases_with_class, run_study  # noqa: E402
 from workflow_scripts.io import read_probabilities, write_probabilities, write_table  # noqa: E402
 
 ENCODINGS = ("float16", "uint8")
-CHOICES = ["results/ensemble/selected.json", "results/refinement/selected_rules.json", "results/nested/folds.tsv",
-           "results/nested/ensembles.tsv"]
 
 
 def study_config(encoding: str) -> dict:
@@ -57,8 +57,37 @@ def npz_bytes(study: Path) -> pd.DataFrame:
         kinds[f"out-of-fold, {folder.name}"] = sorted(folder.glob("*.npz"))
     kinds["new cases (every configuration and the ensemble)"] = sorted(
         p for p in (study / "results/predictions/test_parts").rglob("*.npz") if not p.is_symlink())
-    return pd.DataFrame([{"kind": kind, "files": len(paths), "mb": sum(p.stat().st_size for p in paths) / 1e6}
-                         for kind, paths in kinds.items()])
+    table = pd.DataFrame([{"kind": kind, "files": len(paths), "mb": sum(p.stat().st_size for p in paths) / 1e6}
+                          for kind, paths in kinds.items() if paths])
+    return pd.concat([table, pd.DataFrame([{"kind": "all", "files": table["files"].sum(), "mb": table["mb"].sum()}])])
+
+
+def choices(study: Path) -> dict[str, tuple[str, list[float]]]:
+    """What each selection chose (as text) and the scores it chose by."""
+    ensemble = json.loads((study / "results/ensemble/selected.json").read_text())
+    refinement = json.loads((study / "results/refinement/selected_rules.json").read_text())
+    folds = pd.read_csv(study / "results/nested/folds.tsv", sep="\t", dtype=str)
+    return {
+        "ensemble": (json.dumps([ensemble["candidate"], ensemble["members"], ensemble["fusions"]], sort_keys=True),
+                     [ensemble["score"]]),
+        "refinement rules": (json.dumps([refinement["rules"], refinement["left_out"]], sort_keys=True),
+                             [refinement["score_without"], refinement["score_with"]]),
+        "nested folds": (folds[["fold", "held_out", "ensemble", "rules"]].to_csv(sep="\t", index=False),
+                         folds[["ensemble_inner_score", "refinement_inner_score"]].astype(float).values.ravel().tolist()),
+    }
+
+
+def same_label_maps(first: Path, second: Path) -> tuple[int, int]:
+    """Label maps in ``first`` and how many of them ``second`` holds with the same voxels and grid."""
+    import SimpleITK as sitk
+
+    paths = sorted(first.glob("*.nii.gz"))
+    same = 0
+    for path in paths:
+        a, b = sitk.ReadImage(str(path)), sitk.ReadImage(str(second / path.name))
+        same += (a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+                 and bool((sitk.GetArrayViewFromImage(a) == sitk.GetArrayViewFromImage(b)).all()))
+    return len(paths), same
 
 
 def io_seconds(files: list[Path], scratch: Path) -> pd.DataFrame:
@@ -113,9 +142,17 @@ def main() -> None:
     disk = disk.reset_index()
     write_table(disk, out / "probability_encoding_disk.tsv")
 
-    choices = pd.DataFrame([{"file": name, "same": filecmp.cmp(work / "float16" / name, work / "uint8" / name,
-                                                                shallow=False)} for name in CHOICES])
-    write_table(choices, out / "probability_encoding_choices.tsv")
+    chosen = {encoding: choices(work / encoding) for encoding in ENCODINGS}
+    rows = [{"selection": name, "same": chosen["float16"][name][0] == chosen["uint8"][name][0],
+             "largest_score_difference": float(np.max(np.abs(np.subtract(chosen["uint8"][name][1],
+                                                                           chosen["float16"][name][1])))),
+             "float16": chosen["float16"][name][0], "uint8": chosen["uint8"][name][0]} for name in chosen["float16"]]
+    maps, same = same_label_maps(work / "float16/results/predictions/test/refined",
+                                 work / "uint8/results/predictions/test/refined")
+    rows.append({"selection": f"new cases' refined label maps ({maps})", "same": same == maps,
+                 "largest_score_difference": float("nan"), "float16": "", "uint8": f"{same} of {maps} the same"})
+    choice_table = pd.DataFrame(rows)
+    write_table(choice_table, out / "probability_encoding_choices.tsv")
 
     dice = pd.concat(dice).pivot_table(index=["split", "stage", "class"], columns="encoding", values="mean")
     dice["difference"] = dice["uint8"] - dice["float16"]
@@ -129,7 +166,7 @@ def main() -> None:
     write_table(timing, out / "probability_encoding_io.tsv")
 
     pd.set_option("display.width", 200)
-    for table in (disk, choices, dice, timing):
+    for table in (disk, choice_table.drop(columns=["float16", "uint8"]), dice, timing):
         print(table.round(4).to_string(index=False), "\n")
 
 
