@@ -142,7 +142,8 @@ PROBABILITY_ENCODINGS = ("float16", "uint8")
 
 def encode_probabilities(probabilities: np.ndarray, encoding: str = "float16") -> np.ndarray:
     """Probabilities as stored: ``float16``, or ``uint8`` (rounded to 1/255, within 1/510 of the value; about a
-    sixth of float16's compressed bytes, docs/scale.md). ``decode_probabilities`` reads either back."""
+    seventh of float16's compressed bytes on the toy study, docs/scale.md). ``decode_probabilities`` reads either
+    back."""
     if encoding == "float16":
         return np.asarray(probabilities).astype(np.float16)
     if encoding == "uint8":
