@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_rehearsal import dice_over_cases_with_class, run_study  # noqa: E402
+from scale_rehearsal import dice_over_cases_with_class, run_toy_study  # noqa: E402
 from workflow_scripts.io import write_table  # noqa: E402
 
 
@@ -55,29 +53,13 @@ def main() -> None:
     args = parser.parse_args()
     work, out = args.work.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = work / "toy"
-    if not (data / "toy_dataset.json").exists():
-        subprocess.run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", str(data)], check=True,
-                       cwd=REPO)
-
     studies = [(f"seed{s}_{kind}", s, margin) for s in args.seeds
                for kind, margin in (("uncropped", None), ("cropped", args.margin_mm))]
     studies.append((f"seed{args.seeds[0]}_uncropped_again", args.seeds[0], None))
     dice = []
     for name, seed, margin in studies:
         study = work / name
-        if not (study / "rehearsal_seconds.txt").exists():
-            study.mkdir(parents=True, exist_ok=True)
-            (study / "resources").mkdir(exist_ok=True)
-            if not (study / "resources/toy").exists():
-                os.symlink(data, study / "resources/toy")
-            (study / "config.yaml").write_text(yaml.safe_dump(study_config(seed, margin), sort_keys=False))
-            print(f"{name}: running the toy study in {study}", flush=True)
-            start = time.perf_counter()
-            run_study(study, args.cores)
-            (study / "rehearsal_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
-        seconds = float((study / "rehearsal_seconds.txt").read_text())
-        print(f"{name}: {seconds:.0f} s", flush=True)
+        run_toy_study(work, name, study_config(seed, margin), args.cores)
         dice.append(dice_over_cases_with_class(study).reset_index()
                     .assign(study=name, seed=seed, crop=margin is not None))
 

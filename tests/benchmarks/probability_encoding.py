@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_rehearsal import dice_over_cases_with_class, run_study  # noqa: E402
+from scale_rehearsal import dice_over_cases_with_class, run_toy_study  # noqa: E402
 from workflow_scripts.io import read_probabilities, write_probabilities, write_table  # noqa: E402
 
 ENCODINGS = ("float16", "uint8")
@@ -115,24 +114,10 @@ def main() -> None:
     args = parser.parse_args()
     work, out = args.work.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = work / "toy"
-    if not (data / "toy_dataset.json").exists():
-        subprocess.run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", str(data)], check=True,
-                       cwd=REPO)
-
     disk, dice = [], []
     for encoding in ENCODINGS:
         study = work / encoding
-        if not (study / "rehearsal_seconds.txt").exists():
-            (study / "resources").mkdir(parents=True, exist_ok=True)
-            if not (study / "resources/toy").exists():
-                os.symlink(data, study / "resources/toy")
-            (study / "config.yaml").write_text(yaml.safe_dump(study_config(encoding), sort_keys=False))
-            print(f"{encoding}: running the toy study in {study}", flush=True)
-            start = time.perf_counter()
-            run_study(study, args.cores)
-            (study / "rehearsal_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
-        print(f"{encoding}: {float((study / 'rehearsal_seconds.txt').read_text()):.0f} s", flush=True)
+        run_toy_study(work, encoding, study_config(encoding), args.cores)
         disk.append(npz_bytes(study).assign(encoding=encoding))
         dice.append(dice_over_cases_with_class(study).reset_index().assign(encoding=encoding))
 

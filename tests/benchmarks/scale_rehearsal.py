@@ -252,6 +252,27 @@ def run_study(work: Path, cores: int) -> float:
     return seconds
 
 
+def run_toy_study(work: Path, name: str, config: dict, cores: int) -> float:
+    """The toy study (toy data seed 0, made once under ``work/toy``) with ``config`` in ``work/name``; its wall
+    seconds. A study already measured there is not run again."""
+    data = work / "toy"
+    if not (data / "toy_dataset.json").exists():
+        subprocess.run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", str(data)], check=True,
+                       cwd=REPO)
+    study = work / name
+    measured = study / "rehearsal_seconds.txt"
+    if not measured.exists():
+        (study / "resources").mkdir(parents=True, exist_ok=True)
+        if not (study / "resources/toy").exists():
+            os.symlink(data, study / "resources/toy")
+        (study / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        print(f"{name}: running the toy study in {study}", flush=True)
+        measured.write_text(f"{run_study(study, cores):.1f}")
+    seconds = float(measured.read_text())
+    print(f"{name}: {seconds:.0f} s", flush=True)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, nargs="+", default=[5, 10, 20], help="training case counts N")
