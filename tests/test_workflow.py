@@ -735,7 +735,9 @@ def test_probability_encoding_reaches_every_rule_that_stores_probabilities(toy_w
     path = tmp_path / "uint8.yaml"
     path.write_text(yaml.safe_dump(config))
     for configfile, encoding in ((TOY_CONFIG, "float16"), (path, "uint8")):
-        result = snakemake(toy_workdir, "-n", "-p", "--profile", PROFILES["local"], "--configfile", configfile)
+        # --forceall: the whole DAG, also where the smoke study already ran in this folder
+        result = snakemake(toy_workdir, "-n", "-p", "--forceall", "--profile", PROFILES["local"],
+                           "--configfile", configfile)
         commands = [line for line in result.stdout.splitlines() if "python -m workflow_scripts" in line]
         for verb, count in ((" train-fold ", 15), (" gather-oof ", 12), (" predict ", 2)):
             told = [c for c in commands if verb in c]
