@@ -15,10 +15,9 @@ rule export_bundle:
     conda:
         "../envs/workflow.yaml"
     params:
-        config=as_json(CONFIG),
+        settings=settings_json("export-bundle"),
         summaries=lambda w: as_json({c: training_summaries(c) for c in ensemble_configurations()}),
-        channel_labels=as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
     shell:
-        "python -m workflow_scripts export-bundle --config {params.config:q} --selection {input.selection} "
-        "--refinement {input.refinement} --training-summaries {params.summaries:q} "
-        "--channel-labels {params.channel_labels:q} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts export-bundle --settings {params.settings:q} --selection {input.selection:q} "
+        "--refinement {input.refinement:q} --training-summaries {params.summaries:q} "
+        "--out {output:q} > {log:q} 2>&1"

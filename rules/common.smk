@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import shlex
 import sys
 
 import yaml
@@ -12,17 +11,11 @@ from snakemake.exceptions import WorkflowError
 # this environment: local jobs, SLURM jobs as sbatch exports it, conda envs as activation keeps it).
 sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
-from workflow_scripts.config import (
-    BUNDLE_MANIFEST,
-    RESERVED_STAGES,
-    ConfigError,
-    dicom_folders,
-    input_cases,
-    predict_config,
-    rule_resources,
-    validate_config,
-)
-from workflow_scripts.nnunet_dataset import class_label_values
+from workflow_scripts.bundle import predict_config
+from workflow_scripts.cases import dicom_folders, input_cases
+from workflow_scripts.config import BUNDLE_MANIFEST, RESERVED_STAGES, ConfigError, validate_config
+from workflow_scripts.settings import ensemble_configurations as configurations_of_ensemble
+from workflow_scripts.settings import job_resources, rule_resources, verb_settings
 
 
 def _load_config():
@@ -149,24 +142,13 @@ def as_json(value):
     return json.dumps(value, separators=(",", ":"))
 
 
-def channel_labels(name):
-    """Source label value of each output channel of a configuration."""
-    return class_label_values(configuration(name)["label_mapping"])
-
-
-def stage_classes(stage):
-    """Classes a stage predicts ({name: label}); a configuration only its own."""
-    lesions = {n: v for n, v in CONFIG["labels"].items() if v != 0}
-    if stage in CONFIGURATIONS:
-        values = set(channel_labels(stage))
-        return {n: v for n, v in lesions.items() if v in values}
-    return lesions
+def settings_json(verb, configurations=None):
+    """A verb's --settings (workflow_scripts/settings.py): the part of the config it reads, as JSON."""
+    return as_json(verb_settings(CONFIG, verb, configurations))
 
 
 def resources_of(rule_name):
-    """Memory, runtime and a GPU (where the config asks for one) from compute.resources."""
-    r = rule_resources(CONFIG, rule_name)
-    return {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": 1 if r["gpu"] else 0}
+    return job_resources(CONFIG, rule_name)
 
 
 def threads_of(rule_name):
@@ -240,17 +222,15 @@ def crop_boxes(case_list):
     return [f"results/crop/{case}.json" for case in case_list] if CROP else []
 
 
-def crop_flag(flag, files):
-    return f"{flag} {' '.join(files)}" if files else ""
+def flag_args(name, values):
+    """``[name, *values]``, or nothing without values: a params list that the shell command quotes item by item."""
+    values = [values] if isinstance(values, str) else list(values)
+    return [name, *values] if values else []
 
 
 def ensemble_configurations():
-    """Configurations an ensemble may draw on: the full-label members and the fused partial models (with a
-    bundle: those its chosen ensemble uses)."""
-    if BUNDLE:
-        return CONFIGURATIONS
-    fused = [f["configuration"] for f in CONFIG["ensemble"]["fusions"]]
-    return list(CONFIG["ensemble"]["members"]) + [c for c in fused if c not in CONFIG["ensemble"]["members"]]
+    """Configurations an ensemble may draw on (with a bundle: those its chosen ensemble uses)."""
+    return CONFIGURATIONS if BUNDLE else configurations_of_ensemble(CONFIG)
 
 
 def ensemble_inputs(w):
@@ -278,42 +258,8 @@ def model_inputs():
 
 def model_arguments():
     if BUNDLE:
-        return f"--bundle {BUNDLE}"
-    summaries = as_json({c: training_summaries(c) for c in CONFIGURATIONS})
-    return f"--training-summaries {shlex.quote(summaries)}"
-
-
-def selection_settings():
-    ensemble = CONFIG["ensemble"]
-    fusions = [
-        {"configuration": f["configuration"], "into": CONFIG["labels"][f["into"]], "strategy": f["strategy"]}
-        for f in ensemble["fusions"]
-    ]
-    return as_json(
-        {
-            "members": ensemble["members"],
-            "fusions": fusions,
-            "select": ensemble["selection"]["enabled"],
-            "strategies": ensemble["selection"]["fusion_strategies"],
-            "metric": ensemble["selection"]["metric"],
-            "classes": stage_classes("ensemble"),
-            "conventions": CONFIG["evaluation"],
-        }
-    )
-
-
-def refinement_settings():
-    refinement = CONFIG["refinement"]
-    return as_json(
-        {
-            "rules": refinement["rules"],
-            "apply": refinement["apply"],
-            "metric": refinement["metric"],
-            "task": CONFIG["anatomy"]["task"],
-            "classes": stage_classes("refined"),
-            "conventions": CONFIG["evaluation"],
-        }
-    )
+        return ["--bundle", BUNDLE]
+    return ["--training-summaries", as_json({c: training_summaries(c) for c in CONFIGURATIONS})]
 
 
 def metric_tables():
@@ -323,14 +269,6 @@ def metric_tables():
 def stage_predictions(split, stage):
     """What evaluate_stage reads: the stage's segmentation of every case."""
     return [prediction(split, stage, c) for c in cases(split)]
-
-
-def selection_biased_stages():
-    """Out-of-fold stages chosen on the very cases they are scored on: the ensemble when candidates are
-    selected, and the refined stage after it or when rules are kept only if they improve the score."""
-    ensemble = CONFIG["ensemble"]["selection"]["enabled"]
-    refined = ensemble or CONFIG["refinement"]["apply"] == "if_improves"
-    return [stage for stage, biased in (("ensemble", ensemble), ("refined", refined)) if biased]
 
 
 def all_targets(runtime=True):

@@ -14,12 +14,11 @@ rule make_splits:
     conda:
         "../envs/workflow.yaml"
     params:
-        labels=as_json(CONFIG["labels"]),
-        settings=as_json(CONFIG["splits"]),
-        patients=lambda w, input: f"--patients {input.patients}" if input.patients else "",
+        settings=settings_json("make-splits"),
+        patients=lambda w, input: flag_args("--patients", input.patients),
     shell:
-        "python -m workflow_scripts make-splits --references {input.references} --labels {params.labels:q} "
-        "--settings {params.settings:q} {params.patients} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts make-splits --references {input.references:q} "
+        "--settings {params.settings:q} {params.patients:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule crop_case:
@@ -40,12 +39,11 @@ rule crop_case:
     resources:
         **resources_of("crop_case"),
     params:
-        settings=as_json(CONFIG["crop"]),
-        task=CONFIG["anatomy"]["task"],
+        settings=settings_json("crop-case"),
     shell:
-        "python -m workflow_scripts crop-case --image {input.image} --anatomy {input.anatomy} "
-        "--settings {params.settings:q} --task {params.task} --out-image {output.image} --out-box {output.box} "
-        "> {log} 2>&1"
+        "python -m workflow_scripts crop-case --image {input.image:q} --anatomy {input.anatomy:q} "
+        "--settings {params.settings:q} --out-image {output.image:q} --out-box {output.box:q} "
+        "> {log:q} 2>&1"
 
 
 rule convert_dataset:
@@ -67,12 +65,12 @@ rule convert_dataset:
         **resources_of("convert_dataset"),
     params:
         nnunet_root=NNUNET_ROOT,
-        settings=lambda w: as_json(configuration(w.configuration)),
-        boxes=lambda w, input: crop_flag("--crop-boxes", input.boxes),
+        settings=lambda w: settings_json("convert-dataset", [w.configuration]),
+        boxes=lambda w, input: flag_args("--crop-boxes", input.boxes),
     shell:
-        "python -m workflow_scripts convert-dataset --nnunet-root {params.nnunet_root} --images {input.images} "
-        "--references {input.references} {params.boxes} --name {wildcards.configuration} "
-        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts convert-dataset --nnunet-root {params.nnunet_root:q} --images {input.images:q} "
+        "--references {input.references:q} {params.boxes:q} "
+        "--settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule plan_and_preprocess:
@@ -92,7 +90,7 @@ rule plan_and_preprocess:
         **resources_of("plan_and_preprocess"),
     params:
         nnunet_root=NNUNET_ROOT,
-        settings=lambda w: as_json(configuration(w.configuration)),
+        settings=lambda w: settings_json("plan-and-preprocess", [w.configuration]),
     shell:
-        "python -m workflow_scripts plan-and-preprocess --nnunet-root {params.nnunet_root} --threads {threads} "
-        "--settings {params.settings:q} --splits {input.splits} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts plan-and-preprocess --nnunet-root {params.nnunet_root:q} --threads {threads} "
+        "--settings {params.settings:q} --splits {input.splits:q} --out {output:q} > {log:q} 2>&1"

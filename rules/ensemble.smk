@@ -20,10 +20,10 @@ rule score_ensembles:
     resources:
         **resources_of("score_ensembles"),
     params:
-        settings=selection_settings(),
+        settings=settings_json("score-ensembles"),
     shell:
-        "python -m workflow_scripts score-ensembles --settings {params.settings:q} --reference {input.reference} "
-        "--probabilities {input.probabilities} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts score-ensembles --settings {params.settings:q} --reference {input.reference:q} "
+        "--probabilities {input.probabilities:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule select_ensemble:
@@ -42,10 +42,10 @@ rule select_ensemble:
     resources:
         **resources_of("select_ensemble"),
     params:
-        settings=selection_settings(),
+        settings=settings_json("select-ensemble"),
     shell:
-        "python -m workflow_scripts select-ensemble --settings {params.settings:q} --case-scores {input.scores} "
-        "--out-table {output.table} --out-selection {output.selection} > {log} 2>&1"
+        "python -m workflow_scripts select-ensemble --settings {params.settings:q} --case-scores {input.scores:q} "
+        "--out-table {output.table:q} --out-selection {output.selection:q} > {log:q} 2>&1"
 
 
 rule ensemble_case:
@@ -65,5 +65,5 @@ rule ensemble_case:
     resources:
         **resources_of("ensemble_case"),
     shell:
-        "python -m workflow_scripts ensemble-case --case {wildcards.case} --selection {input.selection} "
-        "--probabilities {input.probabilities} --image {input.image} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts ensemble-case --case {wildcards.case:q} --selection {input.selection:q} "
+        "--probabilities {input.probabilities:q} --image {input.image:q} --out {output:q} > {log:q} 2>&1"

@@ -24,13 +24,11 @@ rule evaluate_stage:
     resources:
         **resources_of("evaluate_stage"),
     params:
-        classes=lambda w: as_json(stage_classes(w.stage)),
-        settings=as_json(CONFIG["evaluation"]),
+        settings=lambda w: settings_json("evaluate-stage", [w.stage] if w.stage in CONFIGURATIONS else CONFIGURATIONS),
     shell:
-        "python -m workflow_scripts evaluate-stage --split {wildcards.split} --stage {wildcards.stage} "
-        "--predictions {input.predictions} --references {input.references} --classes {params.classes:q} "
-        "--settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
+        "python -m workflow_scripts evaluate-stage --split {wildcards.split:q} --stage {wildcards.stage:q} "
+        "--predictions {input.predictions:q} --references {input.references:q} --settings {params.settings:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule summarize_metrics:
@@ -72,12 +70,10 @@ rule summarize_metrics:
     conda:
         "../envs/workflow.yaml"
     params:
-        settings=as_json(CONFIG["evaluation"]),
-        biased=",".join(selection_biased_stages()),
+        settings=settings_json("summarize-metrics"),
     shell:
-        "python -m workflow_scripts summarize-metrics --summary {output.summary} --settings {params.settings:q} "
-        "--selection-biased={params.biased:q} "
-        "{input} > {log} 2>&1"
+        "python -m workflow_scripts summarize-metrics --summary {output.summary:q} --settings {params.settings:q} "
+        "{input:q} > {log:q} 2>&1"
 
 
 rule summarize_runtime:
@@ -93,8 +89,8 @@ rule summarize_runtime:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts summarize-runtime --benchmarks $(find benchmarks -name '*.tsv' | sort) --jobs {output.jobs} "
-        "--summary {output.summary} --figure {output.figure} > {log} 2>&1"
+        "python -m workflow_scripts summarize-runtime --benchmarks benchmarks --jobs {output.jobs:q} "
+        "--summary {output.summary:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 # Pictures: every new case (refined, with its reference where given, and its burden), and the worst out-of-fold
@@ -118,11 +114,11 @@ rule overlay_case:
     conda:
         "../envs/workflow.yaml"
     params:
-        classes=as_json(stage_classes("refined")),
+        settings=settings_json("overlay-case"),
     shell:
-        "python -m workflow_scripts overlay-case --case {wildcards.case} --image {input.image} "
-        "--prediction {input.prediction} --reference {input.reference} --classes {params.classes:q} "
-        "--burden {input.burden} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts overlay-case --case {wildcards.case:q} --image {input.image:q} "
+        "--prediction {input.prediction:q} --reference {input.reference:q} --settings {params.settings:q} "
+        "--burden {input.burden:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule overlay_worst:
@@ -144,8 +140,8 @@ rule overlay_worst:
     conda:
         "../envs/workflow.yaml"
     params:
-        classes=as_json(stage_classes("refined")),
+        settings=settings_json("overlay-worst"),
     shell:
-        "python -m workflow_scripts overlay-worst --worst {input.worst} --stage refined --images {input.images} "
-        "--predictions {input.predictions} --references {input.references} --classes {params.classes:q} "
-        "--out-dir {output} > {log} 2>&1"
+        "python -m workflow_scripts overlay-worst --worst {input.worst:q} --stage refined --images {input.images:q} "
+        "--predictions {input.predictions:q} --references {input.references:q} --settings {params.settings:q} "
+        "--out-dir {output:q} > {log:q} 2>&1"

@@ -21,10 +21,10 @@ rule convert_dicom:
     resources:
         **resources_of("convert_dicom"),
     params:
-        settings=as_json(CONFIG["data"]["dicom"]),
+        settings=settings_json("convert-dicom"),
     shell:
-        "python -m workflow_scripts convert-dicom --case {wildcards.case} --folder {input:q} "
-        "--settings {params.settings:q} --out {output.image} --findings {output.findings} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m workflow_scripts convert-dicom --case {wildcards.case:q} --folder {input:q} "
+        "--settings {params.settings:q} --out {output.image:q} --findings {output.findings:q} > {log:q} 2>&1 || (cat {log:q} >&2; exit 1)"
 
 
 rule link_image:
@@ -40,4 +40,4 @@ rule link_image:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "ln -sfn $(realpath {input:q}) {output:q} > {log} 2>&1"
+        'ln -sfn "$(realpath {input:q})" {output:q} > {log:q} 2>&1'

@@ -22,13 +22,12 @@ rule gather_oof:
         **resources_of("gather_oof"),
     params:
         summaries=lambda w: as_json({c: training_summaries(c) for c in CONFIGURATIONS}),
-        channel_labels=lambda w: as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
-        box=lambda w, input: crop_flag("--crop-box", input.box),
-        encoding=CONFIG["prediction"]["probability_encoding"],
+        settings=settings_json("gather-oof", CONFIGURATIONS),
+        box=lambda w, input: flag_args("--crop-box", input.box),
     shell:
         "python -m workflow_scripts gather-oof --training-summaries {params.summaries:q} "
-        "--channel-labels {params.channel_labels:q} --case {wildcards.case} --image {input.image} {params.box} "
-        "--probability-encoding {params.encoding} --out {output.npz} > {log} 2>&1"
+        "--settings {params.settings:q} --case {wildcards.case:q} --image {input.image:q} {params.box:q} "
+        "--out {output.npz:q} > {log:q} 2>&1"
 
 
 rule predict_test:
@@ -53,18 +52,13 @@ rule predict_test:
     params:
         nnunet_root=NNUNET_ROOT,
         models=model_arguments(),
-        configurations=" ".join(CONFIGURATIONS),
-        channel_labels=as_json({c: channel_labels(c) for c in CONFIGURATIONS}),
-        device=CONFIG["compute"]["device"],
-        settings=as_json(CONFIG["prediction"]),
-        crops=lambda w, input: crop_flag("--cropped-images", input.cropped)
-        + " "
-        + crop_flag("--crop-boxes", input.boxes),
+        configurations=CONFIGURATIONS,
+        settings=settings_json("predict", CONFIGURATIONS),
+        crops=lambda w, input: flag_args("--cropped-images", input.cropped) + flag_args("--crop-boxes", input.boxes),
     shell:
-        "python -m workflow_scripts predict --nnunet-root {params.nnunet_root} --threads {threads} {params.models} "
-        "--configurations {params.configurations} --selection {input.selection} "
-        "--channel-labels {params.channel_labels:q} --settings {params.settings:q} --images {input.images} "
-        "{params.crops} --device {params.device} --out-dir {output} > {log} 2>&1"
+        "python -m workflow_scripts predict --nnunet-root {params.nnunet_root:q} --threads {threads} {params.models:q} "
+        "--configurations {params.configurations:q} --selection {input.selection:q} "
+        "--settings {params.settings:q} --images {input.images:q} {params.crops:q} --out-dir {output:q} > {log:q} 2>&1"
 
 
 # Each new case's predictions, linked from its part's folder to where every later rule reads them.
@@ -82,4 +76,4 @@ rule place_predictions:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts place-predictions --part-dir {input} --outputs {output} > {log} 2>&1"
+        "python -m workflow_scripts place-predictions --part-dir {input:q} --outputs {output:q} > {log:q} 2>&1"

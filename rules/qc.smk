@@ -23,18 +23,19 @@ rule qc_case:
         **resources_of("qc_case"),
     params:
         label=lambda w: (
-            f"--label {CONFIG['data']['labels_tr']}/{w.case}.nii.gz"
-            if case_split(w.case) == "oof"
-            else (f"--label {CONFIG['data']['labels_ts']}/{w.case}.nii.gz" if CONFIG["data"].get("labels_ts") else "")
+            flag_args("--label", [f"{reference_dir(case_split(w.case))}/{w.case}.nii.gz"])
+            if reference_dir(case_split(w.case))
+            else []
         ),
-        label_values=" ".join(str(v) for v in CONFIG["labels"].values()),
-        settings=as_json(CONFIG["qc"]),
-        dicom=lambda w, input: f"--dicom-findings {input.dicom[0]}" if input.dicom else "",
-        anatomy=lambda w: (f"--anatomy {anatomy_map(w.case)}" if CONFIG["anatomy"]["source"] == "precomputed" else ""),
+        settings=settings_json("qc-case"),
+        dicom=lambda w, input: flag_args("--dicom-findings", input.dicom),
+        anatomy=lambda w: flag_args(
+            "--anatomy", [anatomy_map(w.case)] if CONFIG["anatomy"]["source"] == "precomputed" else []
+        ),
     shell:
-        "python -m workflow_scripts qc-case --case {wildcards.case} --image {input.image} {params.label} "
-        "--label-values {params.label_values} --settings {params.settings:q} --out {output.table} "
-        "--measurements {output.measurements} {params.dicom} {params.anatomy} > {log} 2>&1"
+        "python -m workflow_scripts qc-case --case {wildcards.case:q} --image {input.image:q} {params.label:q} "
+        "--settings {params.settings:q} --out {output.table:q} "
+        "--measurements {output.measurements:q} {params.dicom:q} {params.anatomy:q} > {log:q} 2>&1"
 
 
 rule qc_report:
@@ -50,19 +51,16 @@ rule qc_report:
     conda:
         "../envs/workflow.yaml"
     params:
-        settings=as_json(CONFIG["qc"]),
+        settings=settings_json("qc-aggregate"),
         orphan_labels=as_json(ORPHAN_LABELS),
         misnamed=as_json({name: path for name, (split, path) in MISNAMED.items()}),
-        pattern=CONFIG["data"]["case_pattern"],
-        suffix=CONFIG["data"]["channel_suffix"],
         splits=as_json(QC_SPLITS),
-        labels=as_json(CONFIG["labels"]),
     shell:
-        "python -m workflow_scripts qc-aggregate --out {output.table} --settings {params.settings:q} "
+        "python -m workflow_scripts qc-aggregate --out {output.table:q} --settings {params.settings:q} "
         "--orphan-labels {params.orphan_labels:q} "
-        "--misnamed {params.misnamed:q} --case-pattern {params.pattern:q} --channel-suffix={params.suffix:q} --tables {input.tables} "
-        "--measurements {input.measurements} --splits {params.splits:q} --labels {params.labels:q} "
-        "--summary {output.summary} --figure {output.figure} > {log} 2>&1"
+        "--misnamed {params.misnamed:q} --tables {input.tables:q} "
+        "--measurements {input.measurements:q} --splits {params.splits:q} "
+        "--summary {output.summary:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 # Its own job, so that the QC table, summary and figure stay when it stops the run.
@@ -76,11 +74,11 @@ checkpoint qc_gate:
     conda:
         "../envs/workflow.yaml"
     params:
-        settings=as_json(CONFIG["qc"]),
+        settings=settings_json("qc-gate"),
         splits=as_json(QC_SPLITS),
     shell:
-        "python -m workflow_scripts qc-gate --table {input} --settings {params.settings:q} --splits {params.splits:q} "
-        "--passing {output} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m workflow_scripts qc-gate --table {input:q} --settings {params.settings:q} --splits {params.splits:q} "
+        "--passing {output:q} > {log:q} 2>&1 || (cat {log:q} >&2; exit 1)"
 
 
 # After QC: each reference label against its case's anatomy map (rules in qc.anatomy_rules); flagged labels get a
@@ -104,13 +102,10 @@ rule qc_anatomy:
     resources:
         **resources_of("qc_anatomy"),
     params:
-        settings=as_json(CONFIG["qc"]),
-        label_values=" ".join(str(v) for v in CONFIG["labels"].values()),
-        task=CONFIG["anatomy"]["task"],
+        settings=settings_json("qc-anatomy"),
     shell:
-        "python -m workflow_scripts qc-anatomy --case {wildcards.case} --image {input.image} --label {input.label} "
-        "--anatomy {input.anatomy} --label-values {params.label_values} --task {params.task} "
-        "--settings {params.settings:q} --out {output.table} --proposal-dir {output.proposal} > {log} 2>&1"
+        "python -m workflow_scripts qc-anatomy --case {wildcards.case:q} --image {input.image:q} --label {input.label:q} "
+        "--anatomy {input.anatomy:q} --settings {params.settings:q} --out {output.table:q} --proposal-dir {output.proposal:q} > {log:q} 2>&1"
 
 
 rule qc_anatomy_report:
@@ -128,8 +123,8 @@ rule qc_anatomy_report:
     conda:
         "../envs/workflow.yaml"
     params:
-        settings=as_json(CONFIG["qc"]),
+        settings=settings_json("qc-anatomy-report"),
     shell:
-        "python -m workflow_scripts qc-anatomy-report --tables {input.tables} --proposals {input.proposals} "
-        "--images {input.images} --labels {input.labels} --qc-table {input.qc} --settings {params.settings:q} "
-        "--out {output.table} --figure {output.figure} > {log} 2>&1"
+        "python -m workflow_scripts qc-anatomy-report --tables {input.tables:q} --proposals {input.proposals:q} "
+        "--images {input.images:q} --labels {input.labels:q} --qc-table {input.qc:q} --settings {params.settings:q} "
+        "--out {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"

@@ -18,12 +18,12 @@ rule segment_anatomy:
     resources:
         **resources_of("segment_anatomy"),
     params:
-        settings=as_json(CONFIG["anatomy"]),
+        settings=settings_json("segment-anatomy"),
         device="gpu" if resources_of("segment_anatomy")["gpu"] else "cpu",
     shell:
-        "python -m workflow_scripts segment-anatomy --image {input.image} --out {output} --settings {params.settings:q} "
-        "--device {params.device} --threads {threads} "
-        "> {log} 2>&1"
+        "python -m workflow_scripts segment-anatomy --image {input.image:q} --out {output:q} --settings {params.settings:q} "
+        "--device {params.device:q} --threads {threads} "
+        "> {log:q} 2>&1"
 
 
 # Every subset of the rules scored per out-of-fold case, on the study's ensemble and on the ensembles the nested
@@ -49,13 +49,11 @@ rule score_refinements:
     resources:
         **resources_of("score_refinements"),
     params:
-        settings=refinement_settings(),
-        ensemble_settings=selection_settings(),
+        settings=settings_json("score-refinements"),
     shell:
-        "python -m workflow_scripts score-refinements --settings {params.settings:q} "
-        "--ensemble-settings {params.ensemble_settings:q} --segmentation {input.segmentation} "
-        "--selection {input.selection} --nested-ensembles {input.nested} --probabilities {input.probabilities} "
-        "--anatomy {input.anatomy} --image {input.image} --reference {input.reference} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts score-refinements --settings {params.settings:q} --segmentation {input.segmentation:q} "
+        "--selection {input.selection:q} --nested-ensembles {input.nested:q} --probabilities {input.probabilities:q} "
+        "--anatomy {input.anatomy:q} --image {input.image:q} --reference {input.reference:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule select_refinement:
@@ -76,10 +74,10 @@ rule select_refinement:
     resources:
         **resources_of("select_refinement"),
     params:
-        settings=refinement_settings(),
+        settings=settings_json("select-refinement"),
     shell:
-        "python -m workflow_scripts select-refinement --settings {params.settings:q} --case-scores {input.scores} "
-        "--out-table {output.table} --out-selection {output.selection} > {log} 2>&1"
+        "python -m workflow_scripts select-refinement --settings {params.settings:q} --case-scores {input.scores:q} "
+        "--out-table {output.table:q} --out-selection {output.selection:q} > {log:q} 2>&1"
 
 
 rule refine_case:
@@ -101,11 +99,11 @@ rule refine_case:
     resources:
         **resources_of("refine_case"),
     params:
-        task=CONFIG["anatomy"]["task"],
+        settings=settings_json("refine-case"),
     shell:
-        "python -m workflow_scripts refine-case --case {wildcards.case} --segmentation {input.seg} --anatomy {input.anatomy} "
-        "--image {input.image} --selection {input.selection} --task {params.task} --out {output.seg} "
-        "--removed {output.removed} > {log} 2>&1"
+        "python -m workflow_scripts refine-case --case {wildcards.case:q} --segmentation {input.seg:q} --anatomy {input.anatomy:q} "
+        "--image {input.image:q} --selection {input.selection:q} --settings {params.settings:q} --out {output.seg:q} "
+        "--removed {output.removed:q} > {log:q} 2>&1"
 
 
 rule tumour_burden:
@@ -135,12 +133,11 @@ rule tumour_burden:
     resources:
         **resources_of("tumour_burden"),
     params:
-        classes=as_json(stage_classes("refined")),
-        task=CONFIG["anatomy"]["task"],
+        settings=settings_json("tumour-burden"),
     shell:
-        "python -m workflow_scripts tumour-burden --segmentations {input.segmentations} "
-        "--anatomy {input.anatomy} --classes {params.classes:q} --task {params.task} "
-        "--out-lesions {output.lesions} --out-burden {output.burden} > {log} 2>&1"
+        "python -m workflow_scripts tumour-burden --segmentations {input.segmentations:q} "
+        "--anatomy {input.anatomy:q} --settings {params.settings:q} "
+        "--out-lesions {output.lesions:q} --out-burden {output.burden:q} > {log:q} 2>&1"
 
 
 # Nested selection: per fold, the ensemble (nested_ensembles) and then the rules (nested_selection) chosen on the
@@ -161,10 +158,10 @@ rule nested_ensembles:
     resources:
         **resources_of("nested_ensembles"),
     params:
-        ensemble_settings=selection_settings(),
+        settings=settings_json("nested-ensembles"),
     shell:
-        "python -m workflow_scripts nested-ensembles --ensemble-settings {params.ensemble_settings:q} "
-        "--splits {input.splits} --case-scores {input.scores} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts nested-ensembles --settings {params.settings:q} "
+        "--splits {input.splits:q} --case-scores {input.scores:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule nested_selection:
@@ -183,10 +180,10 @@ rule nested_selection:
     resources:
         **resources_of("nested_selection"),
     params:
-        refinement_settings=refinement_settings(),
+        settings=settings_json("nested-selection"),
     shell:
-        "python -m workflow_scripts nested-selection --refinement-settings {params.refinement_settings:q} "
-        "--nested-ensembles {input.nested} --case-scores {input.scores} --out-table {output} > {log} 2>&1"
+        "python -m workflow_scripts nested-selection --settings {params.settings:q} "
+        "--nested-ensembles {input.nested:q} --case-scores {input.scores:q} --out-table {output:q} > {log:q} 2>&1"
 
 
 rule nested_case:
@@ -208,13 +205,11 @@ rule nested_case:
     resources:
         **resources_of("nested_case"),
     params:
-        ensemble_settings=selection_settings(),
-        refinement_settings=refinement_settings(),
+        settings=settings_json("nested-case"),
     shell:
-        "python -m workflow_scripts nested-case --ensemble-settings {params.ensemble_settings:q} "
-        "--refinement-settings {params.refinement_settings:q} --folds {input.folds} "
-        "--probabilities {input.probabilities} --reference {input.reference} --anatomy {input.anatomy} "
-        "--image {input.image} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts nested-case --settings {params.settings:q} --folds {input.folds:q} "
+        "--probabilities {input.probabilities:q} --reference {input.reference:q} --anatomy {input.anatomy:q} "
+        "--image {input.image:q} --out {output:q} > {log:q} 2>&1"
 
 
 # With prediction.meshes: each new case's refined segmentation as one STL per class (LPS, mm).
@@ -228,7 +223,7 @@ rule export_meshes:
     conda:
         "../envs/workflow.yaml"
     params:
-        classes=as_json(stage_classes("refined")),
+        settings=settings_json("export-meshes"),
     shell:
-        "python -m workflow_scripts export-meshes --segmentation {input} --classes {params.classes:q} "
-        "--out-dir {output} > {log} 2>&1"
+        "python -m workflow_scripts export-meshes --segmentation {input:q} --settings {params.settings:q} "
+        "--out-dir {output:q} > {log:q} 2>&1"

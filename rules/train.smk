@@ -32,18 +32,12 @@ rule train_fold:
         **resources_of("train_fold"),
     params:
         nnunet_root=NNUNET_ROOT,
-        settings=lambda w: as_json(configuration(w.configuration)),
-        # Out-of-fold predictions made as the new cases' are: the ensemble and refinement are chosen on them.
-        validation=as_json(CONFIG["prediction"]),
-        device=CONFIG["compute"]["device"],
-        augmentation_workers=CONFIG["compute"]["augmentation_workers"],
+        settings=lambda w: settings_json("train-fold", [w.configuration]),
     shell:
-        "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root} --threads {threads} "
-        "--augmentation-workers {params.augmentation_workers} --plans-summary {input} "
-        "--fold {wildcards.fold} --settings {params.settings:q} "
-        "--validation {params.validation:q} --device {params.device} --out {output.summary} "
-        "--curves {output.curves} --progress {output.progress} "
-        "> {log} 2>&1"
+        "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root:q} --threads {threads} "
+        "--plans-summary {input:q} --fold {wildcards.fold:q} --settings {params.settings:q} --out {output.summary:q} "
+        "--curves {output.curves:q} --progress {output.progress:q} "
+        "> {log:q} 2>&1"
 
 
 rule plot_folds:
@@ -64,5 +58,5 @@ rule plot_folds:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m workflow_scripts plot-folds --configuration {wildcards.configuration} --curves {input} "
-        "--out {output} > {log} 2>&1"
+        "python -m workflow_scripts plot-folds --configuration {wildcards.configuration:q} --curves {input:q} "
+        "--out {output:q} > {log:q} 2>&1"

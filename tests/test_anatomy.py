@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from totalseg_fixture import build_tiny_totalseg_home
 from workflow_scripts.anatomy import check_weights, prepare_totalseg_home, required_weights
-from workflow_scripts.refinement import anatomy_class_ids
+from workflow_scripts.anatomy import anatomy_class_ids
 
 REPO = Path(__file__).resolve().parent.parent
 # Any download or usage report would go through this dead proxy and fail.
@@ -27,7 +27,7 @@ def segment(image, out, home, **settings):
     """The verb with a partial anatomy section, as a user would call it: the schema fills task and the rest."""
     env = {**os.environ, **OFFLINE}
     env.pop("TOTALSEG_HOME_DIR", None)
-    section = json.dumps({"source": "totalsegmentator", "totalseg_home": str(home), **settings})
+    section = json.dumps({"anatomy": {"source": "totalsegmentator", "totalseg_home": str(home), **settings}})
     return subprocess.run([sys.executable, "-m", "workflow_scripts", "segment-anatomy", "--image", str(image),
                            "--out", str(out), "--settings", section, "--device", "cpu", "--threads", "1"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts.bundle import BundleError, export_bundle, used_configurations, verify_files
-from workflow_scripts.config import ConfigError, predict_config, validate_config
+from workflow_scripts.bundle import BundleError, export_bundle, predict_config, used_configurations, verify_files
+from workflow_scripts.config import ConfigError, validate_config
 
 
 def trained_configuration(root, name, folds=(0, 1)):

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from workflow_scripts.burden import case_lesions, write_burden
-from workflow_scripts.refinement import anatomy_class_ids
+from workflow_scripts.anatomy import anatomy_class_ids
 
 CLASSES = {"primary": 1, "metastasis": 2}
 
@@ -14,7 +14,7 @@ CLASSES = {"primary": 1, "metastasis": 2}
 def painted(totalseg_example):
     ct = sitk.ReadImage(str(totalseg_example / "example_ct_sm.nii.gz"))
     anatomy = sitk.GetArrayFromImage(sitk.ReadImage(str(totalseg_example / "example_seg.nii.gz")))
-    ids = anatomy_class_ids()
+    ids = anatomy_class_ids("total")
     label = np.zeros(anatomy.shape, np.uint8)
     liver = np.argwhere(anatomy == ids["liver"])
     spleen = np.argwhere(anatomy == ids["spleen"])

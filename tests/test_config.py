@@ -1,11 +1,14 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from workflow_scripts.config import (README, ConfigError, config_readme, discover_cases, refinement_rules,
-                                     rule_resources, section_settings, validate_config)
+from workflow_scripts.cases import discover_cases
+from workflow_scripts.config import ConfigError, refinement_rules, section_settings, validate_config
+from workflow_scripts.config_readme import README, config_readme
+from workflow_scripts.settings import rule_resources
 from workflow_scripts.metrics import Conventions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +29,7 @@ def test_real_template_is_valid_once_its_folders_exist(tmp_path):
     validated = validate_config(config, base=tmp_path)
     assert validated["configurations"]["resenc_multiclass"]["trainer_settings"] == {"save_every": 10}, \
         "the real config keeps nnU-Net's training defaults; only checkpoints come more often"
-    assert "plans_overrides" not in validated["configurations"]["resenc_multiclass"]
+    assert validated["configurations"]["resenc_multiclass"]["plans_overrides"] == {}  # nnU-Net's own plans
     assert rule_resources(validated, "train_fold")["gpu"] is True
 
 
@@ -69,10 +72,28 @@ def test_discover_cases_sets_misnamed_images_apart(tmp_path):
         discover_cases(tmp_path, r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
+def test_case_ids_stay_safe_whatever_the_pattern_admits(tmp_path):
+    """data.case_pattern may be widened, but an id with characters that name no file or job safely (a space, a
+    quote, brackets, '$', accents) is still set apart for QC, which proposes the rename."""
+    from workflow_scripts.cases import safe_case_id
+
+    folder = tmp_path / "données [1] $HOME 'x'"  # the folder itself may be named anything
+    folder.mkdir()
+    names = ["case_1", "CT.2024-01", "case 2", "pat'3", "scan[4]", "$HOME", "données", "x{y}"]
+    for name in names:
+        (folder / f"{name}.nii.gz").touch()
+    cases, misnamed = discover_cases(folder, ".*")
+    assert cases == ["CT.2024-01", "case_1"]
+    assert sorted(misnamed) == sorted(names[2:])
+    assert [safe_case_id(n) for n in names[2:]] == ["case_2", "pat_3", "scan_4", "HOME", "donnees", "x_y"]
+    # the renames are ids that pass
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", safe_case_id(n)) for n in names)
+
+
 def test_excluded_cases_leave_every_list_and_orphan_labels_are_found(toy_config, tmp_path):
     import shutil
 
-    from workflow_scripts.config import input_cases
+    from workflow_scripts.cases import input_cases
 
     config = copy.deepcopy(toy_config)
     images = tmp_path / "imagesTr"

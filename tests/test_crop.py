@@ -111,7 +111,7 @@ def test_out_of_fold_probabilities_of_a_cropped_model_are_pasted_on_the_full_gri
     np.savez(folder / "validation/b.npz", probabilities=probabilities)
     summary = tmp_path / "fold_0.json"
     summary.write_text(json.dumps({"output_folder": str(folder), "validation_cases": ["b"]}))
-    gather_out_of_fold([summary], [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out", box)
+    gather_out_of_fold([summary], [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out", box, encoding="float16")
     full, _ = read_probabilities(tmp_path / "out/b.npz")
     assert full.shape == (3, 6, 10, 12)
     segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out/b.nii.gz")))

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dicom_fixture import SYNTHETIC_PATIENT_TAGS, phantom_hu, write_series
-from workflow_scripts.config import ConfigError, discover_cases, section_settings
+from workflow_scripts.cases import discover_cases
+from workflow_scripts.config import ConfigError, section_settings
 from workflow_scripts.dicom import DicomError, convert_series_folder, inspect_slices
 from workflow_scripts.qc import write_case_qc
 
@@ -133,7 +134,7 @@ def test_missing_slices_are_counted_wherever_they_are(n, spacing, start, data):
     dropped = data.draw(st.sets(st.sampled_from(interior), max_size=(n - 1) // 4) if interior else st.just(set()))
     positions = np.asarray([start + k * spacing for k in range(n) if k not in dropped])
     shuffled = data.draw(st.permutations(positions.tolist()))
-    findings = inspect_slices(np.asarray(shuffled))
+    findings = inspect_slices(np.asarray(shuffled), 1.5)
     assert findings.missing == len(dropped) and findings.duplicates == 0
     assert findings.uneven < 1e-6
 

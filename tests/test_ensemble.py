@@ -14,13 +14,13 @@ def random_probabilities(rng, channels, shape=(4, 5, 6)):
 def test_weighted_average(tmp_path):
     rng = np.random.default_rng(0)
     a, b = random_probabilities(rng, 3), random_probabilities(rng, 3)
-    write_probabilities(tmp_path / "a.npz", a, [0, 1, 2])
-    write_probabilities(tmp_path / "b.npz", b, [0, 1, 2])
+    write_probabilities(tmp_path / "a.npz", a, [0, 1, 2], "float16")
+    write_probabilities(tmp_path / "b.npz", b, [0, 1, 2], "float16")
     mean, labels = average_members([tmp_path / "a.npz", tmp_path / "b.npz"], [3.0, 1.0])
     a16, b16 = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
     np.testing.assert_allclose(mean, (3 * a16 + b16) / 4, rtol=1e-6)
     assert labels == [0, 1, 2]
-    write_probabilities(tmp_path / "c.npz", random_probabilities(rng, 2), [0, 2])
+    write_probabilities(tmp_path / "c.npz", random_probabilities(rng, 2), [0, 2], "float16")
     with pytest.raises(ValueError, match="share one label set"):
         average_members([tmp_path / "a.npz", tmp_path / "c.npz"], [1.0, 1.0])
 
@@ -57,16 +57,16 @@ def test_ensemble_case_writes_labels_on_the_image_grid(tmp_path):
     member[:, 1, 1, 1] = [0.45, 0.1, 0.45]  # metastasis only after fusion
     (tmp_path / "full").mkdir()
     (tmp_path / "partial").mkdir()
-    write_probabilities(tmp_path / "full" / "c.npz", member, [0, 1, 2])
+    write_probabilities(tmp_path / "full" / "c.npz", member, [0, 1, 2], "float16")
     partial = np.zeros((2, 4, 5, 6), dtype=np.float32)
     partial[0] = 1.0
     partial[:, 1, 1, 1] = [0.1, 0.9]
-    write_probabilities(tmp_path / "partial" / "c.npz", partial, [0, 2])
+    write_probabilities(tmp_path / "partial" / "c.npz", partial, [0, 2], "float16")
     selection = {"members": {"full": 1.0},
                  "fusions": [{"configuration": "partial", "into": 2, "strategy": "mean"}]}
     ensemble_case(selection, tmp_path, tmp_path / "image.nii.gz", tmp_path / "labels_only", "c")
     assert sorted(p.name for p in (tmp_path / "labels_only").iterdir()) == ["c.nii.gz"]
-    ensemble_case(selection, tmp_path, tmp_path / "image.nii.gz", tmp_path / "out", "c", save_probabilities=True)
+    ensemble_case(selection, tmp_path, tmp_path / "image.nii.gz", tmp_path / "out", "c", encoding="float16")
     seg = sitk.ReadImage(str(tmp_path / "out" / "c.nii.gz"))
     assert (sitk.GetArrayFromImage(seg) == sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels_only/c.nii.gz")))).all()
     assert np.allclose(seg.GetSpacing(), reference.GetSpacing())
@@ -99,7 +99,7 @@ def test_ensemble_in_memory_asks_each_member_once_and_equals_the_one_from_files(
         (tmp_path / name).mkdir()
         # float16 as on disk, so both paths see the same numbers
         maps[name] = (probabilities.astype(np.float16).astype(np.float32), labels)
-        write_probabilities(tmp_path / name / "c.npz", maps[name][0], labels)
+        write_probabilities(tmp_path / name / "c.npz", maps[name][0], labels, "float16")
     selection = {"members": {"a": 2.0, "b": 1.0}, "fusions": [{"configuration": "m", "into": 2, "strategy": "max"}]}
     asked = []
 

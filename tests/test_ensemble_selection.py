@@ -1,5 +1,4 @@
 """Selection of the ensemble on out-of-fold predictions built so that the right answer is known."""
-import json
 import shutil
 
 import numpy as np
@@ -42,7 +41,7 @@ def make_oof(root, n_cases=5):
         for name, array, labels in (("good", good, [0, 1, 2]), ("noisy", noisy, [0, 1, 2]),
                                     ("twin", good, [0, 1, 2]), ("meta_only", meta, [0, 2])):
             (root / "oof" / name).mkdir(parents=True, exist_ok=True)
-            write_probabilities(root / "oof" / name / f"{case}.npz", array, labels)
+            write_probabilities(root / "oof" / name / f"{case}.npz", array, labels, "float16")
     return [f"case_{k}" for k in range(n_cases)]
 
 
@@ -97,12 +96,14 @@ def test_unknown_metric_is_refused(tmp_path):
 def test_per_case_score_jobs_give_the_selection_of_one_process(tmp_path):
     """score_ensembles writes one table per case (parallel jobs); select_ensemble ranks their rows: the table and
     the choice equal those of scoring every case in one process, to the last digit."""
+    from partial_config import selection_config, settings_arg
+
     from workflow_scripts.__main__ import main
 
     cases = make_oof(tmp_path)
     one = select_ensemble(settings(), cases, tmp_path / "oof", tmp_path / "labels", tmp_path / "one.tsv",
                           tmp_path / "one.json")
-    arguments = ["--settings", json.dumps(settings())]
+    arguments = ["--settings", settings_arg(selection_config(settings()), "select-ensemble")]
     for case in cases:
         main(["score-ensembles", *arguments, "--reference", str(tmp_path / "labels" / f"{case}.nii.gz"),
               "--probabilities", *[str(tmp_path / "oof" / n / f"{case}.npz") for n in ("good", "noisy", "twin",
@@ -121,5 +122,6 @@ def test_per_case_score_jobs_give_the_selection_of_one_process(tmp_path):
         main(["select-ensemble", *arguments, "--case-scores", *scores[:-1], scores[3],
               "--out-table", str(tmp_path / "x.tsv"), "--out-selection", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit, match="other ensemble settings"):  # tables from other settings
-        main(["select-ensemble", "--settings", json.dumps(settings(select=False)), "--case-scores", *scores,
+        main(["select-ensemble", "--settings", settings_arg(selection_config(settings(select=False)), "select-ensemble"),
+              "--case-scores", *scores,
               "--out-table", str(tmp_path / "x.tsv"), "--out-selection", str(tmp_path / "x.json")])

@@ -35,7 +35,7 @@ def make_study(root):
                     lesion[6:9, 7:10, 7:10] = True  # a confident lesion in the wrong place
                 probabilities = np.stack([np.where(lesion, 0.1, 0.9), np.where(lesion, 0.9, 0.1)]).astype(np.float32)
                 (root / "oof" / name).mkdir(parents=True, exist_ok=True)
-                write_probabilities(root / "oof" / name / f"{case}.npz", probabilities, [0, 1])
+                write_probabilities(root / "oof" / name / f"{case}.npz", probabilities, [0, 1], "float16")
 
 
 def ensemble_settings():
@@ -103,10 +103,14 @@ def test_per_case_jobs_give_the_selections_of_one_process(tmp_path):
     Their choices, tables and segmentations equal those of one process, to the last digit."""
     import json
 
+    from partial_config import selection_config, settings_arg
+
     from workflow_scripts.__main__ import main
+    from workflow_scripts.config import section_settings
     from workflow_scripts.io import read_json
     from workflow_scripts.metrics import Conventions
     from workflow_scripts.refinement_selection import score_subsets, select_refinement
+    from workflow_scripts.settings import ensemble_selection, read_settings
 
     make_study(tmp_path)
     cases = [case for fold in FOLDS for case in fold]
@@ -125,7 +129,11 @@ def test_per_case_jobs_give_the_selections_of_one_process(tmp_path):
     def probabilities(case):
         return [path(f"oof/{name}", case, "npz") for name in RIGHT]
 
-    es, rs = json.dumps(ensemble_settings()), json.dumps(refinement)
+    config = selection_config(ensemble_settings(), refinement)
+    es, rs = (settings_arg(config, verb) for verb in ("select-ensemble", "select-refinement"))
+    nested = settings_arg(config, "nested-case")
+    assert ensemble_selection(read_settings("nested-case", json.loads(nested))) == {
+        **ensemble_settings(), "conventions": section_settings("evaluation", {"both_empty": "one"})}
     (tmp_path / "splits.json").write_text(json.dumps([{"train": [], "val": fold} for fold in FOLDS]))
     ensemble_scores = [path("ensemble_scores", case, "tsv") for case in cases]
     refinement_scores = [path("refinement_scores", case, "tsv") for case in cases]
@@ -134,22 +142,22 @@ def test_per_case_jobs_give_the_selections_of_one_process(tmp_path):
               *probabilities(case), "--out", path("ensemble_scores", case, "tsv")])
     main(["select-ensemble", "--settings", es, "--case-scores", *ensemble_scores, "--out-table",
           str(tmp_path / "candidates.tsv"), "--out-selection", str(tmp_path / "selected.json")])
-    main(["nested-ensembles", "--ensemble-settings", es, "--splits", str(tmp_path / "splits.json"), "--case-scores",
+    main(["nested-ensembles", "--settings", es, "--splits", str(tmp_path / "splits.json"), "--case-scores",
           *ensemble_scores, "--out", str(tmp_path / "ensembles.tsv")])
     for case in cases:
         main(["ensemble-case", "--case", case, "--selection", str(tmp_path / "selected.json"), "--probabilities",
               *probabilities(case), "--image", path("labels", case), "--out", path("ensemble", case)])
-        main(["score-refinements", "--settings", rs, "--ensemble-settings", es, "--segmentation",
+        main(["score-refinements", "--settings", nested, "--segmentation",
               path("ensemble", case), "--selection", str(tmp_path / "selected.json"), "--nested-ensembles",
               str(tmp_path / "ensembles.tsv"), "--probabilities", *probabilities(case), "--anatomy",
               path("anatomy", case), "--image", path("images", case), "--reference", path("labels", case),
               "--out", path("refinement_scores", case, "tsv")])
     main(["select-refinement", "--settings", rs, "--case-scores", *refinement_scores, "--out-table",
           str(tmp_path / "rule_subsets.tsv"), "--out-selection", str(tmp_path / "selected_rules.json")])
-    main(["nested-selection", "--refinement-settings", rs, "--nested-ensembles", str(tmp_path / "ensembles.tsv"),
+    main(["nested-selection", "--settings", rs, "--nested-ensembles", str(tmp_path / "ensembles.tsv"),
           "--case-scores", *refinement_scores, "--out-table", str(tmp_path / "folds.tsv")])
     for case in cases:
-        main(["nested-case", "--ensemble-settings", es, "--refinement-settings", rs, "--folds",
+        main(["nested-case", "--settings", nested, "--folds",
               str(tmp_path / "folds.tsv"), "--probabilities", *probabilities(case), "--reference",
               path("labels", case), "--anatomy", path("anatomy", case), "--image", path("images", case),
               "--out", path("nested", case)])
@@ -171,19 +179,20 @@ def test_per_case_jobs_give_the_selections_of_one_process(tmp_path):
                                                                       ("b", "probabilities")]
 
     with pytest.raises(SystemExit, match="other refinement settings"):  # tables written with other rules
-        main(["select-refinement", "--settings", json.dumps(refinement_settings()), "--case-scores",
+        main(["select-refinement", "--settings", settings_arg(selection_config(refinement=refinement_settings()),
+                                                              "select-refinement"), "--case-scores",
               *refinement_scores, "--out-table", str(tmp_path / "x.tsv"), "--out-selection", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit, match="no rule-subset scores of b"):  # a case's table missing
-        main(["nested-selection", "--refinement-settings", rs, "--nested-ensembles", str(tmp_path / "ensembles.tsv"),
+        main(["nested-selection", "--settings", rs, "--nested-ensembles", str(tmp_path / "ensembles.tsv"),
               "--case-scores", *refinement_scores[:-1], "--out-table", str(tmp_path / "x.tsv")])
     with pytest.raises(SystemExit, match="case_99 is held out by 0 folds"):
-        main(["nested-case", "--ensemble-settings", es, "--refinement-settings", rs, "--folds",
+        main(["nested-case", "--settings", nested, "--folds",
               str(tmp_path / "folds.tsv"), "--probabilities", *[p.replace("case_0", "case_99") for p in
                                                                 probabilities("case_0")],
               "--reference", path("labels", "case_99"), "--anatomy", path("anatomy", "case_0"), "--image",
               path("images", "case_99"), "--out", path("nested", "case_99")])
     with pytest.raises(SystemExit, match="name different cases"):  # the rule passed another case's image
-        main(["nested-case", "--ensemble-settings", es, "--refinement-settings", rs, "--folds",
+        main(["nested-case", "--settings", nested, "--folds",
               str(tmp_path / "folds.tsv"), "--probabilities", *probabilities("case_0"), "--reference",
               path("labels", "case_0"), "--anatomy", path("anatomy", "case_0"), "--image", path("images", "case_1"),
               "--out", path("nested", "case_0")])

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from workflow_scripts.nnunet_dataset import class_label_values, convert_dataset, label_lookup, remap_label
+from workflow_scripts.nnunet_dataset import convert_dataset, label_lookup, remap_label
+from workflow_scripts.settings import class_label_values
 
 METASTASIS_ONLY = {"background": [0, 1], "metastasis": [2]}
 

@@ -29,7 +29,7 @@ def test_a_case_is_gathered_from_the_one_fold_that_held_it_out(tmp_path):
     image.SetSpacing((0.8, 0.8, 2.5))
     sitk.WriteImage(image, str(tmp_path / "b.nii.gz"))
     summaries = [fold(tmp_path, 0, ["a", "b"], shape), fold(tmp_path, 1, ["c"], shape)]
-    source = gather_out_of_fold(summaries, [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out")
+    source = gather_out_of_fold(summaries, [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out", encoding="float16")
     assert source == str(tmp_path / "fold_0")
     probabilities, labels = read_probabilities(tmp_path / "out" / "b.npz")
     assert labels == [0, 1, 2] and probabilities.shape == (3, *shape)
@@ -37,10 +37,10 @@ def test_a_case_is_gathered_from_the_one_fold_that_held_it_out(tmp_path):
     np.testing.assert_allclose(segmentation.GetSpacing(), image.GetSpacing(), rtol=1e-6)
     assert (sitk.GetArrayFromImage(segmentation) == 2).sum() == 2  # fold 0, second case
     with pytest.raises(RuntimeError, match="z was validated in 0 folds"):
-        gather_out_of_fold(summaries, [0, 1, 2], "z", tmp_path / "b.nii.gz", tmp_path / "out")
+        gather_out_of_fold(summaries, [0, 1, 2], "z", tmp_path / "b.nii.gz", tmp_path / "out", encoding="float16")
     summaries.append(fold(tmp_path, 2, ["b"], shape))
     with pytest.raises(RuntimeError, match="b was validated in 2 folds"):
-        gather_out_of_fold(summaries, [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out")
+        gather_out_of_fold(summaries, [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out", encoding="float16")
 
 
 def sliding_window_predictors(tile_batch_size, use_mirroring):

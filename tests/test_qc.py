@@ -20,7 +20,7 @@ def aggregate_qc(case_tables: list[Path], out: Path, exclude: dict[str, str] | N
                  splits: dict[str, str] | None = None, misnamed: dict[str, str] | None = None,
                  case_pattern: str = "") -> pd.DataFrame:
     """What qc_report and qc_gate do in turn: ``qc_table`` written to ``out``, then ``qc_verdict``."""
-    table = qc_table(case_tables, exclude, allow, orphan_labels, dataset_rows, on_error, splits, misnamed,
+    table = qc_table(case_tables, on_error, exclude, allow, orphan_labels, dataset_rows, splits, misnamed,
                      case_pattern)
     write_table(table, out)
     qc_verdict(table, out, on_error, splits or {})
@@ -246,24 +246,33 @@ def test_on_error_exclude_leaves_out_failing_training_cases_only(toy_dir, tmp_pa
     write_case_qc("lost", toy_dir / "imagesTr/toy_003.nii.gz", tmp_path / "missing.nii.gz", VALUES,
                   tmp_path / "lost.tsv", TOY_QC)
     write_case_qc("new_1", toy_dir / "imagesTs/toy_100.nii.gz", None, VALUES, tmp_path / "new.tsv", TOY_QC)
-    splits = {"toy_001": "train", "lost": "train", "new_1": "test", "toy 4": "train"}
+    splits = {"toy_001": "train", "lost": "train", "new_1": "test", "Toy-4": "train"}
     tables = [tmp_path / "good.tsv", tmp_path / "lost.tsv", tmp_path / "new.tsv"]
-    misnamed = {"toy 4": "imagesTr/toy 4.nii.gz"}  # an image named off the case pattern
+    misnamed = {"Toy-4": "imagesTr/Toy-4.nii.gz"}  # an image named off the case pattern
     with pytest.raises(QCError, match="qc.on_error: exclude would leave out") as err:  # the default stops, naming it
         aggregate_qc(tables, tmp_path / "table.tsv", splits=splits, misnamed=misnamed, case_pattern="^[a-z0-9_]+$")
-    assert ("toy 4: [case_name] imagesTr/toy 4.nii.gz: the id 'toy 4' does not match data.case_pattern "
+    assert ("Toy-4: [case_name] imagesTr/Toy-4.nii.gz: the id 'Toy-4' does not match data.case_pattern "
             "'^[a-z0-9_]+$', so no rule can use it; rename the image (and its label)") in str(err.value)
-    assert suggested(err) == {"exclude": {"lost": "QC errors: label_exists", "toy 4": "QC errors: case_name"}}
+    assert suggested(err) == {"exclude": {"lost": "QC errors: label_exists", "Toy-4": "QC errors: case_name"}}
     table = aggregate_qc(tables, tmp_path / "table.tsv", exclude={"old": "phantom scan"}, on_error="exclude",
                          splits=splits, misnamed=misnamed, case_pattern="^[a-z0-9_]+$")
     excluded = table[table["check"] == "excluded"].set_index("case")["message"]
     assert excluded["lost"] == ("excluded by qc.on_error: exclude after errors in label_exists: never used for "
                                 "training or evaluation")
-    assert excluded["toy 4"].startswith("excluded by qc.on_error: exclude after errors in case_name")
-    assert sorted(errors(table)["case"]) == ["lost", "toy 4"]  # the errors themselves stay in the table
+    assert excluded["Toy-4"].startswith("excluded by qc.on_error: exclude after errors in case_name")
+    assert sorted(errors(table)["case"]) == ["Toy-4", "lost"]  # the errors themselves stay in the table
     assert passing_cases(table, splits) == {"train": ["toy_001"], "test": ["new_1"],
                                             "excluded": {"old": excluded["old"], "lost": excluded["lost"],
-                                                         "toy 4": excluded["toy 4"]}}
+                                                         "Toy-4": excluded["Toy-4"]}}
+    # An id no pattern can make safe (a space, a quote, brackets, '$', accents) is named with its rename.
+    unsafe = {"Patienten (2024) d'été $HOME": "imagesTr/Patienten (2024) d'été $HOME.nii.gz"}
+    table = aggregate_qc(tables, tmp_path / "table.tsv", on_error="exclude", misnamed=unsafe, case_pattern=".*",
+                         splits={**splits, **{name: "train" for name in unsafe}})
+    message = table[table["check"] == "case_name"]["message"].item()
+    assert message == ("imagesTr/Patienten (2024) d'été $HOME.nii.gz: the id 'Patienten (2024) d'été $HOME' holds "
+                       "characters a case id cannot have here (ASCII letters, digits, '_', '-' and '.' only; it names "
+                       "files in nnU-Net's datasets and Snakemake's jobs), so no rule can use it; rename the image "
+                       "(and its label) to 'Patienten_2024_d_ete_HOME'")
     # A new case is never left out automatically: it was asked for.
     write_case_qc("new_2", toy_dir / "imagesTs/toy_101.nii.gz", tmp_path / "missing.nii.gz", VALUES,
                   tmp_path / "new_2.tsv", TOY_QC)
@@ -325,7 +334,7 @@ def test_dataset_level_duplicates_orphans_exclusions_and_allowances(toy_dir, tmp
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_read_volume_matches_itk_and_nibabel_including_scaling(tmp_path, totalseg_example, compress):
-    from workflow_scripts.qc import read_volume
+    from workflow_scripts.io import read_volume
 
     real = read_volume(totalseg_example / "example_ct_sm.nii.gz")
     itk = sitk.GetArrayFromImage(sitk.ReadImage(str(totalseg_example / "example_ct_sm.nii.gz")))
@@ -375,12 +384,19 @@ def test_qc_case_verb_fills_a_partial_settings_section(toy_dir, tmp_path, capsys
 
     image = sorted((toy_dir / "imagesTr").glob("*.nii.gz"))[0]
     case = image.name[: -len(".nii.gz")]
+    labels = '"labels": {"background": 0, "primary": 1, "metastasis": 2}'
     qc_case_entry(["--case", case, "--image", str(image), "--label", str(toy_dir / "labelsTr" / image.name),
-                   "--label-values", "0", "1", "2", "--settings", '{"min_component_mm3": 30}',
-                   "--out", str(tmp_path / "qc.tsv")])
+                   "--settings", '{"qc": {"min_component_mm3": 30}, %s}' % labels, "--out", str(tmp_path / "qc.tsv")])
     table = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
     assert set(table["case"]) == {case} and "field_of_view" in set(table["check"])  # min_field_of_view_mm: 150
     with pytest.raises(SystemExit):
-        qc_case_entry(["--case", case, "--image", str(image), "--label-values", "0", "--settings",
-                       '{"min_component_mm3": "big"}', "--out", str(tmp_path / "bad.tsv")])
+        qc_case_entry(["--case", case, "--image", str(image), "--settings",
+                       '{"qc": {"min_component_mm3": "big"}, %s}' % labels, "--out", str(tmp_path / "bad.tsv")])
     assert "qc.min_component_mm3: 'big' is not of type 'number'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the labels have no default: the verb names them
+        qc_case_entry(["--case", case, "--image", str(image), "--out", str(tmp_path / "bad.tsv")])
+    assert "labels: required, and it has no default" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a setting the verb does not take: the rule and the verb disagree
+        qc_case_entry(["--case", case, "--image", str(image), "--out", str(tmp_path / "bad.tsv"), "--settings",
+                       '{"qc": {}, "crop": {}, %s}' % labels])
+    assert "settings of qc-case: ['crop'] are not among its settings ['qc', 'labels']" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from workflow_scripts.qc import COLUMNS, check_case, read_volume
+from workflow_scripts.io import read_volume
+from workflow_scripts.qc import COLUMNS, check_case
 
 DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.float32, np.float64]
 SPECIALS = [0.0, -0.0, 1e-12, -1.0, 1e30, float("nan"), float("inf")]
@@ -124,7 +125,7 @@ def test_any_anatomy_map_gives_an_anatomy_table_never_a_traceback(tmp_path, anat
     import SimpleITK as sitk
 
     from workflow_scripts.config import section_settings
-    from workflow_scripts.label_anatomy import check_case_anatomy
+    from workflow_scripts.qc_anatomy import check_case_anatomy
 
     rng = np.random.default_rng(0)
     for name, array in (("image", rng.normal(0, 300, (4, 5, 6)).astype(np.int16)),

@@ -3,7 +3,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from workflow_scripts.refinement import anatomy_class_ids, body_mask, refine, refine_case, structure_ids
+from workflow_scripts.anatomy import anatomy_class_ids, body_mask, structure_ids
+from workflow_scripts.refinement import refine, refine_case
 
 RULES = [
     {"name": "drop_in_bone", "kind": "drop_inside", "structures": ["vertebrae_*", "rib_*"], "min_fraction": 0.5},
@@ -74,7 +75,7 @@ def test_refinement_removes_exactly_the_misplaced_lesions(painted_case):
 def test_rules_apply_only_to_their_labels(painted_case):
     ct, image, anatomy, label, _ = painted_case
     only_primary = [dict(RULES[0], labels=[1])]
-    refined, removed = refine(label, anatomy, image, ct.GetSpacing(), only_primary, anatomy_class_ids(), "p")
+    refined, removed = refine(label, anatomy, image, ct.GetSpacing(), only_primary, anatomy_class_ids("total"), "p")
     assert removed.empty and np.array_equal(refined, label)
 
 
@@ -116,7 +117,7 @@ def test_keep_within_span_removes_lesions_beyond_the_structures(painted_case):
 
 
 def test_cranio_caudal_axis_follows_the_direction_matrix():
-    from workflow_scripts.refinement import cranio_caudal_axis
+    from workflow_scripts.anatomy import cranio_caudal_axis
 
     assert cranio_caudal_axis((1, 0, 0, 0, 1, 0, 0, 0, 1)) == 0
     # A volume stored with the head-foot axis as its first index axis (x): numpy axis 2.

@@ -5,7 +5,8 @@ import pytest
 import SimpleITK as sitk
 
 from workflow_scripts.io import read_json
-from workflow_scripts.refinement import anatomy_class_ids, refine
+from workflow_scripts.anatomy import anatomy_class_ids
+from workflow_scripts.refinement import refine
 from workflow_scripts.metrics import Conventions
 from workflow_scripts.refinement_selection import choose_rules, rule_subsets, score_subsets, select_refinement
 
@@ -29,7 +30,7 @@ def make_cases(root, n_cases=4):
     drop_outside_body removes nothing (everything is inside the body): only drop_in_bone is worth applying."""
     for sub in ("seg", "anatomy", "images", "labels"):
         (root / sub).mkdir(parents=True)
-    vertebra = anatomy_class_ids()["vertebrae_L3"]
+    vertebra = anatomy_class_ids("total")["vertebrae_L3"]
     for k in range(n_cases):
         shape = (20, 24, 24)
         image = np.full(shape, -1000, np.int16)
@@ -91,7 +92,7 @@ def test_subset_scores_equal_refining_with_those_rules(tmp_path):
     run(tmp_path, cases, "always")
     table = pd.read_csv(tmp_path / "always.tsv", sep="\t").set_index("rules")
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels" / "case_0.nii.gz")))
-    refined, removed = refine(segmentation, anatomy, image, (1.0, 1.0, 1.0), RULES[:2], anatomy_class_ids())
+    refined, removed = refine(segmentation, anatomy, image, (1.0, 1.0, 1.0), RULES[:2], anatomy_class_ids("total"))
     assert sorted(removed["rule"]) == ["drop_in_bone", "drop_tiny"]
     meta = 2.0 * np.sum((refined == 2) & (reference == 2)) / (np.sum(refined == 2) + np.sum(reference == 2))
     assert table.loc["drop_in_bone,drop_tiny", "dice_metastasis"] == pytest.approx(meta)

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 TOY_CONFIG = REPO / "config" / "toy.yaml"
 PROFILES = {"local": REPO / "profiles" / "local", "slurm": REPO / "profiles" / "slurm"}
+# A folder name as users have them: a space, a single quote, brackets, `$HOME` literally, non-ASCII letters.
+ODD_NAME = "Patienten (2024) d'été $HOME [données]"
 
 
 def run(args, cwd, timeout=3000, check=True):
@@ -116,13 +119,13 @@ def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_pat
     """The rule as a CPU user runs it, with the weights folder from config (a fixture-built tiny model)."""
     from totalseg_fixture import build_tiny_totalseg_home
 
-    home = build_tiny_totalseg_home(tmp_path / "totalseg_home", predicted_class="vertebrae_L3")
+    home = build_tiny_totalseg_home(tmp_path / ODD_NAME / "totalseg_home", predicted_class="vertebrae_L3")
     config = yaml.safe_load(TOY_CONFIG.read_text())
     config["anatomy"] = {"source": "totalsegmentator", "totalseg_home": str(home), "task": "total", "fast": True}
     path = tmp_path / "totalseg.yaml"
     path.write_text(yaml.safe_dump(config))
     # Its own workdir: the smoke run's results must hold only what the toy config makes (the SLURM test compares).
-    workdir = tmp_path / "workdir"
+    workdir = tmp_path / ODD_NAME / "workdir"
     (workdir / "resources").mkdir(parents=True)
     (workdir / "resources/toy").symlink_to(toy_workdir / "resources/toy")
     target = "results/anatomy/toy_001.nii.gz"
@@ -130,9 +133,9 @@ def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_pat
     anatomy = sitk.ReadImage(str(workdir / target))
     image = sitk.ReadImage(str(workdir / "resources/toy/imagesTr/toy_001.nii.gz"))
     assert anatomy.GetSize() == image.GetSize()
-    from workflow_scripts.refinement import anatomy_class_ids
+    from workflow_scripts.anatomy import anatomy_class_ids
 
-    assert np.unique(sitk.GetArrayFromImage(anatomy)).tolist() == [anatomy_class_ids()["vertebrae_L3"]]
+    assert np.unique(sitk.GetArrayFromImage(anatomy)).tolist() == [anatomy_class_ids("total")["vertebrae_L3"]]
     assert (workdir / "benchmarks/segment_anatomy/toy_001.tsv").exists()
     # Anatomy-aware label QC through its rule on that map: the tiny model calls every voxel vertebra L3, so the
     # label lies in bone (flagged), and no flip or shift can help (nothing proposed).
@@ -143,6 +146,50 @@ def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_pat
     assert set(flagged["severity"]) == {"warning", "info"}  # the lung rule: no lung in this map, not checked
     assert table[table["check"] == "label_anatomy_proposal"]["message"].str.startswith("no flip or shift").all()
     assert not (workdir / "results/qc/anatomy/toy_001_proposal/label.nii.gz").exists()
+
+
+def odd_folder_study(toy_dir: Path, root: Path) -> Path:
+    """The toy config in a study folder under ``root``, its data folders (DICOM series included) copied under
+    ``root`` too; ``root`` is named as users name folders (ODD_NAME)."""
+    data = root / "data"
+    shutil.copytree(toy_dir, data, symlinks=True)
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    for key, folder in (("images_tr", "imagesTr"), ("labels_tr", "labelsTr"), ("images_ts", "imagesTs"),
+                        ("labels_ts", "labelsTs")):
+        config["data"][key] = str(data / folder)
+    config["anatomy"]["precomputed_dir"] = str(data / "anatomy")
+    study = root / "study"
+    study.mkdir()
+    (study / "study.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    return study
+
+
+def test_every_command_takes_each_path_in_an_odd_folder_as_one_argument(toy_workdir, tmp_path):
+    """The whole study's dry run with the data and the study folder named as users name folders: every job's
+    shell command splits into the arguments the verb expects, each path whole (rules/ quote every placeholder,
+    tested in test_package.py; this checks what Snakemake pastes in)."""
+    study = odd_folder_study(toy_workdir / "resources/toy", tmp_path / ODD_NAME)
+    result = snakemake(study, "-n", "-p", "--forceall", "--configfile", "study.yaml")
+    commands = [line.split("Shell command: ", 1)[1] for line in result.stdout.splitlines()
+                if line.startswith("Shell command: ")]
+    verbs, odd_paths = set(), []
+    for command in commands:
+        words = shlex.split(command.split(" > ")[0]) if "python -m workflow_scripts" in command else []
+        if words:
+            verbs.add(words[3])
+            data_paths = [w for w in words if "data/" in w]
+            assert all(w.startswith(str(tmp_path / ODD_NAME / "data") + "/") for w in data_paths), command
+            odd_paths += [w for w in words if ODD_NAME in w]
+    # every rule that runs a verb was seen, and the verbs that read the data were handed its paths whole
+    assert {"qc-case", "convert-dicom", "convert-dataset", "train-fold", "gather-oof", "predict", "score-ensembles",
+            "refine-case", "evaluate-stage", "summarize-runtime"} <= verbs
+    assert len(odd_paths) >= 20 and all(Path(p).exists() for p in odd_paths)
+    links = [c for c in commands if c.startswith("ln -sfn")]
+    assert links
+    for link in links:  # the shell hands ln the image's real path and the link as two arguments
+        printed = subprocess.run(["bash", "-c", link.split(" > ")[0].replace("ln -sfn", "printf '%s\\n'", 1)],
+                                 capture_output=True, text=True, check=True).stdout.splitlines()
+        assert len(printed) == 2 and Path(printed[0]).is_file() and ODD_NAME in printed[0], link
 
 
 def test_config_error_stops_with_one_clear_message(toy_workdir, tmp_path):
@@ -741,9 +788,8 @@ def test_probability_encoding_reaches_every_rule_that_stores_probabilities(toy_w
         commands = [line for line in result.stdout.splitlines() if "python -m workflow_scripts" in line]
         for verb, count in ((" train-fold ", 15), (" gather-oof ", 12), (" predict ", 2)):
             told = [c for c in commands if verb in c]
-            setting = f'"probability_encoding":"{encoding}"'  # in the settings JSON
-            flag = f"--probability-encoding {encoding}" if verb == " gather-oof " else setting
-            assert len(told) == count and all(flag in c for c in told), (verb, encoding, told[:1])
+            setting = f'"probability_encoding":"{encoding}"'  # in each verb's --settings, the one route
+            assert len(told) == count and all(setting in c for c in told), (verb, encoding, told[:1])
 
 
 def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):
@@ -759,31 +805,64 @@ def test_a_fourth_configuration_is_a_config_edit(toy_workdir, tmp_path):
     assert "configuration=resenc_l_multiclass, fold=4" in result.stdout
 
 
+def test_a_study_in_odd_folders_gives_what_plain_folders_give(smoke_run, tmp_path):
+    """The smoke study's data (a DICOM series among the training and the new cases) and its study folder under a
+    name as users have them: QC, DICOM conversion, the splits and one configuration's nnU-Net plans run there and
+    equal the smoke run's, made in plain folders."""
+    study = odd_folder_study(smoke_run / "resources/toy", tmp_path / ODD_NAME)
+    plans = "results/datasets/resenc_multiclass/plans_summary.json"
+    snakemake(study, "results/qc/passing_cases.json", plans, "--cores", "2", "--configfile", "study.yaml")
+    preprocessed = "results/nnunet/nnUNet_preprocessed/Dataset501_resenc_multiclass"
+    for name in ("results/qc/qc_table.tsv", "results/qc/dataset_summary.tsv", "results/qc/passing_cases.json",
+                 "results/splits/splits_final.json", f"{preprocessed}/nnUNetResEncUNetMPlans.json",
+                 f"{preprocessed}/dataset_fingerprint.json", f"{preprocessed}/splits_final.json"):
+        assert (study / name).read_bytes() == (smoke_run / name).read_bytes(), name
+    ours, plain = (json.loads((root / plans).read_text()) for root in (study, smoke_run))
+    for key in ("preprocessed_folder", "plans_file"):  # absolute paths: each study's own folder
+        assert ours.pop(key) == plain.pop(key).replace(str(smoke_run), str(study))
+    assert ours == plain
+    dicom_cases = [p.name for folder in ("imagesTr", "imagesTs") for p in (study / "../data" / folder).iterdir()
+                   if p.is_dir()]
+    assert len(dicom_cases) == 2
+    for converted in [f"results/inputs/{s}/{c}.nii.gz" for s in ("train", "test") for c in dicom_cases]:
+        if (smoke_run / converted).exists():
+            a, b = (sitk.ReadImage(str(root / converted)) for root in (study, smoke_run))
+            assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)), converted
+            assert (a.GetOrigin(), a.GetSpacing(), a.GetDirection()) == (b.GetOrigin(), b.GetSpacing(),
+                                                                         b.GetDirection())
+            dicom_cases.remove(Path(converted).name[: -len(".nii.gz")])
+    assert not dicom_cases  # both series were converted and compared
+
+
 def test_an_exported_bundle_segments_new_scans_as_the_study_did(smoke_run, tmp_path):
-    """export_bundle, then a batch folder holding only two new scans (one NIfTI, one DICOM series) and a config
-    naming the bundle: nothing is trained, the refined label maps equal the study's for the same images, on the
-    input grid, and the burden table lists both scans."""
+    """export_bundle, the bundle copied to another folder, then a batch folder holding only two new scans (one
+    NIfTI, one DICOM series) and a config naming the bundle; the bundle, the batch folder and the scans' folder
+    named as users name folders (ODD_NAME): nothing is trained, the refined label maps equal the study's (made in
+    plain folders) for the same images, on the input grid, and the burden table lists both scans."""
     snakemake(smoke_run, "export_bundle", "--cores", "1", "--configfile", TOY_CONFIG)
-    bundle = smoke_run / "results/bundle"
+    bundle = tmp_path / ODD_NAME / "bundle"
+    shutil.copytree(smoke_run / "results/bundle", bundle)
     manifest = json.loads((bundle / "bundle.json").read_text())
     selected = json.loads((smoke_run / "results/ensemble/selected.json").read_text())
     assert set(manifest["configurations"]) == set(selected["members"]) | {f["configuration"] for f in
                                                                           selected["fusions"]}
-    batch = tmp_path / "batch"
+    batch = tmp_path / ODD_NAME / "batch"
+    scans = tmp_path / ODD_NAME / "new scans"
     toy = smoke_run / "resources/toy"
-    (batch / "new_scans").mkdir(parents=True)
-    shutil.copyfile(toy / "imagesTs/toy_100.nii.gz", batch / "new_scans/scan_a.nii.gz")
-    shutil.copytree(toy / "imagesTs/toy_102", batch / "new_scans/scan_b")
-    (batch / "anatomy").mkdir()
+    scans.mkdir(parents=True)
+    shutil.copyfile(toy / "imagesTs/toy_100.nii.gz", scans / "scan_a.nii.gz")
+    shutil.copytree(toy / "imagesTs/toy_102", scans / "scan_b")
+    (batch / "anatomy").mkdir(parents=True)
     for new, old in (("scan_a", "toy_100"), ("scan_b", "toy_102")):
         shutil.copyfile(toy / f"anatomy/{old}.nii.gz", batch / f"anatomy/{new}.nii.gz")
     (batch / "predict.yaml").write_text(yaml.safe_dump({
-        "bundle": str(bundle), "data": {"images_ts": "new_scans"},
-        "anatomy": {"source": "precomputed", "precomputed_dir": "anatomy"}, "compute": {"device": "cpu"}}))
+        "bundle": str(bundle), "data": {"images_ts": str(scans)},
+        "anatomy": {"source": "precomputed", "precomputed_dir": "anatomy"}, "compute": {"device": "cpu"}},
+        allow_unicode=True))
     snakemake(batch, "--profile", PROFILES["local"], "--configfile", "predict.yaml", "--cores", "2", timeout=1200)
     assert not list(batch.rglob("*.pth")) and not (batch / "results/training").exists()  # nothing trained here
-    for new, old, image in (("scan_a", "toy_100", "new_scans/scan_a.nii.gz"),
-                            ("scan_b", "toy_102", "results/inputs/test/scan_b.nii.gz")):
+    for new, old, image in (("scan_a", "toy_100", scans / "scan_a.nii.gz"),
+                            ("scan_b", "toy_102", batch / "results/inputs/test/scan_b.nii.gz")):
         ours = sitk.ReadImage(str(batch / f"results/predictions/test/refined/{new}.nii.gz"))
         study = sitk.ReadImage(str(smoke_run / f"results/predictions/test/refined/{old}.nii.gz"))
         assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(study)), new
@@ -810,10 +889,11 @@ def test_new_cases_in_parts_give_what_one_job_gives(smoke_run, tmp_path):
     cases = ["toy_100", "toy_101", "toy_102"]
     run([sys.executable, "-m", "workflow_scripts", "predict", "--nnunet-root", "results/nnunet", "--threads", "2",
          "--training-summaries", json.dumps(summaries), "--configurations", *names,
-         "--selection", "results/ensemble/selected.json", "--channel-labels",
-         json.dumps({"resenc_multiclass": [0, 1, 2], "isotropic_multiclass": [0, 1, 2], "metastasis_only": [0, 2]}),
-         "--settings", json.dumps(config["prediction"]), "--images", *[f"results/inputs/test/{c}.nii.gz" for c in cases],
-         "--device", "cpu", "--out-dir", tmp_path / "one_job"], cwd=smoke_run)
+         "--selection", "results/ensemble/selected.json",
+         "--settings", json.dumps({"configurations": config["configurations"], "prediction": config["prediction"],
+                                   "compute": {"device": "cpu"}}),
+         "--images", *[f"results/inputs/test/{c}.nii.gz" for c in cases], "--out-dir", tmp_path / "one_job"],
+        cwd=smoke_run)
     for stage in names + ["ensemble"]:
         for case in cases:
             study = smoke_run / f"results/predictions/test/{stage}/{case}"
@@ -833,15 +913,17 @@ def test_speed_options_of_new_case_prediction_agree_with_the_study(smoke_run, tm
     selection = tmp_path / "selected.json"
     selection.write_text(json.dumps({"candidate": "resenc_multiclass", "members": {names[0]: 1.0}, "fusions": []}))
     summaries = {n: [str(smoke_run / f"results/training/{n}/fold_{k}.json") for k in range(5)] for n in names}
-    step = yaml.safe_load(TOY_CONFIG.read_text())["prediction"]["tile_step_size"]  # as the study predicted
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    step = config["prediction"]["tile_step_size"]  # as the study predicted
     settings = {"tile_step_size": step, "use_mirroring": False, "half_precision": True, "export_resampling": "torch",
                 "save_probabilities": False}
     cases = ["toy_100"]  # 10 models on one case: a minute and a half on 2 cores
     result = run([sys.executable, "-m", "workflow_scripts", "predict", "--nnunet-root", "results/nnunet",
                   "--threads", "2", "--training-summaries", json.dumps(summaries), "--configurations", *names,
-                  "--selection", selection, "--channel-labels", json.dumps({n: [0, 1, 2] for n in names}),
-                  "--settings", json.dumps(settings), "--images", *[f"results/inputs/test/{c}.nii.gz" for c in cases],
-                  "--device", "cpu", "--outputs",
+                  "--selection", selection, "--settings",
+                  json.dumps({"configurations": {n: config["configurations"][n] for n in names},
+                              "prediction": settings, "compute": {"device": "cpu"}}),
+                  "--images", *[f"results/inputs/test/{c}.nii.gz" for c in cases], "--outputs",
                   *[tmp_path / "out" / stage / f"{c}.nii.gz" for stage in names + ["ensemble"] for c in cases]],
                  cwd=smoke_run)
     assert "[1/1] toy_100" in result.stdout

@@ -15,8 +15,8 @@ VERBS = {
     "qc-case": "qc",
     "qc-aggregate": "qc",
     "qc-gate": "qc",
-    "qc-anatomy": "label_anatomy",
-    "qc-anatomy-report": "label_anatomy",
+    "qc-anatomy": "qc_anatomy",
+    "qc-anatomy-report": "qc_anatomy",
     "make-splits": "splits",
     "crop-case": "crop",
     "convert-dataset": "nnunet_dataset",
@@ -44,7 +44,7 @@ VERBS = {
     "overlay-case": "overlays",
     "export-meshes": "meshes",
     "overlay-worst": "overlays",
-    "config-readme": "config",
+    "config-readme": "config_readme",
 }
 
 

@@ -1,11 +1,66 @@
-"""Anatomy label maps from TotalSegmentator, computed once per case and reused by every stage."""
+"""Anatomy from TotalSegmentator: its class ids and the structures that rules name, the regions derived from an
+anatomy map or a CT (body, cranio-caudal span), and the label maps, computed once per case and reused by every
+stage."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from pathlib import Path
 
+import numpy as np
+from scipy import ndimage
+
 from workflow_scripts.io import atomic_path
+
+
+def anatomy_class_ids(task: str) -> dict[str, int]:
+    """TotalSegmentator's class names and ids for ``task`` (its package imported only when asked)."""
+    from totalsegmentator.map_to_binary import class_map
+
+    return {name: int(i) for i, name in class_map[task].items()}
+
+
+def structure_ids(patterns: list[str], class_ids: dict[str, int]) -> list[int]:
+    ids = sorted({i for name, i in class_ids.items() for p in patterns if fnmatch.fnmatchcase(name, p)})
+    if not ids:
+        raise ValueError(f"no anatomy class matches {patterns}; names are TotalSegmentator class names "
+                         "such as 'liver', 'vertebrae_L3', 'hip_left'")
+    return ids
+
+
+def body_mask(image: np.ndarray, body_hu: float) -> np.ndarray:
+    """The largest connected region above ``body_hu``, holes (bowel gas, lungs) filled slice by slice."""
+    mask = image > body_hu
+    components, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    body = components == int(np.argmax(sizes))
+    return np.stack([ndimage.binary_fill_holes(s) for s in body])
+
+
+def cranio_caudal_axis(direction: tuple[float, ...] | None) -> int:
+    """The numpy axis (z, y, x order) that runs closest to the patient's head-foot axis."""
+    if direction is None:
+        return 0
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: index axes x, y, z in physical space
+    return 2 - int(np.argmax(np.abs(matrix[2])))
+
+
+def span_region(anatomy: np.ndarray, ids: list[int], margin_mm: float, spacing_xyz, axis: int) -> np.ndarray:
+    """Slices between the first and last slice holding any of ``ids``, widened by ``margin_mm``."""
+    other = tuple(a for a in range(3) if a != axis)
+    present = np.flatnonzero(np.isin(anatomy, ids).any(axis=other))
+    region = np.zeros(anatomy.shape, dtype=bool)
+    if present.size == 0:
+        return region
+    margin = int(np.ceil(margin_mm / spacing_xyz[2 - axis]))
+    index = [slice(None)] * 3
+    index[axis] = slice(max(0, present[0] - margin), present[-1] + margin + 1)
+    region[tuple(index)] = True
+    return region
 
 
 def prepare_totalseg_home(home: Path) -> Path:
@@ -49,7 +104,7 @@ def check_weights(home: Path, task: str, fast: bool, roi_subset: list[str] | Non
             "folder that has them.")
 
 
-def segment_anatomy(image: Path, out: Path, home: Path, task: str = "total", fast: bool = True,
+def segment_anatomy(image: Path, out: Path, home: Path, task: str, fast: bool = True,
                     roi_subset: list[str] | None = None, device: str = "gpu", threads: int = 1) -> None:
     """One real ``totalsegmentator()`` call writing a multilabel map on the image grid."""
     home = prepare_totalseg_home(home)
@@ -67,11 +122,12 @@ def segment_anatomy_entry(argv=None) -> None:
     p = cli.parser("segment-anatomy", "TotalSegmentator's anatomy map of one image, offline.")
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True)
-    cli.add_settings(p, "anatomy", required=True)
-    p.add_argument("--device", required=True, choices=["gpu", "cpu"])
+    cli.add_settings(p, "segment-anatomy")
+    p.add_argument("--device", required=True, choices=["gpu", "cpu"], help="gpu where the rule's resources ask "
+                   "for one")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    settings = args.settings
+    settings = args.settings["anatomy"]
     if not settings.get("totalseg_home"):
         raise SystemExit("error: anatomy.totalseg_home: the folder holding TotalSegmentator's weights is needed")
     segment_anatomy(Path(args.image), Path(args.out), Path(settings["totalseg_home"]), settings["task"],

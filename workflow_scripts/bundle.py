@@ -14,6 +14,7 @@ renamed when complete.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import shutil
 from importlib import metadata
@@ -21,8 +22,38 @@ from pathlib import Path
 
 import yaml
 
-from workflow_scripts.config import BUNDLE_CONFIG, BUNDLE_MANIFEST
+from workflow_scripts.config import BUNDLE_CONFIG, BUNDLE_MANIFEST, ConfigError
 from workflow_scripts.io import read_json, write_json
+
+# What a run with a bundle may set; everything else (labels, configurations, ensemble, refinement) is the study's.
+PREDICT_KEYS = {"bundle", "data", "qc", "compute", "prediction", "anatomy", "evaluation"}
+
+
+def _merged(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else copy.deepcopy(value)
+    return merged
+
+
+def predict_config(config: dict, base: str | Path = ".") -> dict:
+    """A run with a bundle: the study's configuration stored in the bundle, with this run's data (new cases
+    only) and any qc, compute, prediction, anatomy or evaluation settings laid over it."""
+    unknown = sorted(set(config) - PREDICT_KEYS)
+    if unknown:
+        raise ConfigError(f"invalid configuration (see config/README.md):\n  {', '.join(unknown)}: set by the "
+                          f"bundle's study; a run with a bundle may set only {sorted(PREDICT_KEYS)}")
+    stored = Path(base) / config["bundle"] / BUNDLE_CONFIG
+    if not stored.is_file():
+        raise ConfigError(f"invalid configuration (see config/README.md):\n  bundle: no {BUNDLE_CONFIG} in "
+                          f"'{config['bundle']}'; export one with `snakemake export_bundle --configfile <the "
+                          "study's config>`")
+    study = yaml.safe_load(stored.read_text())
+    study.pop("bundle", None)
+    study["data"] = {"images_tr": None, "labels_tr": None, "labels_ts": None}
+    return _merged(study, config)
+
 
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 CHECKPOINT = "checkpoint_final.pth"
@@ -109,18 +140,18 @@ def export_bundle_entry(argv=None) -> None:
     from workflow_scripts import cli
 
     p = cli.parser("export-bundle", "Pack the chosen ensemble's models, plans, choices and the study's config.")
-    p.add_argument("--config", type=cli.json_value, required=True, help="the study's validated configuration")
+    cli.add_settings(p, "export-bundle")
     p.add_argument("--selection", required=True, help="the chosen ensemble (results/ensemble/selected.json)")
     p.add_argument("--refinement", required=True, help="the chosen rules (results/refinement/selected_rules.json)")
     p.add_argument("--training-summaries", type=cli.json_value, required=True,
                    help="JSON {configuration: [fold summary JSON]}")
-    p.add_argument("--channel-labels", type=cli.json_value, required=True,
-                   help="JSON {configuration: [label value per channel]}")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     summaries = {name: [Path(s) for s in paths] for name, paths in args.training_summaries.items()}
-    manifest = export_bundle(Path(args.out), args.config, Path(args.selection), Path(args.refinement), summaries,
-                             args.channel_labels)
+    from workflow_scripts.settings import channel_labels
+
+    manifest = export_bundle(Path(args.out), args.settings, Path(args.selection), Path(args.refinement), summaries,
+                             channel_labels(args.settings))
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     print(f"bundle {args.out}: configurations {list(manifest['configurations'])}, {len(manifest['files'])} files, "
           f"{size / 1e6:.1f} MB")

@@ -93,19 +93,19 @@ def write_burden(cases: list[str], segmentation_dir: Path, anatomy_paths: dict[s
 
 def tumour_burden_entry(argv=None) -> None:
     from workflow_scripts import cli
-    from workflow_scripts.refinement import anatomy_class_ids
+    from workflow_scripts.anatomy import anatomy_class_ids
+    from workflow_scripts.settings import lesion_classes
 
     p = cli.parser("tumour-burden", "Lesion table and per-case tumour burden of the refined segmentations.")
     p.add_argument("--segmentations", nargs="+", required=True, help="the refined <case>.nii.gz")
     p.add_argument("--anatomy", nargs="*", default=[], help="the cases' anatomy maps, same order (or none)")
-    p.add_argument("--classes", type=cli.json_value, required=True, help="JSON {class name: label value}")
-    p.add_argument("--task", required=True, help="config anatomy.task: the names of the anatomy map's labels")
+    cli.add_settings(p, "tumour-burden")
     p.add_argument("--out-lesions", required=True)
     p.add_argument("--out-burden", required=True)
     args = p.parse_args(argv)
     segmentation_dir, cases = cli.case_folder(args.segmentations, "--segmentations")
     anatomy = cli.case_paths(args.anatomy, cases) if args.anatomy else {case: None for case in cases}
-    names = {i: name for name, i in anatomy_class_ids(args.task).items()}
-    burden = write_burden(cases, segmentation_dir, anatomy, args.classes, names, Path(args.out_lesions),
+    names = {i: name for name, i in anatomy_class_ids(args.settings["anatomy"]["task"]).items()}
+    burden = write_burden(cases, segmentation_dir, anatomy, lesion_classes(args.settings), names, Path(args.out_lesions),
                           Path(args.out_burden))
     print(f"{len(burden)} case(s), {burden['total_ml'].sum():.1f} ml of lesions in all")

@@ -1,8 +1,8 @@
 """What the verbs' command lines share. Each stage module owns its verbs (``<verb>_entry(argv)`` beside the
 function it runs); ``python -m workflow_scripts <verb>`` dispatches to them.
 
-One convention: files and case ids are flags; settings are one JSON value, ``--settings``, holding the config
-section the verb reads (keys left out take the schema's defaults, so a partial section works).
+One convention: files, case ids and the job's resources are flags; settings are one JSON value, ``--settings``,
+the part of the config the verb reads (workflow_scripts/settings.py; keys left out take the schema's defaults).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from workflow_scripts.config import IMAGE_SUFFIX, ConfigError, section_settings
+from workflow_scripts.config import IMAGE_SUFFIX, ConfigError
 
 
 def parser(verb: str, description: str) -> argparse.ArgumentParser:
@@ -27,31 +27,32 @@ def json_value(text: str):
         raise argparse.ArgumentTypeError(f"not JSON ({err}): {text[:80]}")
 
 
-def add_settings(p: argparse.ArgumentParser, section: str, required: bool = False) -> None:
-    """``--settings``: the config section ``section`` as JSON; keys left out take the schema's defaults."""
+def add_settings(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--settings``: the verb's settings as JSON, a partial config (workflow_scripts/settings.py); keys left out
+    take the schema's defaults."""
+    from workflow_scripts.settings import VERB_SETTINGS, read_settings
 
     def settings(text: str) -> dict:
         try:
-            return section_settings(section, json_value(text))
+            return read_settings(verb, json_value(text))
         except ConfigError as err:
             raise argparse.ArgumentTypeError(str(err))
 
-    p.add_argument("--settings", type=settings, required=required, default=None if required else "{}",
-                   help=f"the config's {section} section as JSON (keys left out: the schema's defaults)")
+    paths = ", ".join(path or "the whole config" for path in VERB_SETTINGS[verb])
+    p.add_argument("--settings", type=settings, default="{}",
+                   help=f"JSON, the config's {paths} (keys left out: the schema's defaults)")
 
 
 def add_nnunet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nnunet-root", required=True, help="folder of nnU-Net's raw, preprocessed and results folders")
     p.add_argument("--threads", type=int, default=1, help="worker pools and torch threads (the rule's threads)")
-    p.add_argument("--augmentation-workers", type=int, default=0, help="nnU-Net's data augmentation processes")
 
 
-def configure_nnunet(args, augmentation_workers: int | None = None) -> None:
+def configure_nnunet(args, augmentation_workers: int) -> None:
     """Before nnU-Net's first import in this process: its folders and pool sizes."""
     from workflow_scripts.nnunet_seam import configure_nnunet as configure
 
-    workers = args.augmentation_workers if augmentation_workers is None else augmentation_workers
-    configure(args.nnunet_root, args.threads, workers)
+    configure(args.nnunet_root, args.threads, augmentation_workers)
 
 
 def case_folder(paths: list[str], what: str) -> tuple[Path, list[str]]:

@@ -1,11 +1,9 @@
-"""Configuration: schema validation, cross-checks, and the case lists derived from the input folders."""
+"""Configuration: the schema, validation with its defaults filled, and the cross-checks between keys."""
 from __future__ import annotations
 
 import copy
 import functools
-import re
 from pathlib import Path
-from typing import NamedTuple
 
 import jsonschema
 import yaml
@@ -14,6 +12,9 @@ SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.
 IMAGE_SUFFIX = ".nii.gz"
 
 RESERVED_STAGES = ("ensemble", "refined")
+BUNDLE_MANIFEST = "bundle.json"  # in an exported bundle (workflow_scripts/bundle.py)
+BUNDLE_CONFIG = "config.yaml"
+
 
 @functools.cache
 def _schema() -> dict:
@@ -59,86 +60,35 @@ def validate_config(config: dict, base: str | Path = ".") -> dict:
     return config
 
 
-def section_settings(section: str, given: dict | None = None) -> dict:
-    """One config section (a dotted path, e.g. ``data.dicom``): ``given`` with every key it leaves out filled from
-    the schema's defaults, validated; the only place defaults come from outside a workflow run."""
+def path_settings(path: str, given=None):
+    """The value at a config path (``""`` the whole config, ``"qc"``, ``"anatomy.task"``): ``given`` validated, every
+    key it leaves out filled from the schema's defaults, and, when ``given`` is None, the path's own default (an
+    object without one: all its keys' defaults; a required key without one: an error). The only place defaults
+    come from outside a workflow run."""
     schema = copy.deepcopy(_schema())
-    subschema = schema
-    for key in section.split("."):
-        subschema = subschema["properties"][key]
-    instance = copy.deepcopy(given) if given is not None else {}
+    subschema, parent, key = schema, None, None
+    for key in filter(None, path.split(".")):
+        parent, subschema = subschema, subschema["properties"][key]
+    if given is None:
+        if "default" in subschema:
+            given = subschema["default"]
+        elif parent is not None and key in parent.get("required", []):
+            raise ConfigError(f"invalid settings (see config/README.md):\n  {path}: required, and it has no default")
+        else:
+            given = {}
+    instance = copy.deepcopy(given)
     validator = _fill_defaults(jsonschema.Draft202012Validator)({"$defs": schema["$defs"], **subschema})
-    errors = [f"{'.'.join([section, *map(str, e.absolute_path)])}: {e.message}" for e in validator.iter_errors(instance)]
+    errors = [f"{'.'.join(filter(None, [path, *map(str, e.absolute_path)])) or '<config>'}: {e.message}"
+              for e in validator.iter_errors(instance)]
     if errors:
         raise ConfigError("invalid settings (see config/README.md):\n  " + "\n  ".join(errors))
     return instance
 
 
-README = SCHEMA.parent.parent / "README.md"
-GENERATED = re.compile(r"(<!-- schema table: (?P<section>[\w.<>]+) -->\n)(.*?)(<!-- end of schema table -->)", re.S)
-
-
-def _flow(value) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
-
-
-def _rows(schema: dict, prefix: str = "") -> list[str]:
-    rows, required = [], schema.get("required", [])
-    for name, sub in schema.get("properties", {}).items():
-        key = f"{prefix}{name}"
-        if "description" in sub or "properties" not in sub:
-            default = "required" if name in required else f"`{_flow(sub['default'])}`" if "default" in sub else "-"
-            rows.append(f"| `{key}` | {default} | {sub.get('description', '')} |")
-        if "properties" in sub:
-            rows += _rows(sub, key + ".")
-    return rows
-
-
-def _kind_rows(rule: dict) -> list[str]:
-    kinds = {kind: ([], []) for kind in rule["properties"]["kind"]["enum"]}
-    for case in rule["allOf"]:
-        condition = case["if"]["properties"]["kind"]
-        for kind in condition.get("enum", [condition.get("const")]):
-            kinds[kind][0].extend(case["then"].get("required", []))
-            kinds[kind][1].extend(f"`{k}: {_flow(v['default'])}`" for k, v in case["then"].get("properties", {}).items())
-    return [f"| `{kind}` | {', '.join(f'`{k}`' for k in needs) or '-'} | {', '.join(defaults) or '-'} |"
-            for kind, (needs, defaults) in kinds.items()]
-
-
-def schema_table(section: str) -> str:
-    """config/README.md's table of one section, from the schema's descriptions and defaults. ``section``: a
-    top-level key, ``configurations.<name>``, ``refinement.rules`` or ``refinement.rules.kind``."""
-    schema = _schema()["properties"]
-    if section == "configurations.<name>":
-        node, prefix = schema["configurations"]["additionalProperties"], ""
-    elif section.startswith("refinement.rules"):
-        node, prefix = schema["refinement"]["properties"]["rules"]["items"], ""
-        if section.endswith(".kind"):
-            return "\n".join(["| kind | needs | defaults |", "| --- | --- | --- |", *_kind_rows(node)]) + "\n"
-    else:
-        node, prefix = schema[section], ""
-    return "\n".join(["| key | default | meaning |", "| --- | --- | --- |", *_rows(node, prefix)]) + "\n"
-
-
-def config_readme(text: str) -> str:
-    """``text`` with every generated table replaced by the schema's."""
-    return GENERATED.sub(lambda m: m.group(1) + schema_table(m.group("section")) + m.group(4), text)
-
-
-def config_readme_entry(argv=None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m workflow_scripts config-readme",
-                                description="Regenerate config/README.md's tables from the schema's descriptions.")
-    p.add_argument("--check", action="store_true", help="only report whether the file is in sync")
-    args = p.parse_args(argv)
-    text = README.read_text()
-    generated = config_readme(text)
-    if args.check:
-        raise SystemExit(0 if generated == text else f"{README} is out of sync with the schema; run "
-                         "python -m workflow_scripts config-readme")
-    README.write_text(generated)
-    print(f"wrote {README}")
+def section_settings(section: str, given: dict | None = None) -> dict:
+    """One config section (a dotted path, e.g. ``data.dicom``) with every key ``given`` leaves out filled from the
+    schema's defaults, validated."""
+    return path_settings(section, given if given is not None else {})
 
 
 def refinement_rules(rules: list[dict]) -> list[dict]:
@@ -252,113 +202,3 @@ def _cross_check(config: dict, base: Path) -> None:
                         f"got {len(names)}")
     if problems:
         raise ConfigError("invalid configuration (see config/README.md):\n" + "\n".join(f"  {p}" for p in problems))
-
-
-BUNDLE_MANIFEST = "bundle.json"
-BUNDLE_CONFIG = "config.yaml"
-# What a run with a bundle may set; everything else (labels, configurations, ensemble, refinement) is the study's.
-PREDICT_KEYS = {"bundle", "data", "qc", "compute", "prediction", "anatomy", "evaluation"}
-
-
-def _merged(base: dict, update: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else copy.deepcopy(value)
-    return merged
-
-
-def predict_config(config: dict, base: str | Path = ".") -> dict:
-    """A run with a bundle: the study's configuration stored in the bundle, with this run's data (new cases
-    only) and any qc, compute, prediction, anatomy or evaluation settings laid over it."""
-    unknown = sorted(set(config) - PREDICT_KEYS)
-    if unknown:
-        raise ConfigError(f"invalid configuration (see config/README.md):\n  {', '.join(unknown)}: set by the "
-                          f"bundle's study; a run with a bundle may set only {sorted(PREDICT_KEYS)}")
-    stored = Path(base) / config["bundle"] / BUNDLE_CONFIG
-    if not stored.is_file():
-        raise ConfigError(f"invalid configuration (see config/README.md):\n  bundle: no {BUNDLE_CONFIG} in "
-                          f"'{config['bundle']}'; export one with `snakemake export_bundle --configfile <the "
-                          "study's config>`")
-    study = yaml.safe_load(stored.read_text())
-    study.pop("bundle", None)
-    study["data"] = {"images_tr": None, "labels_tr": None, "labels_ts": None}
-    return _merged(study, config)
-
-
-def load_config(path: str | Path, base: str | Path = ".") -> dict:
-    return validate_config(yaml.safe_load(Path(path).read_text()), base)
-
-
-def discover_cases(folder: str | Path, pattern: str, channel_suffix: str = "") -> tuple[list[str], dict[str, str]]:
-    """Case ids in ``folder``: ``<case><channel_suffix>.nii.gz`` files and ``<case>/`` DICOM series folders (hidden
-    entries are skipped); and the entries whose name is off ``pattern`` or lacks the suffix ({name: path}), which
-    QC reports as errors (no rule can use them). An id given both ways is an error."""
-    folder = Path(folder)
-    entries = {p.name[: -len(IMAGE_SUFFIX)]: str(p) for p in folder.glob(f"*{IMAGE_SUFFIX}")}
-    if channel_suffix:
-        entries = {name[: -len(channel_suffix)] if name.endswith(channel_suffix) else name: path
-                   for name, path in entries.items()}
-        off_suffix = {name for name, path in entries.items() if not Path(path).name.endswith(channel_suffix + IMAGE_SUFFIX)}
-    else:
-        off_suffix = set()
-    series = dicom_folders(folder)
-    both = sorted(set(entries) & set(series))
-    if both:
-        raise ConfigError(f"cases {both} in {folder} are given both as <case>{IMAGE_SUFFIX} and as a DICOM folder "
-                          "<case>/; keep one")
-    entries.update(series)
-    if not entries:
-        raise ConfigError(f"no '*{IMAGE_SUFFIX}' images or DICOM series folders in {folder}")
-    misnamed = {name: path for name, path in sorted(entries.items())
-                if not re.match(pattern, name) or (name in off_suffix and name not in series)}
-    return sorted(set(entries) - set(misnamed)), misnamed
-
-
-def dicom_folders(folder: str | Path) -> dict[str, str]:
-    """{case: folder} of the DICOM series folders among a folder's entries."""
-    return {p.name: str(p) for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")}
-
-
-class InputCases(NamedTuple):
-    train: list[str]                  # training case ids, without the ones in qc.exclude
-    test: list[str]                   # new case ids, without the ones in qc.exclude
-    orphan_labels: dict[str, str]     # {case: label path} of labels without an image
-    misnamed: dict[str, list[str]]    # {name: [split, path]} of images whose name is off data.case_pattern
-
-
-def input_cases(config: dict) -> InputCases:
-    """The cases of the image folders; the labels without an image and the misnamed images, which QC reports."""
-    data, qc = config["data"], config["qc"]
-    found, misnamed = {"train": []}, {}
-    for split, key in (("train", "images_tr"), ("test", "images_ts")):
-        if not data[key]:  # a run with a bundle: new cases only
-            continue
-        found[split], bad = discover_cases(data[key], data["case_pattern"], data["channel_suffix"])
-        misnamed.update({name: [split, path] for name, path in bad.items()})
-    known = set(found["train"]) | set(found["test"])
-    unknown = sorted((set(qc["exclude"]) - known - set(misnamed)) | (set(qc["allow"]) - known))
-    named_off = set(misnamed)
-    misnamed = {name: entry for name, entry in misnamed.items() if name not in qc["exclude"]}
-    if unknown:
-        raise ConfigError(f"qc.exclude / qc.allow name cases {unknown} that are in neither {data['images_tr']} nor "
-                          f"{data['images_ts']} (or, for qc.allow, off data.case_pattern: rename them); fix the ids")
-    kept = {split: [c for c in cases if c not in qc["exclude"]] for split, cases in found.items()}
-    for split, key in (("train", "images_tr"), ("test", "images_ts")):
-        if data[key] and not kept[split]:
-            raise ConfigError(f"no case left in {data[key]}: every image is in qc.exclude or named off "
-                              f"data.case_pattern '{data['case_pattern']}'")
-    orphans = {}
-    for split, key in (("train", "labels_tr"), ("test", "labels_ts")):
-        if data.get(key):
-            for path in sorted(Path(data[key]).glob(f"*{IMAGE_SUFFIX}")):
-                case = path.name[: -len(IMAGE_SUFFIX)]
-                if case not in found[split] and case not in named_off:
-                    orphans[case] = str(path)
-    return InputCases(kept["train"], kept["test"], orphans, misnamed)
-
-
-def rule_resources(config: dict, rule: str) -> dict:
-    """Threads, memory, runtime and GPU of a rule: its own entry of compute.resources over 'default'."""
-    resources = config["compute"]["resources"]
-    return {**resources["default"], **resources.get(rule, {})}

@@ -63,7 +63,7 @@ def paste_labels(segmentation: np.ndarray, box: dict, background: int = 0) -> np
 
 def crop_case(image_path: Path, anatomy_path: Path, structures: list[str], margin_mm: float, task: str,
               out_image: Path, out_box: Path) -> dict:
-    from workflow_scripts.refinement import anatomy_class_ids, structure_ids
+    from workflow_scripts.anatomy import anatomy_class_ids, structure_ids
 
     image = read_image(image_path)
     anatomy = read_anatomy(Path(image_path).name, anatomy_path, image)
@@ -89,13 +89,13 @@ def crop_case_entry(argv=None) -> None:
     p = cli.parser("crop-case", "Cut a case's image to the box of chosen anatomy structures plus a margin.")
     p.add_argument("--image", required=True)
     p.add_argument("--anatomy", required=True, help="the case's TotalSegmentator label map")
-    cli.add_settings(p, "crop")
-    p.add_argument("--task", default="total", help="the TotalSegmentator task of the anatomy map")
+    cli.add_settings(p, "crop-case")
     p.add_argument("--out-image", required=True)
     p.add_argument("--out-box", required=True)
     args = p.parse_args(argv)
-    box = crop_case(Path(args.image), Path(args.anatomy), args.settings["structures"], args.settings["margin_mm"],
-                    args.task, Path(args.out_image), Path(args.out_box))
+    crop, task = args.settings["crop"], args.settings["anatomy"]["task"]
+    box = crop_case(Path(args.image), Path(args.anatomy), crop["structures"], crop["margin_mm"], task,
+                    Path(args.out_image), Path(args.out_box))
     if not box["found"]:
         print(f"warning: none of {box['structures']} is in {args.anatomy}: the whole image is kept")
     print(f"crop {box['start']} to {box['stop']} of {box['full_shape']} (z, y, x): "

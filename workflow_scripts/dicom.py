@@ -119,7 +119,7 @@ class SliceFindings:
     duplicates: int         # slices at a position already taken
 
 
-def inspect_slices(positions: np.ndarray, gap_factor: float = 1.5) -> SliceFindings:
+def inspect_slices(positions: np.ndarray, gap_factor: float) -> SliceFindings:
     """Missing slices (a gap above ``gap_factor`` x the median gap) and the spread of the remaining gaps."""
     positions = np.sort(positions)
     gaps = np.diff(positions)
@@ -255,13 +255,13 @@ def convert_dicom_entry(argv=None) -> None:
     p = cli.parser("convert-dicom", "Convert a case's DICOM series folder to NIfTI, with findings for QC.")
     p.add_argument("--case", required=True)
     p.add_argument("--folder", required=True, help="the case's DICOM folder (searched recursively)")
-    cli.add_settings(p, "data.dicom")
+    cli.add_settings(p, "convert-dicom")
     p.add_argument("--out", required=True, help="NIfTI image to write")
     p.add_argument("--findings", required=True, help="JSON findings for QC to write")
     args = p.parse_args(argv)
     try:
         findings = convert_series_folder(args.case, Path(args.folder), Path(args.out), Path(args.findings),
-                                         args.settings)
+                                         args.settings["data"]["dicom"])
     except DicomError as err:
         sys.exit(f"error: {err}")
     print(f"{args.case}: {findings['chosen']} (rule {findings['rule']}), {findings['missing_slices']} missing "

@@ -86,13 +86,13 @@ def ensemble_probabilities(selection: dict, member: Callable[[str], tuple[np.nda
 
 
 def ensemble_case(selection: dict, predictions_dir: Path, reference_image: Path, out_dir: Path, case: str,
-                  save_probabilities: bool = False) -> None:
+                  encoding: str | None = None) -> None:
     """Ensemble one case as ``selection`` says from ``predictions_dir/<configuration>/<case>.npz``, one file in
-    memory at a time. The label map only by default: no later rule reads an out-of-fold ensemble's probabilities,
-    and at CT size each such file is as large as a member's."""
+    memory at a time. The label map only, unless an ``encoding`` asks for the probabilities too: no later rule
+    reads an out-of-fold ensemble's probabilities, and at CT size each such file is as large as a member's."""
     probabilities, labels = ensemble_probabilities(
         selection, lambda name: read_probabilities(Path(predictions_dir) / name / f"{case}.npz"))
-    write_prediction(probabilities, labels, reference_image, out_dir, case, save_probabilities)
+    write_prediction(probabilities, labels, reference_image, out_dir, case, encoding)
 
 
 def ensemble_case_entry(argv=None) -> None:

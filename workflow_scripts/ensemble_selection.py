@@ -197,36 +197,38 @@ def select_ensemble(settings: dict, cases: list[str], oof_dir: Path | None, refe
 
 def score_ensembles_entry(argv=None) -> None:
     from workflow_scripts import cli
+    from workflow_scripts.settings import ensemble_selection
 
     p = cli.parser("score-ensembles", "Score every candidate ensemble on one out-of-fold case.")
-    p.add_argument("--settings", type=cli.json_value, required=True,
-                   help="JSON: members, fusions, select, strategies, metric, classes, conventions")
+    cli.add_settings(p, "score-ensembles")
     p.add_argument("--reference", required=True, help="the case's label, <case>.nii.gz")
     p.add_argument("--probabilities", nargs="+", required=True,
                    help="<folder>/<configuration>/<case>.npz of every configuration the candidates use")
     p.add_argument("--out", required=True, help="TSV: a row per candidate and class")
     args = p.parse_args(argv)
     _, (case,) = cli.case_folder([args.reference], "--reference")
-    candidates = settings_candidates(args.settings)
+    selection = ensemble_selection(args.settings)
+    candidates = settings_candidates(selection)
     rows = score_case(candidates, case, cli.probability_root(args.probabilities, [case]), Path(args.reference),
-                      args.settings["classes"], Conventions.from_settings(args.settings["conventions"]))
+                      selection["classes"], Conventions.from_settings(selection["conventions"]))
     write_table(pd.DataFrame(rows), Path(args.out), float_format="%.17g")
     print(f"{case}: {len(candidates)} candidate(s) scored")
 
 
 def select_ensemble_entry(argv=None) -> None:
     from workflow_scripts import cli
+    from workflow_scripts.settings import ensemble_selection
 
     p = cli.parser("select-ensemble", "Rank every candidate ensemble on the out-of-fold cases' scores; choose one.")
-    p.add_argument("--settings", type=cli.json_value, required=True,
-                   help="JSON: members, fusions, select, strategies, metric, classes, conventions")
+    cli.add_settings(p, "select-ensemble")
     p.add_argument("--case-scores", nargs="+", required=True, help="score-ensembles' <case>.tsv of every case")
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-selection", required=True)
     args = p.parse_args(argv)
     cases = [Path(p).name[: -len(".tsv")] for p in args.case_scores]
+    selection = ensemble_selection(args.settings)
     try:
-        rows = read_case_scores([Path(p) for p in args.case_scores], cases, settings_candidates(args.settings))
+        rows = read_case_scores([Path(p) for p in args.case_scores], cases, settings_candidates(selection))
     except ValueError as err:
         raise SystemExit(f"error: {err}")
-    select_ensemble(args.settings, cases, None, None, Path(args.out_table), Path(args.out_selection), rows)
+    select_ensemble(selection, cases, None, None, Path(args.out_table), Path(args.out_selection), rows)

@@ -13,7 +13,6 @@ from scipy import stats
 from workflow_scripts.io import pyplot, write_figure, write_table
 from workflow_scripts.metrics import Conventions, class_metrics, nsd_column, pinkcc_score
 
-ID_COLUMNS = ["split", "stage", "case", "class", "label"]
 # Metrics aggregated and compared in the report, with the direction that is better.
 HIGHER_IS_BETTER = {"dice": True, "iou": True, "precision": True, "recall": True, "hd95_mm": False,
                     "assd_mm": False, "lesion_f1": True, "lesion_dice": True, "dice_dilated": True,
@@ -164,7 +163,7 @@ def pinkcc_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def worst_cases(metrics: pd.DataFrame, per_stage: int = 3) -> pd.DataFrame:
+def worst_cases(metrics: pd.DataFrame, per_stage: int) -> pd.DataFrame:
     """The lowest-Dice cases of every split, stage and class, with the files to open."""
     rows = metrics.dropna(subset=["dice"]).sort_values("dice").groupby(["split", "stage", "class"], sort=False)
     worst = rows.head(per_stage).sort_values(["split", "stage", "class", "dice"])
@@ -251,6 +250,7 @@ def write_summary(case_tables: list[Path], out_dir: Path, conventions: Conventio
 
 def evaluate_stage_entry(argv=None) -> None:
     from workflow_scripts import cli
+    from workflow_scripts.settings import stage_classes
 
     p = cli.parser("evaluate-stage", "Metrics per case and class of one stage's segmentations.")
     p.add_argument("--split", required=True)
@@ -258,33 +258,33 @@ def evaluate_stage_entry(argv=None) -> None:
     p.add_argument("--predictions", nargs="+", required=True,
                    help="the stage's <case>.nii.gz, in --references' order")
     p.add_argument("--references", nargs="+", required=True, help="the reference labels, <case>.nii.gz")
-    p.add_argument("--classes", type=cli.json_value, required=True, help="JSON {name: label}")
-    cli.add_settings(p, "evaluation")
+    cli.add_settings(p, "evaluate-stage")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     reference_dir, cases = cli.case_folder(args.references, "--references")
     prediction_dir, predicted = cli.case_folder(args.predictions, "--predictions")
     if predicted != cases:
         raise SystemExit("error: --predictions name other cases than --references")
-    conventions = Conventions.from_settings(args.settings)
+    conventions = Conventions.from_settings(args.settings["evaluation"])
     print(f"conventions: {conventions.describe()}")
-    table = evaluate_stage(args.split, args.stage, cases, prediction_dir, reference_dir, args.classes, conventions)
+    classes = stage_classes(args.settings, args.stage)
+    table = evaluate_stage(args.split, args.stage, cases, prediction_dir, reference_dir, classes, conventions)
     write_table(table, Path(args.out))
 
 
 def summarize_metrics_entry(argv=None) -> None:
     from workflow_scripts import cli
+    from workflow_scripts.settings import selection_biased_stages
 
     p = cli.parser("summarize-metrics", "Aggregates, stage comparisons, PINKCC scores, worst cases and figures.")
-    cli.add_settings(p, "evaluation")
-    p.add_argument("--selection-biased", default="",
-                   help="comma-separated stages chosen on their own out-of-fold cases (optimistic oof scores)")
+    cli.add_settings(p, "summarize-metrics")
     p.add_argument("--summary", required=True, help="summary.tsv; the other tables and the figure go beside it")
     p.add_argument("tables", nargs="+")
     args = p.parse_args(argv)
-    biased = [stage for stage in args.selection_biased.split(",") if stage]
+    evaluation = args.settings["evaluation"]
     tables = write_summary([Path(t) for t in args.tables], Path(args.summary).parent,
-                           Conventions.from_settings(args.settings), args.settings["worst_cases"], biased)
+                           Conventions.from_settings(evaluation), evaluation["worst_cases"],
+                           selection_biased_stages(args.settings))
     with pd.option_context("display.width", 200, "display.max_columns", 12):
         print(tables["pinkcc"].drop(columns="convention").to_string(index=False))
         summary = tables["summary"]

@@ -50,10 +50,12 @@ def export_meshes_entry(argv=None) -> None:
 
     p = cli.parser("export-meshes", "One STL surface per class of a segmentation (LPS, mm).")
     p.add_argument("--segmentation", required=True)
-    p.add_argument("--classes", type=cli.json_value, required=True, help="JSON {class name: label value}")
+    cli.add_settings(p, "export-meshes")
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
-    written = write_meshes(Path(args.segmentation), args.classes, Path(args.out_dir))
+    from workflow_scripts.settings import lesion_classes
+
+    written = write_meshes(Path(args.segmentation), lesion_classes(args.settings), Path(args.out_dir))
     for name, info in written.items():
         print(f"{name}: {info['faces']} faces, {info['mesh_ml']:.2f} ml by mesh, {info['voxel_ml']:.2f} ml by voxels")
     if not written:

@@ -22,6 +22,7 @@ from workflow_scripts.metrics import Conventions
 from workflow_scripts.refinement import refine, rules_class_ids
 from workflow_scripts.refinement_selection import (choose_rules, other_folds_choices, read_refinement_scores,
                                                    score_case_refinements)
+from workflow_scripts.settings import ensemble_selection, refinement_selection
 
 FOLD_COLUMNS = ["fold", "held_out", "ensemble", "ensemble_metric", "ensemble_inner_score"]
 
@@ -124,7 +125,7 @@ def nested_ensembles_entry(argv=None) -> None:
 
     p = cli.parser("nested-ensembles", "Per fold of the nested selection, the ensemble chosen on the other folds' "
                    "cases.")
-    p.add_argument("--ensemble-settings", type=cli.json_value, required=True, help="JSON, as select-ensemble's")
+    cli.add_settings(p, "nested-ensembles")
     p.add_argument("--splits", required=True, help="splits_final.json: each fold's held-out cases under 'val'")
     p.add_argument("--case-scores", nargs="+", required=True, help="score-ensembles' <case>.tsv of every case")
     p.add_argument("--out", required=True, help="TSV: per fold its held-out cases and chosen ensemble")
@@ -133,12 +134,12 @@ def nested_ensembles_entry(argv=None) -> None:
     cases = [Path(p).name[: -len(".tsv")] for p in args.case_scores]
     if sorted(cases) != sorted(c for fold in folds for c in fold):
         raise SystemExit("error: --case-scores name other cases than the folds of --splits")
+    selection = ensemble_selection(args.settings)
     try:
-        rows = read_case_scores([Path(p) for p in args.case_scores], cases,
-                                settings_candidates(args.ensemble_settings))
+        rows = read_case_scores([Path(p) for p in args.case_scores], cases, settings_candidates(selection))
     except ValueError as err:
         raise SystemExit(f"error: {err}")
-    table = nested_ensembles(args.ensemble_settings, folds, rows)
+    table = nested_ensembles(selection, folds, rows)
     write_table(table, Path(args.out), float_format="%.17g")
     print(table.to_string(index=False))
 
@@ -148,16 +149,17 @@ def nested_selection_entry(argv=None) -> None:
 
     p = cli.parser("nested-selection", "Per fold of the nested selection, the refinement rules chosen on the other "
                    "folds' cases segmented by the fold's ensemble.")
-    p.add_argument("--refinement-settings", type=cli.json_value, required=True, help="JSON, as select-refinement's")
+    cli.add_settings(p, "nested-selection")
     p.add_argument("--nested-ensembles", required=True, help="nested-ensembles' table")
     p.add_argument("--case-scores", nargs="+", required=True, help="score-refinements' <case>.tsv of every case")
     p.add_argument("--out-table", required=True, help="TSV: per fold the choices and their inner scores")
     args = p.parse_args(argv)
     ensembles = pd.read_csv(args.nested_ensembles, sep="\t")
     cases = [Path(p).name[: -len(".tsv")] for p in args.case_scores]
+    settings = refinement_selection(args.settings)
     try:
-        rows = read_refinement_scores([Path(p) for p in args.case_scores], cases, args.refinement_settings["rules"])
-        table = nested_rules(args.refinement_settings, ensembles, rows)
+        rows = read_refinement_scores([Path(p) for p in args.case_scores], cases, settings["rules"])
+        table = nested_rules(settings, ensembles, rows)
     except ValueError as err:
         raise SystemExit(f"error: {err}")
     write_table(table, Path(args.out_table))
@@ -168,8 +170,7 @@ def nested_case_entry(argv=None) -> None:
 
     p = cli.parser("nested-case", "Segment one out-of-fold case with the ensemble and rules its fold of the nested "
                    "selection chose.")
-    p.add_argument("--ensemble-settings", type=cli.json_value, required=True, help="JSON, as select-ensemble's")
-    p.add_argument("--refinement-settings", type=cli.json_value, required=True, help="JSON, as select-refinement's")
+    cli.add_settings(p, "nested-case")
     p.add_argument("--folds", required=True, help="nested-selection's table")
     p.add_argument("--probabilities", nargs="+", required=True, help="<folder>/<configuration>/<case>.npz files")
     p.add_argument("--reference", required=True, help="the case's label: the grid to write on")
@@ -184,7 +185,7 @@ def nested_case_entry(argv=None) -> None:
         fold = fold_of(pd.read_csv(args.folds, sep="\t"), case)
     except ValueError as err:
         raise SystemExit(f"error: {err}")
-    nested_case(case, fold, args.ensemble_settings, args.refinement_settings,
+    nested_case(case, fold, ensemble_selection(args.settings), refinement_selection(args.settings),
                 cli.probability_root(args.probabilities, [case]), Path(args.reference), Path(args.anatomy),
                 Path(args.image), Path(args.out))
     print(f"{case}: fold {fold['fold']}, {fold['ensemble']}, rules {fold['rules']}")

@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from workflow_scripts.io import array_like, image_header, read_image, read_json, write_image, write_json
+from workflow_scripts.settings import class_label_values
 
 CHANNEL_SUFFIX = "_0000"
 
@@ -18,19 +19,6 @@ def label_lookup(label_mapping: dict[str, list[int]], max_source: int = 255) -> 
     for index, values in enumerate(label_mapping.values()):
         table[list(values)] = index
     return table
-
-
-def class_label_values(label_mapping: dict[str, list[int]]) -> list[int]:
-    """The source label each output channel stands for: 0 for the first (background) class, else its one value."""
-    values = []
-    for index, (name, sources) in enumerate(label_mapping.items()):
-        if index == 0:
-            values.append(0)
-        elif len(sources) == 1:
-            values.append(int(sources[0]))
-        else:
-            raise ValueError(f"class '{name}' merges labels {sources}; only the background class may merge labels")
-    return values
 
 
 def remap_label(label: sitk.Image, label_mapping: dict[str, list[int]]) -> sitk.Image:
@@ -103,9 +91,7 @@ def convert_dataset_entry(argv=None) -> None:
     p.add_argument("--references", nargs="+", required=True, help="their labels, same order")
     p.add_argument("--crop-boxes", nargs="+", help="crop.enabled: each case's crop box JSON (the images are the "
                    "cropped ones)")
-    p.add_argument("--name", required=True, help="the configuration's name")
-    p.add_argument("--settings", type=cli.json_value, required=True,
-                   help="JSON: the configuration's section (dataset_id, label_mapping)")
+    cli.add_settings(p, "convert-dataset")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     images_dir, cases = cli.case_folder(args.images, "--images")
@@ -117,9 +103,11 @@ def convert_dataset_entry(argv=None) -> None:
         boxes = {Path(b).name[: -len(".json")]: Path(b) for b in args.crop_boxes}
         if sorted(boxes) != sorted(cases):
             raise SystemExit(f"error: --crop-boxes name other cases than --images: {sorted(set(cases) ^ set(boxes))}")
+    from workflow_scripts.settings import only_configuration
+
+    name, configuration = only_configuration(args.settings)
     summary = convert_dataset(cases, images_dir, labels_dir, Path(args.nnunet_root) / "nnUNet_raw",
-                              args.settings["dataset_id"], args.name, args.settings["label_mapping"], Path(args.out),
-                              boxes)
+                              configuration["dataset_id"], name, configuration["label_mapping"], Path(args.out), boxes)
     print(f"wrote {summary['folder']} with {len(summary['cases'])} cases")
     for case, voxels in summary["lesion_voxels_outside_crop"].items():
         if voxels:

@@ -190,7 +190,7 @@ def training_patch_loader(trainer):
 
 
 @contextlib.contextmanager
-def tile_batched_validation(tile_step_size: float = 0.5, use_mirroring: bool = True):
+def tile_batched_validation(tile_step_size: float, use_mirroring: bool):
     """nnU-Net's validation builds its predictor through the name ``nnUNetPredictor`` in the trainer's base module
     with a fixed tile step of 0.5 and mirroring; point that name at the tile-batched predictor (training batch size
     per pass, same tiles and weights) with the study's tile step and mirroring while it runs, so that out-of-fold
@@ -211,7 +211,7 @@ def tile_batched_validation(tile_step_size: float = 0.5, use_mirroring: bool = T
 
 
 @contextlib.contextmanager
-def encoded_validation_probabilities(encoding: str = "float16"):
+def encoded_validation_probabilities(encoding: str):
     """nnU-Net's validation saves each case's probabilities as a float32 ``.npz``: at scale its largest files,
     2.5 times the workflow's float16 copy that gather_oof makes of them (docs/scale.md). While it runs, its export
     gets them as the study stores probabilities (``io.encode_probabilities``: float16 or uint8). nnU-Net computes

@@ -112,24 +112,27 @@ def burden_notes(burden_table: Path, case: str, classes: dict[str, int]) -> dict
 
 def overlay_case_entry(argv=None) -> None:
     from workflow_scripts import cli
+    from workflow_scripts.settings import lesion_classes
 
     p = cli.parser("overlay-case", "A picture of one case: CT, reference and prediction on three slices per class.")
     p.add_argument("--case", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--prediction", required=True)
     p.add_argument("--reference", nargs="?", default=None, help="the reference label, where there is one")
-    p.add_argument("--classes", type=cli.json_value, required=True, help="JSON {class name: label value}")
+    cli.add_settings(p, "overlay-case")
     p.add_argument("--burden", help="burden.tsv: each class's volume in the title")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    notes = burden_notes(Path(args.burden), args.case, args.classes) if args.burden else None
+    classes = lesion_classes(args.settings)
+    notes = burden_notes(Path(args.burden), args.case, classes) if args.burden else None
     rows = plot_case(args.case, Path(args.image), Path(args.prediction), Path(args.reference) if args.reference
-                     else None, args.classes, Path(args.out), notes)
+                     else None, classes, Path(args.out), notes)
     print(f"{args.case}: {len(rows)} class(es) drawn")
 
 
 def overlay_worst_entry(argv=None) -> None:
     from workflow_scripts import cli
+    from workflow_scripts.settings import lesion_classes
 
     p = cli.parser("overlay-worst", "Pictures of the worst out-of-fold cases per class of a stage.")
     p.add_argument("--worst", required=True, help="worst_cases.tsv of summarize-metrics")
@@ -137,7 +140,7 @@ def overlay_worst_entry(argv=None) -> None:
     p.add_argument("--images", nargs="+", required=True, help="the out-of-fold cases' images")
     p.add_argument("--predictions", nargs="+", required=True, help="the stage's segmentations, same order")
     p.add_argument("--references", nargs="+", required=True, help="the reference labels, same order")
-    p.add_argument("--classes", type=cli.json_value, required=True, help="JSON {class name: label value}")
+    cli.add_settings(p, "overlay-worst")
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
     _, cases = cli.case_folder(args.images, "--images")
@@ -149,6 +152,6 @@ def overlay_worst_entry(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for _, row in worst.iterrows():
         image, prediction, reference = paths[row["case"]]
-        plot_case(row["case"], image, prediction, reference, {row["class"]: args.classes[row["class"]]},
+        plot_case(row["case"], image, prediction, reference, {row["class"]: lesion_classes(args.settings)[row["class"]]},
                   out / f"{row['case']}_{row['class']}.png")
     print(f"{len(worst)} worst case(s) of {args.stage} drawn in {out}")

@@ -108,13 +108,14 @@ def plan_and_preprocess_entry(argv=None) -> None:
     p = cli.parser("plan-and-preprocess", "nnU-Net fingerprint, plans (with overrides), shared splits, "
                    "preprocessing of one configuration.")
     cli.add_nnunet(p)
-    p.add_argument("--settings", type=cli.json_value, required=True,
-                   help="JSON: the configuration's section (dataset_id, planner, target_spacing, plans_overrides)")
+    cli.add_settings(p, "plan-and-preprocess")
     p.add_argument("--splits", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     cli.configure_nnunet(args, augmentation_workers=args.threads)  # the planner sizes torch threads by this value
-    settings = args.settings
-    summary = plan_and_preprocess(settings["dataset_id"], settings["planner"], settings.get("target_spacing"),
-                                  settings.get("plans_overrides"), Path(args.splits), args.threads, Path(args.out))
+    from workflow_scripts.settings import only_configuration
+
+    _, settings = only_configuration(args.settings)
+    summary = plan_and_preprocess(settings["dataset_id"], settings["planner"], settings["target_spacing"],
+                                  settings["plans_overrides"], Path(args.splits), args.threads, Path(args.out))
     print(json.dumps(summary, indent=2))

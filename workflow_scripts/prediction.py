@@ -17,7 +17,7 @@ from workflow_scripts.nnunet_seam import resolve_device, tile_batch_predictor_cl
 
 
 def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], case: str, image: Path,
-                       out_dir: Path, crop_box: dict | None = None, encoding: str = "float16") -> str:
+                       out_dir: Path, crop_box: dict | None = None, *, encoding: str) -> str:
     """Convert a case's validation probabilities (nnU-Net's export, in any encoding) from the one fold that held it
     out into the common format, stored as ``encoding``, pasted on the full grid where the model saw the case
     cropped; returns that fold's output folder."""
@@ -101,7 +101,8 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
             probabilities = np.asarray(probabilities)
             if box is not None:
                 probabilities = paste_probabilities(probabilities, box)
-            write_prediction(probabilities, models[name]["labels"], reference, out_dir / name, case, keep, encoding)
+            write_prediction(probabilities, models[name]["labels"], reference, out_dir / name, case,
+                             encoding if keep else None)
             return probabilities, models[name]["labels"]
 
         for name in models:
@@ -117,7 +118,7 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
                 write_image(array_like(segmentation, reference), out_dir / folder / f"{case}.nii.gz")
         if with_probabilities & set(used):
             probabilities, labels = ensemble_probabilities(selection, member)
-            write_prediction(probabilities, labels, reference, out_dir / "ensemble", case, keep, encoding)
+            write_prediction(probabilities, labels, reference, out_dir / "ensemble", case, encoding if keep else None)
             del probabilities
         print(f"[{i}/{len(cases)}] {case}: {len(models)} configurations and the ensemble in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
@@ -154,30 +155,28 @@ def bundle_models(bundle: Path, configurations: list[str], channel_labels: dict[
 
 def gather_oof_entry(argv=None) -> None:
     from workflow_scripts import cli
-    from workflow_scripts.io import PROBABILITY_ENCODINGS
+    from workflow_scripts.settings import channel_labels
 
     p = cli.parser("gather-oof", "A training case's out-of-fold probabilities of every configuration, from the "
                    "fold that held it out, in the common format.")
     p.add_argument("--training-summaries", type=cli.json_value, required=True,
                    help="JSON {configuration: [fold summary JSON]}")
-    p.add_argument("--channel-labels", type=cli.json_value, required=True,
-                   help="JSON {configuration: [label value per channel]}")
+    cli.add_settings(p, "gather-oof")
     p.add_argument("--case", required=True)
     p.add_argument("--image", required=True, help="the case's image (the grid of the outputs)")
     p.add_argument("--crop-box", help="crop.enabled: the case's crop box JSON (the models saw the crop)")
-    p.add_argument("--probability-encoding", choices=PROBABILITY_ENCODINGS, default="float16",
-                   help="how the .npz files hold the probabilities (prediction.probability_encoding)")
     p.add_argument("--out", nargs="+", required=True,
                    help="the case's .npz of each configuration, in the order of --training-summaries")
     args = p.parse_args(argv)
     if len(args.out) != len(args.training_summaries):
         raise SystemExit(f"error: {len(args.out)} outputs for {len(args.training_summaries)} configurations")
+    labels, encoding = channel_labels(args.settings), args.settings["prediction"]["probability_encoding"]
     for (configuration, summaries), out in zip(args.training_summaries.items(), args.out):
         if Path(out).name != f"{args.case}.npz":
             raise SystemExit(f"error: output {out} is not {args.case}.npz")
-        folder = gather_out_of_fold([Path(s) for s in summaries], args.channel_labels[configuration], args.case,
+        folder = gather_out_of_fold([Path(s) for s in summaries], labels[configuration], args.case,
                                     Path(args.image), Path(out).parent,
-                                    read_json(args.crop_box) if args.crop_box else None, args.probability_encoding)
+                                    read_json(args.crop_box) if args.crop_box else None, encoding=encoding)
         print(f"{args.case}: {configuration} out-of-fold probabilities from {folder}")
 
 
@@ -186,6 +185,7 @@ def predict_entry(argv=None) -> None:
 
     from workflow_scripts import cli
     from workflow_scripts.bundle import BundleError
+    from workflow_scripts.settings import channel_labels
 
     p = cli.parser("predict", "Segment new cases with every configuration and the chosen ensemble, in one process.")
     cli.add_nnunet(p)
@@ -195,19 +195,16 @@ def predict_entry(argv=None) -> None:
     models.add_argument("--bundle", help="an exported bundle")
     p.add_argument("--configurations", nargs="+", required=True)
     p.add_argument("--selection", required=True, help="the chosen ensemble (JSON)")
-    p.add_argument("--channel-labels", type=cli.json_value, required=True,
-                   help="JSON {configuration: [label value per channel]}")
-    cli.add_settings(p, "prediction")
+    cli.add_settings(p, "predict")
     p.add_argument("--images", nargs="+", required=True, help="the new cases' images, <case>.nii.gz")
     p.add_argument("--cropped-images", nargs="+", help="crop.enabled: the cases' cropped images, same order")
     p.add_argument("--crop-boxes", nargs="+", help="crop.enabled: the cases' crop box JSON, same order")
-    p.add_argument("--device", required=True, choices=["cpu", "cuda", "auto"])
     outputs = p.add_mutually_exclusive_group(required=True)
     outputs.add_argument("--outputs", nargs="+",
                          help="the files to write, <folder>/<configuration or ensemble>/<case>.nii.gz (and .npz)")
     outputs.add_argument("--out-dir", help="a folder that gets <configuration or ensemble>/<case>.nii.gz (and .npz)")
     args = p.parse_args(argv)
-    cli.configure_nnunet(args)
+    cli.configure_nnunet(args, 0)
     images_dir, cases = cli.case_folder(args.images, "--images")
     crops = None
     if args.cropped_images or args.crop_boxes:
@@ -219,17 +216,18 @@ def predict_entry(argv=None) -> None:
                  for case, image, box in zip(cases, args.cropped_images, args.crop_boxes)}
     if args.bundle:
         try:
-            models = bundle_models(Path(args.bundle), args.configurations, args.channel_labels)
+            models = bundle_models(Path(args.bundle), args.configurations, channel_labels(args.settings))
         except BundleError as err:
             sys.exit(f"error: {err}")
     else:
         models = study_models({name: args.training_summaries[name] for name in args.configurations},
-                              args.channel_labels)
+                              channel_labels(args.settings))
     selection = read_json(args.selection)
+    prediction, device = args.settings["prediction"], args.settings["compute"]["device"]
     print(f"{len(cases)} cases, ensemble {selection.get('candidate', selection['members'])}, "
-          f"settings {args.settings}", flush=True)
+          f"settings {prediction}", flush=True)
     out_dir = Path(args.out_dir) if args.out_dir else cli.stage_root(args.outputs, "--outputs")
-    predict_new_cases(models, selection, cases, images_dir, out_dir, args.settings, args.device, args.threads, crops)
+    predict_new_cases(models, selection, cases, images_dir, out_dir, prediction, device, args.threads, crops)
     missing = [o for o in args.outputs or [] if not Path(o).is_file()]
     if missing:
         raise SystemExit(f"error: the settings wrote no {missing[:3]}")

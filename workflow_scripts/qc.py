@@ -3,27 +3,26 @@ known label values, and lesions that look like annotation errors (empty, tiny, i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cc3d
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import yaml
 
+from workflow_scripts.cases import SAFE_CASE_ID, safe_case_id
 from workflow_scripts.config import section_settings
 from workflow_scripts.dicom import dicom_rows
-from workflow_scripts.io import image_header, pyplot, read_json, write_figure, write_json, write_table
+from workflow_scripts.io import (Volume, describe_shape, pyplot, read_json, read_volume, write_figure,
+                                 write_json, write_table)
 from workflow_scripts.metrics import bounding_box
 
-try:  # ISA-L's inflate and checksums, with the same CRC and truncation checks as the standard library's
-    from isal import igzip as gzip_reader
+try:  # ISA-L's checksums, as the standard library's
     from isal import isal_zlib as checksums
 except ImportError:  # pragma: no cover - other platforms
-    import gzip as gzip_reader
     import zlib as checksums
+
 
 COLUMNS = ["case", "check", "severity", "message"]
 
@@ -37,68 +36,6 @@ def finding(case, check, severity, message) -> dict:
     return {"case": case, "check": check, "severity": severity, "message": message}
 
 
-@dataclass(frozen=True)
-class Volume:
-    """A NIfTI file's geometry as ITK (and nnU-Net) reads it, and its voxels in file order (x, y, z)."""
-    dimension: int
-    components: int
-    size: tuple[int, ...]
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-    voxels: np.ndarray | None  # None unless a single-channel 3D volume
-
-
-def _check_header_geometry(header) -> None:
-    """NaN or infinity in the geometry fields in use: ITK's reader (and so nnU-Net's) never returns on such a
-    header (an infinite sform row hangs it), so QC stops there with an error instead."""
-    fields = {"pixdim[1:4]": header["pixdim"][1:4]}
-    if header["sform_code"] > 0:
-        fields.update((row, header[row]) for row in ("srow_x", "srow_y", "srow_z"))
-    if header["qform_code"] > 0:
-        fields.update((q, header[q]) for q in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
-                                               "qoffset_z"))
-    bad = [name for name, value in fields.items() if not np.all(np.isfinite(value))]
-    if bad:
-        raise ValueError(f"the header's geometry holds NaN or infinity in {', '.join(bad)}; rewrite the file with "
-                         "a valid affine")
-
-
-def _nifti_from_bytes(data: bytes):
-    for klass in (nib.Nifti1Image, nib.Nifti2Image):
-        try:
-            return klass.from_bytes(data)
-        except Exception:  # noqa: BLE001 - not this NIfTI version; the last one's error is raised
-            if klass is nib.Nifti2Image:
-                raise
-
-
-def read_volume(path: Path) -> Volume:
-    """Header as ITK (and nnU-Net) reads it; voxels from the whole gzip stream, decompressed with its CRC checked
-    (ITK reads a truncated .nii.gz without an error and fills the missing part), by ISA-L where installed: about
-    1.6x faster than ITK's own inflate."""
-    data = Path(path).read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip_reader.decompress(data)
-    nifti = _nifti_from_bytes(data)
-    _check_header_geometry(nifti.header)
-    reader = image_header(path)
-    volume = Volume(reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(), reader.GetSpacing(),
-                    reader.GetOrigin(), reader.GetDirection(), None)
-    if volume.dimension != 3 or volume.components != 1:
-        return volume
-    proxy = nifti.dataobj  # where the voxels start and how they scale, as read from the file's header
-    shape, dtype, offset = proxy.shape, np.dtype(proxy.dtype), int(proxy.offset)
-    if shape[:3] != volume.size or int(np.prod(shape)) != int(np.prod(volume.size)):
-        raise ValueError(f"voxel array {shape} does not match the header size {volume.size}")
-    if len(data) < offset + int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(f"the file holds {len(data) - offset} bytes of voxels; its header says {shape} of {dtype}")
-    # A view of the decompressed bytes (no copy), scaled as nibabel and ITK scale it.
-    voxels = np.ndarray(volume.size, dtype, buffer=data, offset=offset, order="F")
-    voxels = nib.volumeutils.apply_read_scaling(voxels, proxy.slope, proxy.inter)
-    return replace(volume, voxels=voxels)
-
-
 def channel_suffix_hint(case: str, label_path: Path) -> str:
     """For an image named as in nnU-Net's raw layout (``<case>_0000.nii.gz`` beside ``<case>.nii.gz`` labels):
     what to do about its channel suffix."""
@@ -107,16 +44,6 @@ def channel_suffix_hint(case: str, label_path: Path) -> str:
         return ""
     return (f"; the image's name ends in _{match.group(2)}, nnU-Net's channel suffix, and the label is "
             f"{match.group(1)}.nii.gz: rename the image {match.group(1)}.nii.gz (this workflow takes one CT channel)")
-
-
-def describe_shape(volume: Volume) -> str:
-    """What a file holds, in words: '4D with 2 volumes of 64 x 64 x 32', '3D with 3 components per voxel'."""
-    size = " x ".join(str(n) for n in volume.size[:3])
-    if volume.dimension == 4:
-        shape = f"4D with {volume.size[3]} volumes of {size}"
-    else:
-        shape = f"{volume.dimension}D of {' x '.join(str(n) for n in volume.size)}"
-    return shape + (f", {volume.components} components per voxel" if volume.components != 1 else "")
 
 
 def _read(case: str, check: str, path: Path) -> tuple[Volume | None, dict | None]:
@@ -407,9 +334,9 @@ def passing_cases(table: pd.DataFrame, splits: dict[str, str]) -> dict:
 ALLOWABLE_CHECKS = ("duplicate_image", "dicom_missing_slices", "dicom_damaged_files")
 
 
-def qc_table(case_tables: list[Path], exclude: dict[str, str] | None = None,
+def qc_table(case_tables: list[Path], on_error: str, exclude: dict[str, str] | None = None,
              allow: dict[str, list[str]] | None = None, orphan_labels: dict[str, Path] | None = None,
-             dataset_rows: list[dict] | None = None, on_error: str = "stop", splits: dict[str, str] | None = None,
+             dataset_rows: list[dict] | None = None, splits: dict[str, str] | None = None,
              misnamed: dict[str, str] | None = None, case_pattern: str = "", channel_suffix: str = "") -> pd.DataFrame:
     """The dataset's QC table: the case tables, plus dataset-level rows (the same image under two ids, labels
     without an image, images named off the case pattern (``misnamed``: {name: path}), cases excluded by config,
@@ -434,6 +361,12 @@ def qc_table(case_tables: list[Path], exclude: dict[str, str] | None = None,
             rows.append(finding(name, "case_name", "error", f"{path}: the name does not end in data.channel_suffix "
                              f"'{channel_suffix}' (a second channel? this workflow takes one CT channel), so no rule "
                              "can use it; remove or rename the file"))
+            continue
+        if not SAFE_CASE_ID.fullmatch(name):
+            rows.append(finding(name, "case_name", "error", f"{path}: the id '{name}' holds characters a case id cannot "
+                             "have here (ASCII letters, digits, '_', '-' and '.' only; it names files in nnU-Net's "
+                             f"datasets and Snakemake's jobs), so no rule can use it; rename the image (and its label) "
+                             f"to '{safe_case_id(name)}'"))
             continue
         rows.append(finding(name, "case_name", "error", f"{path}: the id '{name}' does not match data.case_pattern "
                          f"'{case_pattern}', so no rule can use it; rename the image (and its label) or change the "
@@ -486,15 +419,14 @@ def qc_case_entry(argv=None) -> None:
     p.add_argument("--case", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--label")
-    p.add_argument("--label-values", type=int, nargs="+", required=True)
-    cli.add_settings(p, "qc")
+    cli.add_settings(p, "qc-case")
     p.add_argument("--out", required=True)
     p.add_argument("--measurements", help="JSON file for the case's measurements (dataset summary)")
     p.add_argument("--dicom-findings", help="JSON findings of the case's DICOM conversion (convert-dicom)")
     p.add_argument("--anatomy", help="the case's precomputed anatomy map, checked to exist")
     args = p.parse_args(argv)
-    table = write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None, args.label_values,
-                          Path(args.out), args.settings, Path(args.measurements) if args.measurements else None,
+    table = write_case_qc(args.case, Path(args.image), Path(args.label) if args.label else None,
+                          list(args.settings["labels"].values()), Path(args.out), args.settings["qc"], Path(args.measurements) if args.measurements else None,
                           Path(args.dicom_findings) if args.dicom_findings else None,
                           Path(args.anatomy) if args.anatomy else None)
     for row in table[table["severity"] != "info"].itertuples():
@@ -506,28 +438,25 @@ def qc_aggregate_entry(argv=None) -> None:
 
     p = cli.parser("qc-aggregate", "One QC table of every case, the dataset summary and its figure. Never stops "
                    "the run (qc-gate does), so the table is there to read when the run stops.")
-    cli.add_settings(p, "qc")
+    cli.add_settings(p, "qc-aggregate")
     p.add_argument("--tables", nargs="+", required=True, help="the cases' QC tables")
     p.add_argument("--measurements", nargs="+", required=True, help="the cases' QC measurement JSON files")
     p.add_argument("--orphan-labels", type=cli.json_value, default={}, help="JSON {case: label path} of labels "
                    "without an image")
     p.add_argument("--misnamed", type=cli.json_value, default={}, help="JSON {name: path} of images named off "
                    "the case pattern")
-    p.add_argument("--case-pattern", default="", help="config data.case_pattern, for the message")
-    p.add_argument("--channel-suffix", default="", help="config data.channel_suffix, for the message")
     p.add_argument("--splits", type=cli.json_value, required=True, help="JSON {case: split}")
-    p.add_argument("--labels", type=cli.json_value, required=True, help="JSON {name: value} of the labels")
     p.add_argument("--out", required=True)
     p.add_argument("--summary", required=True, help="dataset summary TSV to write")
     p.add_argument("--figure", required=True, help="dataset figure PNG to write")
     args = p.parse_args(argv)
-    settings = args.settings
-    summary, dataset_rows = dataset_summary([Path(m) for m in args.measurements], args.splits, args.labels)
+    settings, labels, data = args.settings["qc"], args.settings["labels"], args.settings["data"]
+    summary, dataset_rows = dataset_summary([Path(m) for m in args.measurements], args.splits, labels)
     write_table(summary, Path(args.summary))
-    plot_dataset(summary, args.labels, Path(args.figure))
-    table = qc_table([Path(t) for t in args.tables], settings["exclude"], settings["allow"], args.orphan_labels,
-                     dataset_rows, settings["on_error"], args.splits, args.misnamed, args.case_pattern,
-                     args.channel_suffix)
+    plot_dataset(summary, labels, Path(args.figure))
+    table = qc_table([Path(t) for t in args.tables], settings["on_error"], settings["exclude"], settings["allow"],
+                     args.orphan_labels, dataset_rows, args.splits, args.misnamed, data["case_pattern"],
+                     data["channel_suffix"])
     write_table(table, Path(args.out))
     counts = table[table["severity"] != "info"].groupby(["severity", "check"])["case"].nunique()
     print(f"QC: {len(args.tables)} cases checked, {len(table)} rows")
@@ -542,7 +471,7 @@ def qc_gate_entry(argv=None) -> None:
 
     p = cli.parser("qc-gate", "Stop the run on QC errors, naming every failing case and the config lines that let "
                    "it go on; else write the cases that go on.")
-    cli.add_settings(p, "qc")
+    cli.add_settings(p, "qc-gate")
     p.add_argument("--table", required=True, help="the QC table written by qc-aggregate")
     p.add_argument("--splits", type=cli.json_value, required=True, help="JSON {case: split}")
     p.add_argument("--passing", required=True, help="JSON to write: the cases of each split that go on, and the "
@@ -550,7 +479,7 @@ def qc_gate_entry(argv=None) -> None:
     args = p.parse_args(argv)
     table = pd.read_csv(args.table, sep="\t")
     try:
-        qc_verdict(table, Path(args.table), args.settings["on_error"], args.splits)
+        qc_verdict(table, Path(args.table), args.settings["qc"]["on_error"], args.splits)
     except QCError as err:
         sys.exit(str(err))
     passing = passing_cases(table, args.splits)

@@ -12,13 +12,13 @@ Rule kinds (each may name ``labels``, the lesion labels it applies to; default a
 """
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from workflow_scripts.anatomy import anatomy_class_ids, body_mask, cranio_caudal_axis, span_region, structure_ids
 from workflow_scripts.config import refinement_rules
 from workflow_scripts.io import array_like, image_array, read_anatomy, read_image, write_image, write_table
 
@@ -26,55 +26,6 @@ RULE_KINDS = ("drop_inside", "drop_outside_body", "drop_smaller_than", "keep_wit
 ANATOMY_KINDS = ("drop_inside", "keep_within_span")
 REMOVED_COLUMNS = ["case", "rule", "label", "component", "voxels", "volume_mm3", "fraction"]
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
-
-
-def anatomy_class_ids(task: str = "total") -> dict[str, int]:
-    """TotalSegmentator's class names and ids for ``task`` (imported lazily: only refinement needs it)."""
-    from totalsegmentator.map_to_binary import class_map
-
-    return {name: int(i) for i, name in class_map[task].items()}
-
-
-def structure_ids(patterns: list[str], class_ids: dict[str, int]) -> list[int]:
-    ids = sorted({i for name, i in class_ids.items() for p in patterns if fnmatch.fnmatchcase(name, p)})
-    if not ids:
-        raise ValueError(f"no anatomy class matches {patterns}; names are TotalSegmentator class names "
-                         "such as 'liver', 'vertebrae_L3', 'hip_left'")
-    return ids
-
-
-def body_mask(image: np.ndarray, body_hu: float) -> np.ndarray:
-    """The largest connected region above ``body_hu``, holes (bowel gas, lungs) filled slice by slice."""
-    mask = image > body_hu
-    components, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    body = components == int(np.argmax(sizes))
-    return np.stack([ndimage.binary_fill_holes(s) for s in body])
-
-
-def cranio_caudal_axis(direction: tuple[float, ...] | None) -> int:
-    """The numpy axis (z, y, x order) that runs closest to the patient's head-foot axis."""
-    if direction is None:
-        return 0
-    matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: index axes x, y, z in physical space
-    return 2 - int(np.argmax(np.abs(matrix[2])))
-
-
-def span_region(anatomy: np.ndarray, ids: list[int], margin_mm: float, spacing_xyz, axis: int) -> np.ndarray:
-    """Slices between the first and last slice holding any of ``ids``, widened by ``margin_mm``."""
-    other = tuple(a for a in range(3) if a != axis)
-    present = np.flatnonzero(np.isin(anatomy, ids).any(axis=other))
-    region = np.zeros(anatomy.shape, dtype=bool)
-    if present.size == 0:
-        return region
-    margin = int(np.ceil(margin_mm / spacing_xyz[2 - axis]))
-    index = [slice(None)] * 3
-    index[axis] = slice(max(0, present[0] - margin), present[-1] + margin + 1)
-    region[tuple(index)] = True
-    return region
 
 
 def rules_class_ids(rules: list[dict], task: str) -> dict[str, int] | None:
@@ -154,12 +105,13 @@ def refine_case_entry(argv=None) -> None:
     p.add_argument("--anatomy")
     p.add_argument("--image", required=True)
     p.add_argument("--selection", required=True, help="JSON file written by select-refinement (its 'rules')")
-    p.add_argument("--task", required=True, help="config anatomy.task: the names of the anatomy map's labels")
+    cli.add_settings(p, "refine-case")
     p.add_argument("--out", required=True)
     p.add_argument("--removed", required=True)
     args = p.parse_args(argv)
     rules = read_json(args.selection)["rules"]
     print(f"{args.case}: rules {[r['name'] for r in rules] or 'none'}")
     removed = refine_case(args.case, Path(args.segmentation), Path(args.anatomy) if args.anatomy else None,
-                          Path(args.image), rules, args.task, Path(args.out), Path(args.removed))
+                          Path(args.image), rules, args.settings["anatomy"]["task"], Path(args.out),
+                          Path(args.removed))
     print(f"{args.case}: removed {len(removed)} component(s)")

@@ -169,12 +169,11 @@ def score_refinements_entry(argv=None) -> None:
     from workflow_scripts import cli
     from workflow_scripts.ensemble_selection import read_candidate_segmentation, settings_candidates
     from workflow_scripts.io import array_like, read_json
+    from workflow_scripts.settings import ensemble_selection, refinement_selection
 
     p = cli.parser("score-refinements", "Score every subset of the refinement rules on one out-of-fold case: on "
                    "the study's ensemble and on the ensembles the nested selection's other folds chose.")
-    p.add_argument("--settings", type=cli.json_value, required=True,
-                   help="JSON: rules, apply, metric, task, classes, conventions")
-    p.add_argument("--ensemble-settings", type=cli.json_value, required=True, help="JSON, as select-ensemble's")
+    cli.add_settings(p, "score-refinements")
     p.add_argument("--segmentation", required=True, help="the case's out-of-fold ensemble, <case>.nii.gz")
     p.add_argument("--selection", required=True, help="select-ensemble's JSON: the study's ensemble")
     p.add_argument("--nested-ensembles", required=True, help="nested-ensembles' table: each fold's ensemble")
@@ -188,34 +187,36 @@ def score_refinements_entry(argv=None) -> None:
     case = cli.one_case({"--segmentation": args.segmentation, "--image": args.image, "--reference": args.reference})
     reference_image = read_image(args.reference)
     reference = image_array(reference_image)
-    by_name = {c.name: c for c in settings_candidates(args.ensemble_settings)}
+    settings = refinement_selection(args.settings)
+    by_name = {c.name: c for c in settings_candidates(ensemble_selection(args.settings))}
     segmentations = [(read_json(args.selection)["candidate"], "ensemble", read_image(args.segmentation))]
     oof_dir = cli.probability_root(args.probabilities, [case])
     nested = pd.read_csv(args.nested_ensembles, sep="\t")
     for name in other_folds_choices(nested, case):
         segmentation = read_candidate_segmentation(by_name[name], case, oof_dir, reference.shape)
         segmentations.append((name, "probabilities", array_like(segmentation, reference_image)))
-    rows = score_case_refinements(case, segmentations, Path(args.anatomy), Path(args.image), reference, args.settings)
+    rows = score_case_refinements(case, segmentations, Path(args.anatomy), Path(args.image), reference, settings)
     write_table(pd.DataFrame(rows), Path(args.out), float_format="%.17g")
-    print(f"{case}: {len(rule_subsets(len(args.settings['rules'])))} rule subset(s) scored on "
+    print(f"{case}: {len(rule_subsets(len(settings['rules'])))} rule subset(s) scored on "
           f"{', '.join(f'{name} ({source})' for name, source, _ in segmentations)}")
 
 
 def select_refinement_entry(argv=None) -> None:
     from workflow_scripts import cli
+    from workflow_scripts.settings import refinement_selection
 
     p = cli.parser("select-refinement", "Choose the refinement rules on the out-of-fold ensemble from the cases' "
                    "rule-subset scores: keep the rules that help (or all).")
-    p.add_argument("--settings", type=cli.json_value, required=True,
-                   help="JSON: rules, apply, metric, task, classes, conventions")
+    cli.add_settings(p, "select-refinement")
     p.add_argument("--case-scores", nargs="+", required=True, help="score-refinements' <case>.tsv of every case")
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-selection", required=True)
     args = p.parse_args(argv)
     cases = [Path(p).name[: -len(".tsv")] for p in args.case_scores]
+    settings = refinement_selection(args.settings)
     try:
-        rows = read_refinement_scores([Path(p) for p in args.case_scores], cases, args.settings["rules"])
+        rows = read_refinement_scores([Path(p) for p in args.case_scores], cases, settings["rules"])
     except ValueError as err:
         raise SystemExit(f"error: {err}")
     ensemble = rows[rows["source"] == "ensemble"].drop(columns=["candidate", "source"])
-    select_refinement(args.settings, ensemble, Path(args.out_table), Path(args.out_selection))
+    select_refinement(settings, ensemble, Path(args.out_table), Path(args.out_selection))

@@ -51,15 +51,21 @@ def write_runtime(paths: list[Path], jobs_out: Path, summary_out: Path, figure_o
     return summary
 
 
+def benchmark_files(paths: list[str]) -> list[Path]:
+    """The TSV files given, a folder standing for every ``*.tsv`` below it (sorted)."""
+    return [f for p in map(Path, paths) for f in (sorted(p.rglob("*.tsv")) if p.is_dir() else [p])]
+
+
 def summarize_runtime_entry(argv=None) -> None:
     from workflow_scripts import cli
 
     p = cli.parser("summarize-runtime", "Wall time and memory per rule from Snakemake's benchmark files.")
-    p.add_argument("--benchmarks", nargs="+", required=True, help="the jobs' benchmark TSV files")
+    p.add_argument("--benchmarks", nargs="+", required=True,
+                   help="the jobs' benchmark TSV files, or folders holding them (every *.tsv below, sorted)")
     p.add_argument("--jobs", required=True)
     p.add_argument("--summary", required=True)
     p.add_argument("--figure", required=True)
     args = p.parse_args(argv)
-    summary = write_runtime([Path(b) for b in args.benchmarks], Path(args.jobs), Path(args.summary),
+    summary = write_runtime(benchmark_files(args.benchmarks), Path(args.jobs), Path(args.summary),
                             Path(args.figure))
     print(summary.to_string(index=False))

@@ -79,13 +79,14 @@ def make_splits_entry(argv=None) -> None:
 
     p = cli.parser("make-splits", "The shared cross-validation folds, stratified by the lesion classes present.")
     p.add_argument("--references", nargs="+", required=True, help="the training cases' labels, <case>.nii.gz")
-    p.add_argument("--labels", type=cli.json_value, required=True, help="JSON {name: value}")
-    cli.add_settings(p, "splits")
+    cli.add_settings(p, "make-splits")
     p.add_argument("--patients", help="TSV with columns case and patient; a patient's cases share a fold")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     labels_dir, cases = cli.case_folder(args.references, "--references")
-    splits = write_splits(cases, labels_dir, args.labels, args.settings["n_folds"], args.settings["seed"],
+    settings = args.settings
+    splits = write_splits(cases, labels_dir, settings["labels"], settings["splits"]["n_folds"],
+                          settings["splits"]["seed"],
                           Path(args.out), Path(args.patients) if args.patients else None)
     for k, fold in enumerate(splits):
         print(f"fold {k}: {len(fold['train'])} train, {len(fold['val'])} val: {', '.join(fold['val'])}")

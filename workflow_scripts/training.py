@@ -118,10 +118,10 @@ def seed_training(seed: int | None, fold: int, epoch: int) -> int | None:
 
 def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict,
                device: str, summary_out: Path, curves_out: Path | None = None,
-               progress_out: Path | None = None, validation: dict | None = None, seed: int | None = None,
-               probability_encoding: str = "float16") -> dict:
+               progress_out: Path | None = None, seed: int | None = None, *, validation: dict,
+               probability_encoding: str) -> dict:
     """Train one fold and export its validation probabilities; resumes from checkpoint_latest.pth if present.
-    ``validation``: ``tile_step_size`` and ``use_mirroring`` of the validation (default nnU-Net's, 0.5 and on).
+    ``validation``: ``tile_step_size`` and ``use_mirroring`` of the validation (the prediction settings').
     ``seed``: see ``seed_training`` (``None``: unseeded). ``probability_encoding``: how nnU-Net's validation
     ``.npz`` files hold the probabilities (``io.encode_probabilities``).
 
@@ -148,7 +148,6 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
             trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
         derived_seed = seed_training(seed, fold, trainer.current_epoch)
         trainer.run_training()
-    validation = {"tile_step_size": 0.5, "use_mirroring": True, **(validation or {})}
     with tile_batched_validation(**validation), in_process_validation_pools(), \
             encoded_validation_probabilities(probability_encoding):
         trainer.perform_actual_validation(save_probabilities=True)
@@ -179,31 +178,29 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
 
 def train_fold_entry(argv=None) -> None:
     from workflow_scripts import cli
-    from workflow_scripts.config import section_settings
     from workflow_scripts.io import read_json
+    from workflow_scripts.settings import only_configuration
 
     p = cli.parser("train-fold", "Train one fold of a configuration (resumed from its latest checkpoint) and "
                    "export its validation probabilities.")
     cli.add_nnunet(p)
     p.add_argument("--plans-summary", required=True, help="JSON written by plan-and-preprocess")
     p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--settings", type=cli.json_value, required=True,
-                   help="JSON: the configuration's section (trainer, trainer_settings)")
-    p.add_argument("--validation", type=cli.json_value, default={},
-                   help="JSON: the config's prediction section; its tile_step_size and use_mirroring make the "
-                   "out-of-fold predictions, stored as its probability_encoding (keys left out: the schema's "
-                   "defaults)")
-    p.add_argument("--device", required=True, choices=["cpu", "cuda", "auto"])
+    # The prediction section's tile_step_size and use_mirroring make the out-of-fold predictions, stored as its
+    # probability_encoding: made as the new cases' are, since the ensemble and refinement are chosen on them.
+    cli.add_settings(p, "train-fold")
     p.add_argument("--out", required=True)
     p.add_argument("--curves", help="TSV of per-epoch losses and pseudo Dice")
     p.add_argument("--progress", help="copy of nnU-Net's progress.png")
     args = p.parse_args(argv)
-    cli.configure_nnunet(args)
+    cli.configure_nnunet(args, args.settings["compute"]["augmentation_workers"])
     plans = read_json(args.plans_summary)
-    prediction = section_settings("prediction", args.validation)
-    summary = train_fold(plans["dataset"], plans["plans_identifier"], args.settings["trainer"], args.fold,
-                         args.settings.get("trainer_settings", {}), args.device, Path(args.out),
+    _, configuration = only_configuration(args.settings)
+    prediction = args.settings["prediction"]
+    summary = train_fold(plans["dataset"], plans["plans_identifier"], configuration["trainer"], args.fold,
+                         configuration["trainer_settings"], args.settings["compute"]["device"], Path(args.out),
                          Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None,
-                         {k: prediction[k] for k in ("tile_step_size", "use_mirroring")},
-                         args.settings.get("training_seed"), prediction["probability_encoding"])
+                         configuration["training_seed"],
+                         validation={k: prediction[k] for k in ("tile_step_size", "use_mirroring")},
+                         probability_encoding=prediction["probability_encoding"])
     print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")

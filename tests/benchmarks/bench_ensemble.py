@@ -62,13 +62,13 @@ def make_case(root: Path, shape, members: int) -> float:
     probabilities[:, : shape[0] // 10, : shape[1] // 10, : shape[2] // 10] = np.array([0.3, 0.1, 0.6],
                                                                                      np.float16)[:, None, None, None]
     (root / "member_0").mkdir(parents=True)
-    write_probabilities(root / "member_0" / "case.npz", probabilities, [0, 1, 2])
+    write_probabilities(root / "member_0" / "case.npz", probabilities, [0, 1, 2], "float16")
     for k in range(1, members):
         (root / f"member_{k}").mkdir()
         os.link(root / "member_0" / "case.npz", root / f"member_{k}" / "case.npz")
     partial = np.stack([probabilities[0] + probabilities[1], probabilities[2]])
     (root / "partial").mkdir()
-    write_probabilities(root / "partial" / "case.npz", partial, [0, 2])
+    write_probabilities(root / "partial" / "case.npz", partial, [0, 2], "float16")
     del probabilities, partial
     image = sitk.Image([int(v) for v in shape[::-1]], sitk.sitkInt16)
     image.SetSpacing((0.8, 0.8, 2.5))

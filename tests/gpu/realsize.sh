@@ -26,17 +26,19 @@ if __name__ == "__main__":
     with ProcessPoolExecutor(5) as pool:
         print(list(pool.map(one, range(5))), f"{time.time() - t:.0f} s")
 PY
-  python3 -m workflow_scripts make-splits --references $(for c in $CASES; do echo resources/big/labelsTr/$c.nii.gz; done) --labels '{"background":0,"primary":1,"metastasis":2}' --out results/splits/splits_final.json
+  python3 -m workflow_scripts make-splits --references $(for c in $CASES; do echo resources/big/labelsTr/$c.nii.gz; done) --settings '{"labels":{"background":0,"primary":1,"metastasis":2}}' --out results/splits/splits_final.json
   exit 0
 fi
 NAME=$1; ID=$2; PLANNER=$3; SPACING=$4; MAP=$5
-SETTINGS="{\"dataset_id\": $ID, \"planner\": \"$PLANNER\", \"target_spacing\": $SPACING, \"label_mapping\": $MAP, \"trainer\": \"nnUNetTrainer\", \"trainer_settings\": {\"num_epochs\":3,\"num_iterations_per_epoch\":30,\"num_val_iterations_per_epoch\":5,\"save_every\":1}}"
-python3 -m workflow_scripts convert-dataset --nnunet-root results/nnunet --images $(for c in $CASES; do echo resources/big/imagesTr/$c.nii.gz; done) --references $(for c in $CASES; do echo resources/big/labelsTr/$c.nii.gz; done) --name $NAME --settings "$SETTINGS" --out results/datasets/$NAME/dataset_summary.json
+CONFIGURATION="{\"$NAME\": {\"dataset_id\": $ID, \"planner\": \"$PLANNER\", \"target_spacing\": $SPACING, \"label_mapping\": $MAP, \"trainer\": \"nnUNetTrainer\", \"folds\": [0], \"trainer_settings\": {\"num_epochs\":3,\"num_iterations_per_epoch\":30,\"num_val_iterations_per_epoch\":5,\"save_every\":1}}}"
+SETTINGS="{\"configurations\": $CONFIGURATION}"
+TRAIN_SETTINGS="{\"configurations\": $CONFIGURATION, \"compute\": {\"device\": \"cuda\", \"augmentation_workers\": 12}}"
+python3 -m workflow_scripts convert-dataset --nnunet-root results/nnunet --images $(for c in $CASES; do echo resources/big/imagesTr/$c.nii.gz; done) --references $(for c in $CASES; do echo resources/big/labelsTr/$c.nii.gz; done) --settings "$SETTINGS" --out results/datasets/$NAME/dataset_summary.json
 t0=$(date +%s)
 python3 -m workflow_scripts plan-and-preprocess --nnunet-root results/nnunet --threads 16 --settings "$SETTINGS" --splits results/splits/splits_final.json --out results/datasets/$NAME/plans_summary.json > $OUT/plan_$NAME.log 2>&1 || (tail -30 $OUT/plan_$NAME.log; exit 1)
 t1=$(date +%s)
 python3 -c "import json; s=json.load(open('results/datasets/$NAME/plans_summary.json')); print({k: s[k] for k in ('plans_identifier','spacing','patch_size','batch_size','features_per_stage')})"
-python3 -m workflow_scripts train-fold --nnunet-root results/nnunet --threads 16 --augmentation-workers 12 --plans-summary results/datasets/$NAME/plans_summary.json --fold 0 --settings "$SETTINGS" --device cuda --out results/training/$NAME/fold_0.json --curves $OUT/curves_$NAME.tsv > $OUT/train_$NAME.log 2>&1 || (tail -40 $OUT/train_$NAME.log; exit 1)
+python3 -m workflow_scripts train-fold --nnunet-root results/nnunet --threads 16 --plans-summary results/datasets/$NAME/plans_summary.json --fold 0 --settings "$TRAIN_SETTINGS" --out results/training/$NAME/fold_0.json --curves $OUT/curves_$NAME.tsv > $OUT/train_$NAME.log 2>&1 || (tail -40 $OUT/train_$NAME.log; exit 1)
 t2=$(date +%s)
 python3 -c "
 import json; s=json.load(open('results/training/$NAME/fold_0.json'))

@@ -5,8 +5,8 @@ import pytest
 import SimpleITK as sitk
 
 from workflow_scripts.config import section_settings
-from workflow_scripts.label_anatomy import candidate_shifts, check_case_anatomy, transform_label
-from workflow_scripts.refinement import anatomy_class_ids
+from workflow_scripts.qc_anatomy import candidate_shifts, check_case_anatomy, transform_label
+from workflow_scripts.anatomy import anatomy_class_ids
 
 SETTINGS = section_settings("qc")  # the default rules: lesions not mostly in bone, not mostly in lung
 
@@ -67,7 +67,7 @@ def test_a_label_flipped_along_z_is_flagged_and_the_flip_is_proposed(example, to
     assert dice > 0.9
     assert pd.read_csv(tmp_path / "flipped.tsv", sep="\t").equals(table)
     # The report: the flagged label pictured with its proposal, beside a case QC found in air.
-    from workflow_scripts.label_anatomy import qc_anatomy_report_entry
+    from workflow_scripts.qc_anatomy import qc_anatomy_report_entry
 
     qc = pd.DataFrame([{"case": "other", "check": "label_in_air", "severity": "warning", "message": "m"}])
     qc.to_csv(tmp_path / "qc.tsv", sep="\t", index=False)

@@ -17,8 +17,8 @@ import pandas as pd
 
 from workflow_scripts.io import array_like, image_array, pyplot, read_image, write_figure, write_image, write_table
 from workflow_scripts.qc import COLUMNS, finding
-from workflow_scripts.refinement import (anatomy_class_ids, body_mask, cranio_caudal_axis, span_region,
-                                         structure_ids)
+from workflow_scripts.anatomy import (anatomy_class_ids, body_mask, cranio_caudal_axis, span_region,
+                                      structure_ids)
 
 AXES = ("z", "y", "x")  # numpy order: slices, rows, columns
 SAMPLE = 4000  # lesion voxels scored per candidate correction
@@ -172,7 +172,7 @@ def describe(correction: dict) -> str:
 def read_anatomy_map(path: Path, grid) -> tuple[np.ndarray | None, str]:
     """A precomputed or computed anatomy map (z, y, x), read as QC reads images (a header ITK would hang on, a
     truncated stream and the like are reported), and checked to lie on ``grid``; else None and what is wrong."""
-    from workflow_scripts.qc import describe_shape, read_volume
+    from workflow_scripts.io import describe_shape, read_volume
 
     try:
         volume = read_volume(path)
@@ -282,7 +282,7 @@ def qc_anatomy_report_entry(argv=None) -> None:
     p.add_argument("--images", nargs="*", default=[], help="the cases' images, same order")
     p.add_argument("--labels", nargs="*", default=[], help="the cases' labels, same order")
     p.add_argument("--qc-table", required=True, help="the QC table: its label warnings get pictures too")
-    cli.add_settings(p, "qc")
+    cli.add_settings(p, "qc-anatomy-report")
     p.add_argument("--out", required=True)
     p.add_argument("--figure", required=True)
     args = p.parse_args(argv)
@@ -300,7 +300,7 @@ def qc_anatomy_report_entry(argv=None) -> None:
             proposal = Path(folder) / PROPOSAL
             flagged.append({"case": case, "image": Path(image), "label": Path(label), "checks": checks,
                             "proposal": proposal if proposal.is_file() else None})
-    plot_flagged(flagged, args.settings["air_hu"], Path(args.figure))
+    plot_flagged(flagged, args.settings["qc"]["air_hu"], Path(args.figure))
     print(f"anatomy QC: {len(args.tables)} label(s) checked, {len(flagged)} flagged label(s) pictured, "
           f"{sum(f['proposal'] is not None for f in flagged)} correction(s) proposed for review")
 
@@ -314,13 +314,12 @@ def qc_anatomy_entry(argv=None) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--label", required=True)
     p.add_argument("--anatomy", required=True, help="the case's anatomy map (TotalSegmentator class ids)")
-    p.add_argument("--label-values", type=int, nargs="+", required=True)
-    p.add_argument("--task", required=True, help="config anatomy.task: the names of the anatomy map's labels")
-    cli.add_settings(p, "qc")
+    cli.add_settings(p, "qc-anatomy")
     p.add_argument("--out", required=True, help="the case's anatomy QC table")
     p.add_argument("--proposal-dir", required=True, help="folder that gets label.nii.gz when a correction is proposed")
     args = p.parse_args(argv)
-    table = check_case_anatomy(args.case, Path(args.image), Path(args.label), Path(args.anatomy), args.settings,
-                               args.label_values, args.task, Path(args.out), Path(args.proposal_dir))
+    table = check_case_anatomy(args.case, Path(args.image), Path(args.label), Path(args.anatomy),
+                               args.settings["qc"], list(args.settings["labels"].values()),
+                               args.settings["anatomy"]["task"], Path(args.out), Path(args.proposal_dir))
     for row in table[table["severity"] != "info"].itertuples():
         print(f"{row.severity}: [{row.check}] {row.message}")
