@@ -1,9 +1,14 @@
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+
+from bundle_fixture import trained_configuration
+from workflow_helpers import PROFILES, TOY_CONFIG, run, snakemake
+from workflow_scripts.config import validate_config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,23 +52,51 @@ def copy_case(src_dir: Path, case: str, dst_dir: Path, new_case: str) -> Path:
     return dst
 
 
+# Tiers, in the order they run (docs/testing.md): each is a folder of tests/, and each test file says its tier.
 TIERS = ("unit", "dag", "smoke", "slurm", "browser")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Each test gets one tier (see docs/testing.md): an explicit tier marker wins; otherwise a test of the SLURM
-    study is `slurm`, one that needs a trained toy study is `smoke`, the rest of test_workflow.py (lint, dry runs,
-    config errors, QC and planning without training) is `dag`, and everything else is `unit`."""
+    """A test's tier is its folder (tests/<tier>/); its file marks it so (``pytestmark``), and the two must agree.
+    The tiers run in TIERS' order, so that the SLURM study compares itself with a finished smoke run."""
+    wrong = []
     for item in items:
-        if any(item.get_closest_marker(tier) for tier in TIERS):
-            continue
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if "slurm_run" in fixtures:
-            tier = "slurm"
-        elif "smoke_run" in fixtures:
-            tier = "smoke"
-        elif item.path.name == "test_workflow.py":
-            tier = "dag"
-        else:
-            tier = "unit"
-        item.add_marker(getattr(pytest.mark, tier))
+        folder = item.path.parent.name
+        marked = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if folder not in TIERS or marked != [folder]:
+            wrong.append(f"{item.nodeid}: in tests/{folder}/, marked {marked or 'with no tier'}")
+    if wrong:
+        raise pytest.UsageError("each test lives in its tier's folder and is marked with that tier only:\n  "
+                                + "\n  ".join(wrong))
+    items.sort(key=lambda item: TIERS.index(item.path.parent.name))
+
+
+@pytest.fixture(scope="module")
+def toy_workdir(tmp_path_factory):
+    """A fresh working directory holding only the toy data, as after the README's first step."""
+    workdir = tmp_path_factory.mktemp("workdir")
+    run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The toy study run once with the local profile, then its report: every stage of the real workflow on the
+    toy data. The smoke, SLURM and browser tiers read it."""
+    workdir = tmp_path_factory.mktemp("smoke_workdir")
+    run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=workdir)
+    snakemake(workdir, "--profile", PROFILES["local"], "--configfile", TOY_CONFIG, "--cores", "2", timeout=2400)
+    snakemake(workdir, "--configfile", TOY_CONFIG, "--report", "report.html", timeout=600)
+    return workdir
+
+
+@pytest.fixture
+def study(tmp_path, toy_config):
+    summaries = {name: trained_configuration(tmp_path, name) for name in ("a", "b", "c")}
+    selection = tmp_path / "selected.json"
+    selection.write_text(json.dumps({"members": {"a": 1.0}, "fusions": [{"configuration": "c", "into": 2,
+                                                                          "strategy": "mean"}]}))
+    refinement = tmp_path / "selected_rules.json"
+    refinement.write_text(json.dumps({"rules": []}))
+    return {"summaries": summaries, "selection": selection, "refinement": refinement,
+            "config": validate_config(toy_config), "channel_labels": {"a": [0, 1, 2], "b": [0, 1, 2], "c": [0, 2]}}

@@ -7,6 +7,9 @@ and its bias favours one class, so every voxel gets that class: a test can tell 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 # (dataset folder, trainer) as TotalSegmentator's map_tasks_config names them: task total in fast mode, and the
@@ -101,3 +104,17 @@ def _write_model(home: Path, model: tuple[str, str], predicted_class: str, task:
     torch.save({"network_weights": network.state_dict(), "trainer_name": trainer,
                 "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": None},
                model_dir / "fold_0" / "checkpoint_final.pth")
+
+
+# Any download or usage report would go through this dead proxy and fail.
+OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+
+
+def segment(image, out, home, **settings):
+    """The verb with a partial anatomy section, as a user would call it: the schema fills task and the rest."""
+    env = {**os.environ, **OFFLINE}
+    env.pop("TOTALSEG_HOME_DIR", None)
+    section = json.dumps({"anatomy": {"source": "totalsegmentator", "totalseg_home": str(home), **settings}})
+    return subprocess.run([sys.executable, "-m", "workflow_scripts", "segment-anatomy", "--image", str(image),
+                           "--out", str(out), "--settings", section, "--device", "cpu", "--threads", "1"],
+                          cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600)

@@ -137,7 +137,9 @@ def main():
                 "threads": args.cores, "mem_mb": 8000, "runtime": 120, "gpu": False}}}}))
         seconds = run([*python, "--directory", batch, "--configfile", batch / "predict.yaml", "--cores", args.cores],
                       env, cwd=batch)
-        predict_seconds = float(open(batch / "benchmarks/predict_test.tsv").read().split("\n")[1].split("\t")[0])
+        # One benchmark file per prediction part (benchmarks/predict_test/<part>.tsv); parts may run side by side.
+        parts = sorted((batch / "benchmarks/predict_test").glob("*.tsv"))
+        predict_seconds = sum(float(part.read_text().split("\n")[1].split("\t")[0]) for part in parts)
         dice = mean_dice(batch / "results/predictions/test/refined", references, cases)
         first_dice = dice if first_dice is None else first_dice
         print(f"this workflow, {variant} {prediction} (QC, {len(manifest['configurations'])} models, fusion, "

@@ -1,0 +1,125 @@
+"""A training killed after its first checkpoint resumes from it when the workflow runs again; a seeded fold trains
+to the same weights twice."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from workflow_helpers import PROFILES, REPO, TOY_CONFIG, run, snakemake
+
+pytestmark = pytest.mark.smoke  # trains one toy fold two and three times
+
+TARGET = "results/training/metastasis_only/fold_0.json"
+CONFIGURATION = yaml.safe_load(TOY_CONFIG.read_text())["configurations"]["metastasis_only"]
+EPOCHS = CONFIGURATION["trainer_settings"]["num_epochs"]
+ITERATIONS = 10  # per epoch, instead of the toy's: the kill and the resume need epochs, not learning
+FOLD = (f"results/nnunet/nnUNet_results/Dataset503_metastasis_only/{CONFIGURATION['trainer']}__nnUNetPlans__3d_fullres"
+        "/fold_0")
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=tmp_path)
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    settings = config["configurations"]["metastasis_only"]["trainer_settings"]
+    config["configurations"]["metastasis_only"]["trainer_settings"] = {**settings, "num_iterations_per_epoch": ITERATIONS}
+    config_path = tmp_path / "resume.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))  # label order is meaningful
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+               "--profile", str(PROFILES["local"]), "--configfile", str(config_path), "--cores", "2", TARGET]
+    latest = tmp_path / FOLD / "checkpoint_latest.pth"
+    with open(tmp_path / "first_run.log", "w") as out:
+        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        deadline = time.monotonic() + 900
+        while not latest.exists():
+            assert first.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 15 minutes"
+            time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGKILL)  # as a preemption or `kill -9` would
+        first.wait()
+    assert not (tmp_path / TARGET).exists() and not (tmp_path / FOLD / "checkpoint_final.pth").exists()
+    checkpoint_epoch = int(run([sys.executable, "-c", "import sys, torch; print(torch.load(sys.argv[1], "
+                                "weights_only=False)['current_epoch'])", str(latest)], cwd=tmp_path).stdout)
+    assert 1 <= checkpoint_epoch < EPOCHS
+
+    snakemake(tmp_path, "--unlock", "--configfile", config_path)  # the killed run left its lock behind
+    snakemake(tmp_path, "--profile", PROFILES["local"], "--configfile", config_path, "--cores", "2", TARGET)
+
+    summary = json.loads((tmp_path / TARGET).read_text())
+    assert summary["resumed_from"] == f"epoch {checkpoint_epoch}"
+    assert summary["settings"]["num_iterations_per_epoch"] == ITERATIONS
+    assert summary["epochs"] == EPOCHS and (tmp_path / FOLD / "checkpoint_final.pth").exists()
+    # The epoch counter continues: nnU-Net's history holds every epoch once, from both runs.
+    curves = (tmp_path / TARGET.replace(".json", "_curves.tsv")).read_text().splitlines()
+    assert [line.split("\t")[0] for line in curves[1:]] == [str(e) for e in range(EPOCHS)]
+    # nnU-Net keeps one training log per run: the killed run's, then the resumed run's, which goes on from the
+    # checkpoint's epoch; the rule log says where it resumed from.
+    first_log, second_log = [p.read_text() for p in sorted((tmp_path / FOLD).glob("training_log_*.txt"))]
+    first_epochs = [int(e) for e in re.findall(r": Epoch (\d+)\s*$", first_log, re.MULTILINE)]
+    second_epochs = [int(e) for e in re.findall(r": Epoch (\d+)\s*$", second_log, re.MULTILINE)]
+    assert first_epochs[:checkpoint_epoch] == list(range(checkpoint_epoch))
+    assert second_epochs == list(range(checkpoint_epoch, EPOCHS))
+    assert f"at epoch {checkpoint_epoch}" in second_log
+    rule_log = (tmp_path / "logs/train_fold/metastasis_only/fold_0.log").read_text()
+    assert f"Resuming from {tmp_path / FOLD / 'checkpoint_latest.pth'} at epoch {checkpoint_epoch}" in rule_log
+
+
+WEIGHTS_DIGEST = ("import hashlib, sys, torch; w = torch.load(sys.argv[1], weights_only=False)['network_weights']; "
+                  "print(hashlib.sha256(b''.join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest())")
+
+
+def test_a_seeded_fold_trains_to_the_same_weights_twice_another_seed_changes_them_and_uint8_revalidates(tmp_path):
+    """`training_seed`: on the CPU with augmentation in the training process, a fold run again from scratch ends
+    with the same weights and validation probabilities; another seed gives other weights. Then the same fold with
+    `probability_encoding: uint8`."""
+    run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=tmp_path)
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    section = config["configurations"]["metastasis_only"]
+    section["trainer_settings"] = {**section["trainer_settings"], "num_epochs": 1, "num_iterations_per_epoch": 5}
+    config_path = tmp_path / "seed.yaml"
+    final = tmp_path / FOLD / "checkpoint_final.pth"
+
+    def train(seed):
+        section["training_seed"] = seed
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        shutil.rmtree(tmp_path / FOLD, ignore_errors=True)  # from scratch: a final checkpoint is only re-validated
+        snakemake(tmp_path, "--profile", PROFILES["local"], "--cores", "2", TARGET, "--forcerun", "train_fold",
+                  "--configfile", config_path)
+        summary = json.loads((tmp_path / TARGET).read_text())
+        assert summary["training_seed"] == seed and summary["resumed_from"] is None
+        digest = run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip()
+        validation = {p.name: np.load(p)["probabilities"] for p in (tmp_path / FOLD / "validation").glob("*.npz")}
+        return digest, validation
+
+    def same_probabilities(a, b):
+        return a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+
+    (first, first_validation), (again, again_validation), (other, other_validation) = train(0), train(0), train(1)
+    assert first_validation and first == again and same_probabilities(first_validation, again_validation)
+    assert other != first and not same_probabilities(first_validation, other_validation)
+
+    # prediction.probability_encoding: uint8. The trained fold is only re-validated, and nnU-Net's own export now
+    # writes uint8 within the two roundings of the float16 files.
+    config["prediction"] = {**config.get("prediction", {}), "probability_encoding": "uint8"}
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(tmp_path, "--profile", PROFILES["local"], "--cores", "2", TARGET, "--forcerun", "train_fold",
+              "--configfile", config_path)
+    summary = json.loads((tmp_path / TARGET).read_text())
+    assert summary["resumed_from"] == "final" and summary["probability_encoding"] == "uint8"
+    assert run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip() == other
+    rounded = {p.name: np.load(p)["probabilities"] for p in (tmp_path / FOLD / "validation").glob("*.npz")}
+    assert rounded.keys() == other_validation.keys()
+    for name, stored in rounded.items():
+        assert stored.dtype == np.uint8, name
+        error = np.abs(stored / 255.0 - other_validation[name].astype(np.float64))
+        assert error.max() <= 0.5 / 255 + 2.0 ** -12 + 1e-9, (name, error.max())

@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from workflow_scripts.io import read_probabilities
+from workflow_scripts.prediction import gather_out_of_fold
+
+pytestmark = pytest.mark.unit
+
+
+def fold(tmp_path, k, validation_cases, shape):
+    """A fold's summary and nnU-Net's validation export of its held-out cases (probabilities (C, z, y, x))."""
+    folder = tmp_path / f"fold_{k}"
+    (folder / "validation").mkdir(parents=True)
+    for i, case in enumerate(validation_cases):
+        probabilities = np.zeros((3, *shape), dtype=np.float32)
+        probabilities[0] = 1.0
+        probabilities[0, 0, 0, : k + i + 1] = 0.0
+        probabilities[2, 0, 0, : k + i + 1] = 1.0  # metastasis voxels: k + i + 1, so the source fold shows
+        np.savez(folder / "validation" / f"{case}.npz", probabilities=probabilities)
+    summary = tmp_path / f"fold_{k}.json"
+    summary.write_text(json.dumps({"output_folder": str(folder), "validation_cases": validation_cases}))
+    return summary
+
+
+def test_a_case_is_gathered_from_the_one_fold_that_held_it_out(tmp_path):
+    shape = (2, 3, 8)
+    image = sitk.GetImageFromArray(np.zeros(shape, dtype=np.int16))
+    image.SetSpacing((0.8, 0.8, 2.5))
+    sitk.WriteImage(image, str(tmp_path / "b.nii.gz"))
+    summaries = [fold(tmp_path, 0, ["a", "b"], shape), fold(tmp_path, 1, ["c"], shape)]
+    source = gather_out_of_fold(summaries, [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out", encoding="float16")
+    assert source == str(tmp_path / "fold_0")
+    probabilities, labels = read_probabilities(tmp_path / "out" / "b.npz")
+    assert labels == [0, 1, 2] and probabilities.shape == (3, *shape)
+    segmentation = sitk.ReadImage(str(tmp_path / "out" / "b.nii.gz"))
+    np.testing.assert_allclose(segmentation.GetSpacing(), image.GetSpacing(), rtol=1e-6)
+    assert (sitk.GetArrayFromImage(segmentation) == 2).sum() == 2  # fold 0, second case
+    with pytest.raises(RuntimeError, match="z was validated in 0 folds"):
+        gather_out_of_fold(summaries, [0, 1, 2], "z", tmp_path / "b.nii.gz", tmp_path / "out", encoding="float16")
+    summaries.append(fold(tmp_path, 2, ["b"], shape))
+    with pytest.raises(RuntimeError, match="b was validated in 2 folds"):
+        gather_out_of_fold(summaries, [0, 1, 2], "b", tmp_path / "b.nii.gz", tmp_path / "out", encoding="float16")
+
+
+def sliding_window_predictors(tile_batch_size, use_mirroring):
+    """nnU-Net's own predictor and the tile-batched one around the same small random network."""
+    import torch
+    from types import SimpleNamespace
+
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from workflow_scripts.nnunet_seam import tile_batch_predictor_class
+
+    torch.manual_seed(0)
+    network = PlainConvUNet(input_channels=1, n_stages=3, features_per_stage=(4, 8, 16), conv_op=torch.nn.Conv3d,
+                            kernel_sizes=3, strides=(1, 2, 2), n_conv_per_stage=1, num_classes=3,
+                            n_conv_per_stage_decoder=1, norm_op=torch.nn.InstanceNorm3d,
+                            norm_op_kwargs={"affine": True}, nonlin=torch.nn.LeakyReLU).eval()
+    predictors = []
+    for cls in (nnUNetPredictor, tile_batch_predictor_class()):
+        predictor = cls(tile_step_size=0.5, use_mirroring=use_mirroring, perform_everything_on_device=False,
+                        device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+        predictor.network = network
+        predictor.configuration_manager = SimpleNamespace(patch_size=[8, 16, 16], batch_size=2)
+        predictor.label_manager = SimpleNamespace(num_segmentation_heads=3)
+        predictor.allowed_mirroring_axes = (0, 1, 2)
+        predictors.append(predictor)
+    predictors[1].tile_batch_size = tile_batch_size
+    return predictors
+
+
+@pytest.mark.parametrize("tile_batch_size,use_mirroring", [(1, False), (2, True), (3, False), (None, False)])
+def test_tile_batches_give_nnunets_sliding_window_logits(tile_batch_size, use_mirroring):
+    import torch
+
+    nnunet, batched = sliding_window_predictors(tile_batch_size, use_mirroring)
+    image = torch.randn((1, 13, 37, 30), generator=torch.Generator().manual_seed(1))  # 3 x 4 x 3 tiles, uneven
+    assert len(nnunet._internal_get_sliding_window_slicers(image.shape[1:])) == 36
+    expected = nnunet.predict_sliding_window_return_logits(image)
+    passes = []  # batch size of every network pass
+    batched.network.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))
+    got = batched.predict_sliding_window_return_logits(image)
+    assert got.shape == expected.shape == (3, 13, 37, 30)
+    per_pass = tile_batch_size or 2  # None: the configuration's training batch size
+    assert passes == [min(per_pass, 36 - i) for i in range(0, 36, per_pass)] * (8 if use_mirroring else 1)
+    if tile_batch_size == 1:
+        assert torch.equal(got, expected)  # the same operations in the same order
+    else:  # float16 sums of float32 logits: batch size only changes torch's convolution kernel
+        torch.testing.assert_close(got.float(), expected.float(), atol=2e-3, rtol=2e-3)
+
+
+def test_study_models_come_from_the_fold_summaries(tmp_path):
+    """The predict verb's models of a study: one folder per configuration, the folds its summaries name."""
+    import json
+
+    from workflow_scripts.prediction import study_models
+
+    folder = tmp_path / "nnUNet_results" / "Dataset501_a" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    summaries = []
+    for fold in (0, 1):
+        path = tmp_path / f"fold_{fold}.json"
+        path.write_text(json.dumps({"fold": fold, "output_folder": str(folder / f"fold_{fold}")}))
+        summaries.append(path)
+    models = study_models({"a": summaries}, {"a": [0, 1, 2]})
+    assert models == {"a": {"folder": folder, "folds": [0, 1], "labels": [0, 1, 2]}}
+    summaries[1].write_text(json.dumps({"fold": 1, "output_folder": str(tmp_path / "elsewhere" / "fold_1")}))
+    with pytest.raises(ValueError, match="trained in several folders"):
+        study_models({"a": summaries}, {"a": [0, 1, 2]})
+
+
+def test_a_uint8_validation_export_is_gathered_and_stored_as_the_study_asks(tmp_path):
+    """nnU-Net's validation files hold what the seam gave its export (float16 or uint8); gather_oof decodes either
+    and stores its own copy in the study's encoding."""
+    shape = (2, 3, 8)
+    image = sitk.GetImageFromArray(np.zeros(shape, dtype=np.int16))
+    sitk.WriteImage(image, str(tmp_path / "a.nii.gz"))
+    probabilities = np.random.default_rng(3).dirichlet([1, 1, 1], size=shape).transpose(3, 0, 1, 2)
+    (tmp_path / "fold_0" / "validation").mkdir(parents=True)
+    np.savez(tmp_path / "fold_0/validation/a.npz", probabilities=np.rint(probabilities * 255).astype(np.uint8))
+    summary = tmp_path / "fold_0.json"
+    summary.write_text(json.dumps({"output_folder": str(tmp_path / "fold_0"), "validation_cases": ["a"]}))
+    for encoding, dtype in (("uint8", np.uint8), ("float16", np.float16)):
+        gather_out_of_fold([summary], [0, 1, 2], "a", tmp_path / "a.nii.gz", tmp_path / encoding, encoding=encoding)
+        with np.load(tmp_path / encoding / "a.npz") as data:
+            assert data["probabilities"].dtype == dtype
+        gathered, _ = read_probabilities(tmp_path / encoding / "a.npz")
+        np.testing.assert_allclose(gathered, probabilities, atol=0.5 / 255 + 1e-3)
+    uint8, _ = read_probabilities(tmp_path / "uint8" / "a.npz")
+    assert np.array_equal(np.rint(uint8 * 255), np.rint(probabilities * 255))  # no second rounding

@@ -1,0 +1,71 @@
+"""What the workflow-level tests share: Snakemake run on this checkout, the toy config and the profiles, and a
+folder name as users have them."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+TOY_CONFIG = REPO / "config" / "toy.yaml"
+
+
+PROFILES = {"local": REPO / "profiles" / "local", "slurm": REPO / "profiles" / "slurm"}
+
+
+# A folder name as users have them: a space, a single quote, brackets, `$HOME` literally, non-ASCII letters.
+ODD_NAME = "Patienten (2024) d'été $HOME [données]"
+
+
+def run(args, cwd, timeout=3000, check=True):
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # rules call this env's python
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def snakemake(workdir, *args, check=True, timeout=3000):
+    return run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                *map(str, args)], cwd=workdir, check=check, timeout=timeout)
+
+
+def job_count(dry_run_output, rule):
+    """The count of a rule's jobs in the 'Job stats' table of a dry run (0 when absent)."""
+    match = re.search(rf"^{rule}\s+(\d+)\s*$", dry_run_output, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def list_rules(workdir):
+    result = snakemake(workdir, "--list-rules", "--configfile", TOY_CONFIG)
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+
+def odd_folder_study(toy_dir: Path, root: Path) -> Path:
+    """The toy config in a study folder under ``root``, its data folders (DICOM series included) copied under
+    ``root`` too; ``root`` is named as users name folders (ODD_NAME)."""
+    data = root / "data"
+    shutil.copytree(toy_dir, data, symlinks=True)
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    for key, folder in (("images_tr", "imagesTr"), ("labels_tr", "labelsTr"), ("images_ts", "imagesTs"),
+                        ("labels_ts", "labelsTs")):
+        config["data"][key] = str(data / folder)
+    config["anatomy"]["precomputed_dir"] = str(data / "anatomy")
+    study = root / "study"
+    study.mkdir()
+    # sort_keys=False: the labels' order is meaningful
+    (study / "study.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    return study
+
+
+
+def requirement_pins() -> list[str]:
+    return [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
