@@ -32,7 +32,7 @@ rule crop_case:
     log:
         "logs/crop_case/{case}.log",
     benchmark:
-        "benchmarks/crop_case/{case}.tsv"
+        "results/benchmarks/crop_case/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("crop_case")
@@ -57,7 +57,7 @@ rule convert_dataset:
     log:
         "logs/convert_dataset/{configuration}.log",
     benchmark:
-        "benchmarks/convert_dataset/{configuration}.tsv"
+        "results/benchmarks/convert_dataset/{configuration}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("convert_dataset")
@@ -82,7 +82,7 @@ rule plan_and_preprocess:
     log:
         "logs/plan_and_preprocess/{configuration}.log",
     benchmark:
-        "benchmarks/plan_and_preprocess/{configuration}.tsv"
+        "results/benchmarks/plan_and_preprocess/{configuration}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("plan_and_preprocess")

@@ -13,7 +13,7 @@ rule score_ensembles:
     log:
         "logs/score_ensembles/{case}.log",
     benchmark:
-        "benchmarks/score_ensembles/{case}.tsv"
+        "results/benchmarks/score_ensembles/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("score_ensembles")
@@ -35,7 +35,7 @@ rule select_ensemble:
     log:
         "logs/select_ensemble.log",
     benchmark:
-        "benchmarks/select_ensemble.tsv"
+        "results/benchmarks/select_ensemble.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("select_ensemble")
@@ -56,7 +56,7 @@ rule ensemble_case:
     log:
         "logs/ensemble_case/{split}/{case}.log",
     benchmark:
-        "benchmarks/ensemble_case/{split}/{case}.tsv"
+        "results/benchmarks/ensemble_case/{split}/{case}.tsv"
     wildcard_constraints:
         split="oof",  # new cases are ensembled in memory by predict_test
     conda:

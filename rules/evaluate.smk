@@ -17,7 +17,7 @@ rule evaluate_stage:
     log:
         "logs/evaluate_stage/{split}/{stage}.log",
     benchmark:
-        "benchmarks/evaluate_stage/{split}/{stage}.tsv"
+        "results/benchmarks/evaluate_stage/{split}/{stage}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("evaluate_stage")
@@ -88,8 +88,10 @@ rule summarize_runtime:
         "logs/summarize_runtime.log",
     conda:
         "../envs/workflow.yaml"
+    params:
+        benchmarks="results/benchmarks",  # every job's benchmark file, also of jobs run before this one
     shell:
-        "python -m workflow_scripts summarize-runtime --benchmarks benchmarks --jobs {output.jobs:q} "
+        "python -m workflow_scripts summarize-runtime --benchmarks {params.benchmarks:q} --jobs {output.jobs:q} "
         "--summary {output.summary:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 

@@ -11,7 +11,7 @@ rule convert_dicom:
     log:
         "logs/convert_dicom/{input_folder}/{case}.log",
     benchmark:
-        "benchmarks/convert_dicom/{input_folder}/{case}.tsv"
+        "results/benchmarks/convert_dicom/{input_folder}/{case}.tsv"
     wildcard_constraints:
         case=_alternatives(DICOM_CASES) or "^$",
         input_folder="train|test",

@@ -14,7 +14,7 @@ rule gather_oof:
     log:
         "logs/gather_oof/{case}.log",
     benchmark:
-        "benchmarks/gather_oof/{case}.tsv"
+        "results/benchmarks/gather_oof/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("gather_oof")
@@ -43,7 +43,7 @@ rule predict_test:
     log:
         "logs/predict_test/{part}.log",
     benchmark:
-        "benchmarks/predict_test/{part}.tsv"
+        "results/benchmarks/predict_test/{part}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("predict_test")

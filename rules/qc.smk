@@ -15,7 +15,7 @@ rule qc_case:
     log:
         "logs/qc_case/{case}.log",
     benchmark:
-        "benchmarks/qc_case/{case}.tsv"
+        "results/benchmarks/qc_case/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("qc_case")
@@ -95,7 +95,7 @@ rule qc_anatomy:
     log:
         "logs/qc_anatomy/{case}.log",
     benchmark:
-        "benchmarks/qc_anatomy/{case}.tsv"
+        "results/benchmarks/qc_anatomy/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("qc_anatomy")

@@ -11,7 +11,7 @@ rule segment_anatomy:
     log:
         "logs/segment_anatomy/{case}.log",
     benchmark:
-        "benchmarks/segment_anatomy/{case}.tsv"
+        "results/benchmarks/segment_anatomy/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("segment_anatomy")
@@ -42,7 +42,7 @@ rule score_refinements:
     log:
         "logs/score_refinements/{case}.log",
     benchmark:
-        "benchmarks/score_refinements/{case}.tsv"
+        "results/benchmarks/score_refinements/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("score_refinements")
@@ -67,7 +67,7 @@ rule select_refinement:
     log:
         "logs/select_refinement.log",
     benchmark:
-        "benchmarks/select_refinement.tsv"
+        "results/benchmarks/select_refinement.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("select_refinement")
@@ -92,7 +92,7 @@ rule refine_case:
     log:
         "logs/refine_case/{split}/{case}.log",
     benchmark:
-        "benchmarks/refine_case/{split}/{case}.tsv"
+        "results/benchmarks/refine_case/{split}/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("refine_case")
@@ -126,7 +126,7 @@ rule tumour_burden:
     log:
         "logs/tumour_burden/{split}.log",
     benchmark:
-        "benchmarks/tumour_burden/{split}.tsv"
+        "results/benchmarks/tumour_burden/{split}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("tumour_burden")
@@ -151,7 +151,7 @@ rule nested_ensembles:
     log:
         "logs/nested_ensembles.log",
     benchmark:
-        "benchmarks/nested_ensembles.tsv"
+        "results/benchmarks/nested_ensembles.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("nested_ensembles")
@@ -173,7 +173,7 @@ rule nested_selection:
     log:
         "logs/nested_selection.log",
     benchmark:
-        "benchmarks/nested_selection.tsv"
+        "results/benchmarks/nested_selection.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("nested_selection")
@@ -198,7 +198,7 @@ rule nested_case:
     log:
         "logs/nested_case/{case}.log",
     benchmark:
-        "benchmarks/nested_case/{case}.tsv"
+        "results/benchmarks/nested_case/{case}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("nested_case")

@@ -24,7 +24,7 @@ rule train_fold:
     log:
         "logs/train_fold/{configuration}/fold_{fold}.log",
     benchmark:
-        "benchmarks/train_fold/{configuration}/fold_{fold}.tsv"
+        "results/benchmarks/train_fold/{configuration}/fold_{fold}.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: threads_of("train_fold")

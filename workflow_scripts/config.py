@@ -63,23 +63,20 @@ def validate_config(config: dict, base: str | Path = ".") -> dict:
 def path_settings(path: str, given=None):
     """The value at a config path (``""`` the whole config, ``"qc"``, ``"anatomy.task"``): ``given`` validated, every
     key it leaves out filled from the schema's defaults, and, when ``given`` is None, the path's own default (an
-    object without one: all its keys' defaults; a required key without one: an error). The only place defaults
-    come from outside a workflow run."""
+    object without one: its keys' defaults). The only place defaults come from outside a workflow run."""
     schema = copy.deepcopy(_schema())
-    subschema, parent, key = schema, None, None
+    subschema = schema
     for key in filter(None, path.split(".")):
-        parent, subschema = subschema, subschema["properties"][key]
-    if given is None:
-        if "default" in subschema:
-            given = subschema["default"]
-        elif parent is not None and key in parent.get("required", []):
-            raise ConfigError(f"invalid settings (see config/README.md):\n  {path}: required, and it has no default")
-        else:
-            given = {}
-    instance = copy.deepcopy(given)
+        subschema = subschema["properties"][key]
+    missing = given is None and "default" not in subschema
+    if missing and subschema.get("type") != "object":
+        raise ConfigError(f"invalid settings (see config/README.md):\n  {path}: required, and it has no default")
+    instance = copy.deepcopy(subschema.get("default", {}) if given is None else given)
     validator = _fill_defaults(jsonschema.Draft202012Validator)({"$defs": schema["$defs"], **subschema})
     errors = [f"{'.'.join(filter(None, [path, *map(str, e.absolute_path)])) or '<config>'}: {e.message}"
               for e in validator.iter_errors(instance)]
+    if errors and missing:  # an object with keys of its own to give, such as labels
+        errors = [f"{path}: required, and it has no default"]
     if errors:
         raise ConfigError("invalid settings (see config/README.md):\n  " + "\n  ".join(errors))
     return instance

@@ -11,11 +11,6 @@ from workflow_scripts.io import read_probabilities, write_prediction
 FUSION_STRATEGIES = ("mean", "max", "union")
 
 
-def average_members(paths: list[Path], weights: list[float]) -> tuple[np.ndarray, list[int]]:
-    """Weighted mean of members that share one label set, read one file at a time."""
-    return accumulate_members((read_probabilities(p) for p in paths), weights, [str(p) for p in paths])
-
-
 def accumulate_members(maps: Iterable[tuple[np.ndarray, list[int]]], weights: list[float],
                        names: list[str]) -> tuple[np.ndarray, list[int]]:
     """Weighted mean of members' (probabilities, labels), taken from ``maps`` one at a time: one accumulator and

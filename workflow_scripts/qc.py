@@ -55,15 +55,6 @@ def _read(case: str, check: str, path: Path) -> tuple[Volume | None, dict | None
                           "re-export or re-download the file")
 
 
-def check_case(case: str, image_path: Path, label_path: Path | None, label_values: list[int],
-               settings: dict | None = None) -> pd.DataFrame:
-    """One row per check; 'error' blocks the run, 'warning' is reported, 'info' records a measurement.
-
-    ``settings``: the config's ``qc`` section; keys left out take the schema's defaults.
-    """
-    return inspect_case(case, image_path, label_path, label_values, settings)[0]
-
-
 def inspect_case(case: str, image_path: Path, label_path: Path | None, label_values: list[int],
                  settings: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """The case's QC table and its measurements (geometry, intensity range, volume and component count per

@@ -15,7 +15,7 @@ def read_benchmarks(paths: list[Path], root: str = "benchmarks") -> pd.DataFrame
     for path in map(Path, paths):
         parts = path.parts[path.parts.index(root) + 1:] if root in path.parts else path.parts[-2:]
         table = pd.read_csv(path, sep="\t")
-        rule = Path(parts[0]).stem  # a rule with one job writes benchmarks/<rule>.tsv
+        rule = Path(parts[0]).stem  # a rule with one job writes <root>/<rule>.tsv
         job = str(Path(*parts[1:]).with_suffix("")) if len(parts) > 1 else rule
         rows.append({"rule": rule, "job": job,
                      "seconds": float(table["s"].mean()), "max_rss_mb": float(table["max_rss"].mean()),

@@ -49,15 +49,13 @@ VERB_SETTINGS = {
     "overlay-worst": ("labels",),
 }
 
-_MISSING = object()
-
-
-def _get(tree: dict, path: str, default=_MISSING):
+def _get(tree: dict, path: str):
+    """The value at a dotted path ("" the whole tree); None where it is not there."""
     if not path:
         return tree
     for key in path.split("."):
         if not isinstance(tree, dict) or key not in tree:
-            return default
+            return None
         tree = tree[key]
     return tree
 
@@ -95,7 +93,7 @@ def read_settings(verb: str, given: dict) -> dict:
             raise ConfigError(f"settings of {verb}: {unknown} are not among its settings {list(paths)}")
     settings = {}
     for path in paths:
-        settings = _set(settings, path, path_settings(path, _get(given, path, None)))
+        settings = _set(settings, path, path_settings(path, _get(given, path)))
     return settings
 
 
@@ -143,7 +141,7 @@ def stage_classes(settings: dict, stage: str) -> dict[str, int]:
     """Classes a stage predicts ({name: label}): a configuration only its own, an ensemble stage every lesion."""
     lesions = lesion_classes(settings)
     if stage in settings.get("configurations", {}):
-        values = set(channel_labels({"configurations": {stage: settings["configurations"][stage]}})[stage])
+        values = set(class_label_values(settings["configurations"][stage]["label_mapping"]))
         return {n: v for n, v in lesions.items() if v in values}
     return lesions
 

@@ -40,7 +40,7 @@ def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_pat
     from workflow_scripts.anatomy import anatomy_class_ids
 
     assert np.unique(sitk.GetArrayFromImage(anatomy)).tolist() == [anatomy_class_ids("total")["vertebrae_L3"]]
-    assert (workdir / "benchmarks/segment_anatomy/toy_001.tsv").exists()
+    assert (workdir / "results/benchmarks/segment_anatomy/toy_001.tsv").exists()
     # Anatomy-aware label QC through its rule on that map: the tiny model calls every voxel vertebra L3, so the
     # label lies in bone (flagged), and no flip or shift can help (nothing proposed).
     snakemake(workdir, "results/qc/anatomy/toy_001.tsv", "--cores", "1", "--configfile", path)

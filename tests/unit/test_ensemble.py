@@ -2,10 +2,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from workflow_scripts.ensemble import average_members, ensemble_case, ensemble_probabilities, fuse_class
+from workflow_scripts.ensemble import accumulate_members, ensemble_case, ensemble_probabilities, fuse_class
 from workflow_scripts.io import read_probabilities, write_probabilities
 
 pytestmark = pytest.mark.unit
+
+
+def average_members(paths, weights):
+    """Weighted mean of members that share one label set, read one file at a time."""
+    return accumulate_members((read_probabilities(p) for p in paths), weights, [str(p) for p in paths])
 
 
 def random_probabilities(rng, channels, shape=(4, 5, 6)):

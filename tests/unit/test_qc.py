@@ -9,9 +9,14 @@ from scipy import ndimage
 
 from workflow_scripts.config import section_settings
 from workflow_scripts.io import write_table
-from workflow_scripts.qc import QCError, check_case, qc_table, qc_verdict, write_case_qc
+from workflow_scripts.qc import QCError, inspect_case, qc_table, qc_verdict, write_case_qc
 
 pytestmark = pytest.mark.unit
+
+
+def check_case(case, image_path, label_path, label_values, settings=None):
+    """The case's QC table: one row per check; 'error' blocks the run, 'warning' is reported, 'info' records."""
+    return inspect_case(case, image_path, label_path, label_values, settings)[0]
 
 VALUES = [0, 1, 2]
 

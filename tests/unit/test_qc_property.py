@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from workflow_scripts.io import read_volume
-from workflow_scripts.qc import COLUMNS, check_case
+from workflow_scripts.qc import COLUMNS, inspect_case
 
 pytestmark = pytest.mark.unit
 
@@ -84,7 +84,7 @@ def test_any_file_gives_a_qc_table_never_a_traceback(tmp_path, case):
     if label is not None:
         label_path = tmp_path / "label.nii.gz"
         label_path.write_bytes(label)
-    table = check_case("random", tmp_path / "image.nii.gz", label_path, [0, 1, 2])
+    table = inspect_case("random", tmp_path / "image.nii.gz", label_path, [0, 1, 2])[0]
     assert list(table.columns) == COLUMNS and len(table) >= 1
     assert set(table["severity"]) <= {"error", "warning", "info"}
     assert (table["case"] == "random").all() and table["message"].str.len().gt(0).all()
@@ -114,8 +114,8 @@ def test_an_infinite_sform_is_an_error_not_a_hung_reader(tmp_path):
     header["srow_y"] = [1.0, 1e-12, np.inf, 0.0]
     path = tmp_path / "inf_sform.nii.gz"
     path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + np.zeros(120, np.int16).tobytes()))
-    code = ("import sys; from pathlib import Path; from workflow_scripts.qc import check_case; "
-            f"t = check_case('inf', Path({str(path)!r}), None, [0, 1, 2]); print(t.iloc[0].severity, t.iloc[0].message)")
+    code = ("import sys; from pathlib import Path; from workflow_scripts.qc import inspect_case; "
+            f"t = inspect_case('inf', Path({str(path)!r}), None, [0, 1, 2])[0]; print(t.iloc[0].severity, t.iloc[0].message)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("error cannot read") and "NaN or infinity in srow_y" in result.stdout

@@ -1,6 +1,6 @@
 """Scale rehearsal: the whole study DAG on N synthetic cases at CT size, with the toy network so training stays cheap.
 
-    python tests/benchmarks/scale_rehearsal.py --cases 5 10 20 --shape 200 512 512 --out docs/scale
+    python -m benchmarks.scale_rehearsal --cases 5 10 20 --shape 200 512 512 --out docs/scale
 
 For each N: N training cases and ``--test-cases`` new cases from the toy generator at ``--shape`` (z, y, x; in-plane
 spacing 0.7-0.9 mm, slices 2-3 mm), ``config/toy.yaml`` pointed at them, ``snakemake --profile profiles/local``.
@@ -29,13 +29,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from workflow_scripts.crop import anatomy_box, box_slices  # noqa: E402
-from workflow_scripts.io import (PROBABILITY_ENCODINGS, decode_probabilities, encode_probabilities, pyplot,  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+from workflow_scripts.crop import anatomy_box, box_slices
+from workflow_scripts.io import (PROBABILITY_ENCODINGS, decode_probabilities, encode_probabilities, pyplot,
                                  read_image, write_figure, write_image, write_table)
-from workflow_scripts.runtime import read_benchmarks, summarize_runtime  # noqa: E402
-from workflow_scripts.toy_data import (CT_IN_PLANE_MM, METASTASIS_FREE_EVERY, _to_image,  # noqa: E402
+from workflow_scripts.runtime import read_benchmarks, summarize_runtime
+from workflow_scripts.toy_data import (CT_IN_PLANE_MM, METASTASIS_FREE_EVERY, _to_image,
                                        make_phantom)
 
 SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "anatomy")
@@ -165,7 +164,7 @@ def crop_comparison(plain: Path, cropped: Path) -> pd.DataFrame:
              "cropped": float(np.mean([b["voxel_fraction"] for b in boxes]))}]
     times = {}
     for label, study in (("uncropped", plain), ("cropped", cropped)):
-        jobs = read_benchmarks(sorted((study / "benchmarks").rglob("*.tsv")))
+        jobs = read_benchmarks(sorted((study / "results/benchmarks").rglob("*.tsv")))
         times[label] = jobs.groupby("rule")["seconds"].sum()
     for rule in ("crop_case", "plan_and_preprocess", "train_fold", "gather_oof", "predict_test"):
         rows.append({"measure": f"{rule}_seconds", "uncropped": float(times["uncropped"].get(rule, 0.0)),
@@ -314,7 +313,7 @@ def main() -> None:
             print(f"{name}: running the study in {study}", flush=True)
             seconds = run_study(study, args.cores)
             (study / "rehearsal_seconds.txt").write_text(f"{seconds:.1f}")
-        summary = summarize_runtime(read_benchmarks(sorted((study / "benchmarks").rglob("*.tsv"))))
+        summary = summarize_runtime(read_benchmarks(sorted((study / "results/benchmarks").rglob("*.tsv"))))
         if crop_margin is not None:
             crops.append(crop_comparison(work / f"n{n}", study))
             continue

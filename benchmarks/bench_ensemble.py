@@ -1,8 +1,8 @@
 """Benchmark: peak memory of ensembling one full-size case as the number of models grows, against the
 stack-everything-then-average baseline measured in the same run.
 
-    python tests/benchmarks/bench_ensemble.py                    # 512 x 512 x 300, 3 classes, 1 to 15 members
-    python tests/benchmarks/bench_ensemble.py --shape 64 128 128
+    python -m benchmarks.bench_ensemble                    # 512 x 512 x 300, 3 classes, 1 to 15 members
+    python -m benchmarks.bench_ensemble --shape 64 128 128
 
 Each measurement runs in its own process (peak resident memory: VmHWM). The workflow's ensemble
 (`workflow_scripts.ensemble.ensemble_case`) reads members one at a time and fuses one partial model; the goal
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]
 
-from workflow_scripts.io import write_probabilities  # noqa: E402
+from workflow_scripts.io import write_probabilities
 
 STREAMED = """
 import sys, json

@@ -1,7 +1,7 @@
 """Segmenting new scans: nnU-Net's default chain against this workflow's run with a bundle, on the same models.
 
-    python tests/benchmarks/bench_predict.py --study <a finished study's folder, e.g. a toy run>
-    python tests/benchmarks/bench_predict.py --study <...> --realistic 2   # two synthetic 512 x 512 x 200 scans
+    python -m benchmarks.bench_predict --study <a finished study's folder, e.g. a toy run>
+    python -m benchmarks.bench_predict --study <...> --realistic 2   # two synthetic 512 x 512 x 200 scans
 
 Baseline (nnU-Net's defaults): ``nnUNetv2_predict`` for each full-label member of the chosen ensemble with
 ``--save_probabilities``, then ``nnUNetv2_ensemble`` (it cannot fuse the metastasis-only model: other labels).
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from workflow_scripts.config import section_settings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+from workflow_scripts.config import section_settings
 
 
 def run(args, env=None, cwd=None):
@@ -137,8 +135,8 @@ def main():
                 "threads": args.cores, "mem_mb": 8000, "runtime": 120, "gpu": False}}}}))
         seconds = run([*python, "--directory", batch, "--configfile", batch / "predict.yaml", "--cores", args.cores],
                       env, cwd=batch)
-        # One benchmark file per prediction part (benchmarks/predict_test/<part>.tsv); parts may run side by side.
-        parts = sorted((batch / "benchmarks/predict_test").glob("*.tsv"))
+        # One benchmark file per prediction part (results/benchmarks/predict_test/<part>.tsv).
+        parts = sorted((batch / "results/benchmarks/predict_test").glob("*.tsv"))
         predict_seconds = sum(float(part.read_text().split("\n")[1].split("\t")[0]) for part in parts)
         dice = mean_dice(batch / "results/predictions/test/refined", references, cases)
         first_dice = dice if first_dice is None else first_dice

@@ -1,6 +1,6 @@
 """What each prediction speed option buys, step by step, on one realistic-size scan and one trained configuration.
 
-    python tests/benchmarks/bench_predict_options.py --study <a finished study's folder> [--shape 200 512 512]
+    python -m benchmarks.bench_predict_options --study <a finished study's folder> [--shape 200 512 512]
 
 One synthetic scan (the toy generator at ``--shape``, z y x) is preprocessed for one fold of ``--configuration``,
 and each step is timed against nnU-Net's default for it, in this one process:
@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, *args, **kwargs):
@@ -56,6 +54,7 @@ def main():
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
+    from workflow_scripts.config import section_settings
     from workflow_scripts.io import read_json, write_image, write_probabilities
     from workflow_scripts.prediction import make_predictor
     from workflow_scripts.toy_data import _to_image, make_phantom
@@ -67,7 +66,8 @@ def main():
     image, properties = SimpleITKIO().read_images([str(scan)])
     summary = read_json(args.study / f"results/training/{args.configuration}/fold_0.json")
     folder = Path(summary["output_folder"]).parent
-    base = {"tile_step_size": 0.5, "use_mirroring": False, "half_precision": True, "export_resampling": "nnunet"}
+    base = section_settings("prediction", {"tile_step_size": 0.5, "use_mirroring": False, "half_precision": True,
+                                           "export_resampling": "nnunet"})  # the rest: the schema's defaults
     predictor = make_predictor(folder, [0], "cpu", base, args.threads)
     print(f"scan {tuple(args.shape)} at {phantom.spacing} mm; {args.configuration} fold 0 "
           f"(patch {predictor.configuration_manager.patch_size}); {args.threads} threads", flush=True)
@@ -152,7 +152,7 @@ def main():
 
     print("writing:")
     grid = sitk.ReadImage(str(scan))
-    seconds_npz, _ = timed(write_probabilities, work / "probabilities.npz", kept, [0, 1, 2])
+    seconds_npz, _ = timed(write_probabilities, work / "probabilities.npz", kept, [0, 1, 2], "float16")
     label = sitk.GetImageFromArray(reference.astype(np.uint8))
     label.CopyInformation(grid)
     seconds_nii, _ = timed(write_image, label, work / "labels.nii.gz")

@@ -1,6 +1,6 @@
 """Stored probabilities as uint8 against float16 (``prediction.probability_encoding``) on the seeded toy study.
 
-    python tests/benchmarks/probability_encoding.py --work /tmp/probability_encoding --out docs/scale
+    python -m benchmarks.probability_encoding --work /tmp/probability_encoding --out docs/scale
 
 Two toy studies (``config/toy.yaml``, toy data seed 0, training seed 0, ``save_probabilities`` on so that new
 cases' files are measured too), one per encoding. Training is seeded, so the networks are the same and only the
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,11 +31,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_rehearsal import dice_over_cases_with_class, run_toy_study  # noqa: E402
-from workflow_scripts.io import read_probabilities, write_probabilities, write_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+from benchmarks.scale_rehearsal import dice_over_cases_with_class, run_toy_study
+from workflow_scripts.io import read_probabilities, write_probabilities, write_table
 
 ENCODINGS = ("float16", "uint8")
 

@@ -1,24 +1,21 @@
 """Benchmark: seconds per case and class of the distance metrics (HD95, ASSD, NSD together) on full-size CT
 label maps, against the whole-volume distance-transform baseline measured in the same run.
 
-    python tests/benchmarks/bench_metrics.py                 # 512 x 512 x 300, 2 classes, 3 cases
-    python tests/benchmarks/bench_metrics.py --shape 64 128 128 --cases 1
+    python -m benchmarks.bench_metrics                 # 512 x 512 x 300, 2 classes, 3 cases
+    python -m benchmarks.bench_metrics --shape 64 128 128 --cases 1
 
 Goal (issue 6): at most 1 s per case and class for HD95 + ASSD + NSD on 2 cores.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference_metrics import reference_surface_metrics  # noqa: E402
+from tests.reference_metrics import reference_surface_metrics
 
-from workflow_scripts.metrics import Conventions, class_metrics, surface_metrics, union_crop  # noqa: E402
+from workflow_scripts.metrics import Conventions, class_metrics, surface_metrics, union_crop
 
 SPACING = (2.5, 0.8, 0.8)  # z, y, x in mm: a typical abdominal CT
 

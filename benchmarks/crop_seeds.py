@@ -1,6 +1,6 @@
 """The crop option against no crop on the toy study, over several training seeds.
 
-    python tests/benchmarks/crop_seeds.py --seeds 0 1 2 --margin-mm 5 --work /tmp/crop_seeds --out docs/scale
+    python -m benchmarks.crop_seeds --seeds 0 1 2 --margin-mm 5 --work /tmp/crop_seeds --out docs/scale
 
 One toy study (``config/toy.yaml``, toy data seed 0) per training seed (``training_seed`` of every configuration)
 with ``crop`` off and on, and the first seed's uncropped study once more: with seeded training on the CPU it must
@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_rehearsal import dice_over_cases_with_class, run_toy_study  # noqa: E402
-from workflow_scripts.io import write_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+from benchmarks.scale_rehearsal import dice_over_cases_with_class, run_toy_study
+from workflow_scripts.io import write_table
 
 
 def study_config(seed: int, margin_mm: float | None) -> dict:
