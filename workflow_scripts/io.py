@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -239,6 +238,8 @@ def _check_header_geometry(header) -> None:
 
 
 def _nifti_from_bytes(data: bytes):
+    import nibabel as nib
+
     for klass in (nib.Nifti1Image, nib.Nifti2Image):
         try:
             return klass.from_bytes(data)
@@ -251,6 +252,8 @@ def read_volume(path: Path) -> Volume:
     """Header as ITK (and nnU-Net) reads it; voxels from the whole gzip stream, decompressed with its CRC checked
     (ITK reads a truncated .nii.gz without an error and fills the missing part), by ISA-L where installed: about
     1.6x faster than ITK's own inflate."""
+    import nibabel as nib  # here, not at the top: the Snakefile imports this module at every start
+
     data = Path(path).read_bytes()
     if data[:2] == b"\x1f\x8b":
         data = gzip_reader.decompress(data)
