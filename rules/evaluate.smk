@@ -115,6 +115,9 @@ rule overlay_case:
         "logs/overlay_case/{case}.log",
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("overlay_case")
+    resources:
+        **resources_of("overlay_case"),
     params:
         settings=settings_json("overlay-case"),
     shell:

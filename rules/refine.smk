@@ -222,6 +222,9 @@ rule export_meshes:
         "logs/export_meshes/{case}.log",
     conda:
         "../envs/workflow.yaml"
+    threads: threads_of("export_meshes")
+    resources:
+        **resources_of("export_meshes"),
     params:
         settings=settings_json("export-meshes"),
     shell:

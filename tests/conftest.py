@@ -69,6 +69,28 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("each test lives in its tier's folder and is marked with that tier only:\n  "
                                 + "\n  ".join(wrong))
     items.sort(key=lambda item: TIERS.index(item.path.parent.name))
+    config.stash[SLURM_SELECTED] = any(item.get_closest_marker("slurm") for item in items)
+
+
+SLURM_SELECTED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session")
+def slurm_study(tmp_path_factory):
+    """The toy study through a single-node SLURM cluster, running in the background once started."""
+    from slurm_study import SlurmStudy
+
+    study = SlurmStudy(tmp_path_factory.mktemp("slurm_workdir"))
+    yield study
+    study.stop()
+
+
+@pytest.fixture(autouse=True)
+def start_slurm_study_with_the_smoke_tier(request):
+    """With SLURM tests selected, the SLURM study starts at the first smoke test: its jobs wait on the queue
+    and on Snakemake's start in each job while the local study trains."""
+    if request.node.get_closest_marker("smoke") and request.config.stash.get(SLURM_SELECTED, False):
+        request.getfixturevalue("slurm_study").start()
 
 
 @pytest.fixture(scope="module")

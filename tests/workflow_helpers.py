@@ -22,10 +22,14 @@ PROFILES = {"local": REPO / "profiles" / "local", "slurm": REPO / "profiles" / "
 ODD_NAME = "Patienten (2024) d'été $HOME [données]"
 
 
-def run(args, cwd, timeout=3000, check=True):
+def tool_env():
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # rules call this env's python
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def run(args, cwd, timeout=3000, check=True):
+    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")

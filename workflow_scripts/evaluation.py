@@ -110,12 +110,13 @@ def wilcoxon_signed_rank_p(diff: np.ndarray) -> float:
 
 def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
     """Paired tests of b - a: Wilcoxon signed-rank with the matched-pairs rank-biserial correlation, and a
-    paired t-test only where Shapiro-Wilk (n >= 3) does not reject normal differences; Cohen's d_z always."""
+    paired t-test only where Shapiro-Wilk (n >= 3) does not reject normal differences (its p in ``shapiro_p``,
+    the choice in ``differences_normal``); Cohen's d_z always."""
     diff = b - a
     row = {"n_pairs": int(diff.size), "mean_difference": float(diff.mean()) if diff.size else math.nan,
            "median_difference": float(np.median(diff)) if diff.size else math.nan,
            "wilcoxon_p": math.nan, "rank_biserial": math.nan, "t_test_p": math.nan, "cohens_dz": math.nan,
-           "differences_normal": False}
+           "shapiro_p": math.nan, "differences_normal": False}
     nonzero = diff[diff != 0]
     if nonzero.size:
         ranks = stats.rankdata(np.abs(nonzero))
@@ -123,7 +124,8 @@ def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
         row["wilcoxon_p"] = wilcoxon_signed_rank_p(diff)
     if diff.size >= 3 and diff.std(ddof=1) > 0:
         row["cohens_dz"] = float(diff.mean() / diff.std(ddof=1))
-        row["differences_normal"] = bool(stats.shapiro(diff).pvalue > 0.05)
+        row["shapiro_p"] = float(stats.shapiro(diff).pvalue)
+        row["differences_normal"] = bool(row["shapiro_p"] > 0.05)
         if row["differences_normal"]:
             row["t_test_p"] = float(stats.ttest_rel(b, a).pvalue)
     elif diff.size and not diff.any():
@@ -132,26 +134,38 @@ def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def compare_stages(metrics: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
-    """Every pair of stages per split, class and metric, on the cases both have a value for; Holm correction
-    over the pairs of one split, class and metric."""
+    """Every pair of stages per metric, split and class, tested on the cases whose reference holds the class (those
+    the figures show) where both stages have a value. Lesion-free cases score 1 or 0 by convention whatever a
+    stage does, so they are counted apart: how many, and how many of them each stage kept empty. Holm's correction
+    runs over the pairs of one metric, split and class (``holm_family``, of ``holm_pairs`` pairs; a pair
+    without a test, NaN, does not count)."""
     rows = []
-    for (split, name, metric), group in metrics.groupby(["split", "class", "metric"], sort=False):
-        wide = group.pivot_table(index="case", columns="stage", values="value", dropna=False)
-        stages = [s for s in group["stage"].unique()]
-        family = []
-        for first, second in itertools.combinations(stages, 2):
-            pair = wide[[first, second]].dropna()
-            row = {"split": split, "class": name, "metric": metric, "stage_a": first, "stage_b": second}
-            row.update(paired_comparison(pair[first].to_numpy(float), pair[second].to_numpy(float)))
-            higher = HIGHER_IS_BETTER.get(metric, True)
-            if row["mean_difference"] == row["mean_difference"] and row["mean_difference"] != 0 and higher is not None:
-                row["better"] = second if (row["mean_difference"] > 0) == higher else first
-            else:
-                row["better"] = ""
-            family.append(row)
-        for row, w, t in zip(family, holm([r["wilcoxon_p"] for r in family]), holm([r["t_test_p"] for r in family])):
-            row["wilcoxon_p_holm"], row["t_test_p_holm"] = w, t
-        rows += family
+    for metric in metric_names:
+        for (split, name), subset in metrics.groupby(["split", "class"], sort=False):
+            holding, free = subset[subset["reference_voxels"] > 0], subset[subset["reference_voxels"] == 0]
+            wide = holding.pivot_table(index="case", columns="stage", values=metric, dropna=False)
+            stages = list(subset["stage"].unique())
+            free_cases = {s: set(free.loc[free["stage"] == s, "case"]) for s in stages}
+            kept_empty = {s: set(free.loc[(free["stage"] == s) & (free["predicted_voxels"] == 0), "case"])
+                          for s in stages}
+            family = []
+            for first, second in itertools.combinations(stages, 2):
+                pair = wide.reindex(columns=[first, second]).dropna()
+                row = {"split": split, "class": name, "metric": metric, "stage_a": first, "stage_b": second}
+                row.update(paired_comparison(pair[first].to_numpy(float), pair[second].to_numpy(float)))
+                higher = HIGHER_IS_BETTER.get(metric, True)
+                if row["mean_difference"] == row["mean_difference"] and row["mean_difference"] != 0 and higher is not None:
+                    row["better"] = second if (row["mean_difference"] > 0) == higher else first
+                else:
+                    row["better"] = ""
+                shared = free_cases[first] & free_cases[second]
+                row.update(lesion_free_cases=len(shared), lesion_free_kept_empty_a=len(kept_empty[first] & shared),
+                           lesion_free_kept_empty_b=len(kept_empty[second] & shared))
+                family.append(row)
+            for row, w, t in zip(family, holm([r["wilcoxon_p"] for r in family]), holm([r["t_test_p"] for r in family])):
+                row.update(wilcoxon_p_holm=w, t_test_p_holm=t, holm_family=f"{metric}, {split}, {name}",
+                           holm_pairs=len(family))
+            rows += family
     return pd.DataFrame(rows)
 
 
@@ -235,8 +249,7 @@ def write_summary(case_tables: list[Path], out_dir: Path, conventions: Conventio
     ``selection_biased``: stages whose out-of-fold rows are flagged (:func:`flag_selection_bias`)."""
     metrics = pd.concat([pd.read_csv(p, sep="\t") for p in case_tables], ignore_index=True)
     names = [m for m in summary_metrics(conventions) if m in metrics.columns]
-    long = metrics.melt(id_vars=["split", "stage", "case", "class"], value_vars=names, var_name="metric")
-    tables = {"summary": aggregate(metrics, names), "comparisons": compare_stages(long, COMPARED),
+    tables = {"summary": aggregate(metrics, names), "comparisons": compare_stages(metrics, COMPARED),
               "pinkcc": pinkcc_table(metrics), "worst_cases": worst_cases(metrics, worst_per_stage)}
     flag_selection_bias(tables, list(selection_biased))
     out_dir = Path(out_dir)

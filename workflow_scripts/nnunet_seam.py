@@ -175,18 +175,14 @@ def training_log(trainer) -> dict:
     return trainer.logger.local_logger.my_fantastic_logging
 
 
-def training_patch_loader(trainer):
-    """nnU-Net's training data loader as the trainer sets it up (batch size, foreground oversampling, its training
-    cases), without augmentation: each batch holds the patches as cut, centred where the sampler chose."""
-    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-
+def training_batches(trainer):
+    """The batches training draws: nnU-Net's own training pipeline as the trainer builds it (its batch size and
+    foreground oversampling, the initial patch size, augmentation and deep-supervision targets), in this process
+    (``nnUNet_n_proc_DA`` 0). Each batch is a dict; ``target`` a list of targets, the first at full resolution."""
     require_supported_nnunet()
     trainer._set_batch_size_and_oversample()  # what nnU-Net's initialize() does first
-    dataset, _ = trainer.get_tr_and_val_datasets()
-    patch = trainer.configuration_manager.patch_size
-    return nnUNetDataLoader(dataset, trainer.batch_size, patch, patch, trainer.label_manager,
-                            oversample_foreground_percent=trainer.oversample_foreground_percent,
-                            probabilistic_oversampling=trainer.probabilistic_oversampling)
+    train, _ = trainer.get_dataloaders()
+    return train
 
 
 @contextlib.contextmanager

@@ -13,8 +13,8 @@ from workflow_scripts.nnunet_seam import (CONFIGURATION, encoded_validation_prob
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
 # probabilistic_oversampling: each patch centred on a foreground voxel with probability
-# oversample_foreground_percent; nnU-Net's default forces the last round(batch x (1 - p)) items of a batch, so
-# 0.33 and 0.5 both give one patch of two.
+# oversample_foreground_percent; nnU-Net's default forces the last round(batch x (1 - p)) items of a batch, so at
+# batch size 2 0.33 and 0.5 both give one patch of two.
 TRAINER_SETTINGS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every",
                     "initial_lr", "oversample_foreground_percent", "probabilistic_oversampling")
 

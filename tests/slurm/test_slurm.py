@@ -2,28 +2,15 @@
 import json
 import os
 import re
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import PROFILES, TOY_CONFIG, run, snakemake
+from slurm_study import GPU_RULES, TRAINER_SETTINGS, expected_group_jobs
 
 pytestmark = pytest.mark.slurm
-
-
-SLURM_GPU_RULES = ("train_fold", "predict_test")
-
-
-# The SLURM study is the toy study with a shorter training: what SLURM changes is where jobs run, not what they
-# compute, and the local study already shows the learning. A checkpoint every epoch and four epochs leave the
-# preemption watcher a window of three epochs between a training's first checkpoint and its final one.
-SLURM_TRAINER_SETTINGS = {"num_epochs": 4, "num_iterations_per_epoch": 5, "num_val_iterations_per_epoch": 1,
-                          "save_every": 1}
 
 
 def slurm_jobs_by_rule(workdir):
@@ -35,60 +22,17 @@ def slurm_jobs_by_rule(workdir):
     return jobs
 
 
-def preempt_one_training(workdir, stop, preempted):
-    """Cancel the SLURM job of the first training that has written a checkpoint but not finished, as a
-    preemption would; the profile's retries must resubmit it and the new job resume from the checkpoint."""
-    results = workdir / "results" / "nnunet" / "nnUNet_results"
-    while not stop.is_set():
-        for checkpoint in sorted(results.glob("Dataset*/*/fold_*/checkpoint_latest.pth")):
-            fold_dir = checkpoint.parent
-            if (fold_dir / "checkpoint_final.pth").exists():
-                continue
-            configuration = fold_dir.parent.parent.name.split("_", 1)[1]
-            fold = fold_dir.name.split("_")[1]
-            logs = list((workdir / "logs/slurm/rule_train_fold" / f"{configuration}_{fold}").glob("*.log"))
-            if len(logs) == 1:
-                subprocess.run(["scancel", logs[0].stem], check=True, timeout=30)
-                preempted.update(configuration=configuration, fold=fold, job=logs[0].stem)
-                return
-        stop.wait(0.5)
-
-
 @pytest.fixture(scope="module")
-def slurm_run(smoke_run, tmp_path_factory):
-    from slurm_cluster import SlurmCluster, missing_requirements
-
-    reason = missing_requirements()
-    if reason:
+def slurm_run(slurm_study):
+    """The SLURM study (tests/slurm_study.py), started in the background with the smoke tier, once finished."""
+    result = slurm_study.result()
+    if "skip" in result:
         if os.environ.get("CI"):
-            pytest.fail(f"{reason}; .ci/run installs SLURM")
-        pytest.skip(reason)
-    workdir = tmp_path_factory.mktemp("slurm_workdir")
-    run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=workdir)
-    config = yaml.safe_load(TOY_CONFIG.read_text())
-    for rule in SLURM_GPU_RULES:  # the toy config's GPU rules ask for a (fake) GPU, as on a real cluster
-        config["compute"]["resources"][rule]["gpu"] = True
-    for conf in config["configurations"].values():
-        conf["trainer_settings"] = {**conf["trainer_settings"], **SLURM_TRAINER_SETTINGS}
-    (workdir / "slurm_toy.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # label order is meaningful
-    cluster = SlurmCluster(memory_mb=16000, gpus=2)
-    cluster.start()
-    stop, preempted = threading.Event(), {}
-    watcher = threading.Thread(target=preempt_one_training, args=(workdir, stop, preempted), daemon=True)
-    watcher.start()
-    try:
-        # CI-only settings on the command line, not in the profile: this node's 2 cores, and quicker polling.
-        result = snakemake(workdir, "--profile", PROFILES["slurm"], "--configfile", "slurm_toy.yaml", "--cores", "2",
-                           "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5",
-                           check=False, timeout=2700)
-        records = cluster.job_records()
-        logs = cluster.logs()
-    finally:
-        stop.set()
-        watcher.join(timeout=30)
-        cluster.stop()
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}\n{logs}"
-    return {"workdir": workdir, "records": records, "preempted": preempted}
+            pytest.fail(f"{result['skip']}; .ci/run installs SLURM")
+        pytest.skip(result["skip"])
+    assert result["returncode"] == 0, \
+        f"{result['stdout'][-3000:]}\n{result['stderr'][-6000:]}\n{result['cluster_logs']}"
+    return result
 
 
 def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
@@ -102,10 +46,9 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
     assert any(name.startswith("group_ensemble_scores") for name in jobs), sorted(jobs)  # 12 per-case scorings
     # 15 trainings, one of them submitted twice (preempted, then resubmitted).
     assert len(jobs["rule_train_fold"]) == 15 + bool(slurm_run["preempted"])
-    # Per-case jobs are packed into group jobs: 15 QC cases in one SLURM job, not 15.
-    assert len([name for name in jobs if name.startswith("group_qc")]) >= 1
-    assert len(jobs.get("group_qc_qc_case", [])) == 1
-    assert len(jobs.get("group_qc_anatomy_qc_anatomy", [])) == 1  # 15 labels checked against anatomy, one job
+    # Per-case jobs are packed into group jobs: 15 QC cases in 2 SLURM jobs of at most 8, not 15 jobs.
+    assert len(jobs.get("group_qc_qc_case", [])) == expected_group_jobs(15) == 2
+    assert len(jobs.get("group_qc_anatomy_qc_anatomy", [])) == expected_group_jobs(15)  # labels against anatomy
     preempted = slurm_run["preempted"]
     for name, ids in jobs.items():
         for job_id in ids:
@@ -114,10 +57,36 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
             expected = "CANCELLED" if job_id == preempted.get("job") else "COMPLETED"
             assert record["JobState"] == expected, record
             has_gpu = "gpu:1" in record.get("TresPerJob", "")
-            assert has_gpu == any(name == f"rule_{rule}" for rule in SLURM_GPU_RULES), (name, record)
+            assert has_gpu == any(name == f"rule_{rule}" for rule in GPU_RULES), (name, record)
     # Aggregations ran on the submit host (localrules), not as cluster jobs.
     for rule in ("qc_report", "qc_gate", "qc_anatomy_report", "make_splits", "summarize_metrics", "summarize_runtime"):
         assert f"rule_{rule}" not in jobs
+
+
+def minutes(time_limit: str) -> int | None:
+    """SLURM's [D-]HH:MM:SS (or MM:SS) in minutes; None for UNLIMITED (a job submitted without a runtime)."""
+    if time_limit == "UNLIMITED":
+        return None
+    days, _, clock = time_limit.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    hours, mins = (parts[0], parts[1]) if len(parts) == 3 else (0, parts[0])
+    return int(days or 0) * 1440 + hours * 60 + mins
+
+
+def test_slurm_group_jobs_ask_for_their_members_in_series(slurm_run):
+    """The plugin runs a group's members one after another: a group job asks for one member's core and the sum
+    of its members' runtimes (the profile's members_at_once), not one core per member and one member's runtime."""
+    workdir, records = slurm_run["workdir"], slurm_run["records"]
+    runtime = yaml.safe_load((workdir / "slurm_toy.yaml").read_text())["compute"]["resources"]["default"]["runtime"]
+    packed = set()
+    for log in (workdir / "logs" / "slurm").glob("group_*/**/*.log"):
+        command = next(line for line in log.read_text().splitlines() if "--target-jobs" in line)
+        members = command.split("--target-jobs", 1)[1].split(" --", 1)[0].split()
+        record = records[log.stem]
+        assert (record["NumCPUs"], minutes(record["TimeLimit"])) == ("1", runtime * len(members)), (log, record)
+        if len(members) > 1:
+            packed.add(log.relative_to(workdir / "logs" / "slurm").parts[0])
+    assert len(packed) == 9, sorted(packed)  # every group of the profile but crop (off in the toy study)
 
 
 def test_slurm_preempted_training_was_resubmitted_and_resumed(slurm_run):
@@ -129,7 +98,7 @@ def test_slurm_preempted_training_was_resubmitted_and_resumed(slurm_run):
     assert len(logs) == 2 and preempted["job"] in [log.stem for log in logs]
     summary = json.loads((workdir / f"results/training/{configuration}/fold_{fold}.json").read_text())
     assert summary["resumed_from"].startswith("epoch "), summary
-    assert summary["epochs"] == SLURM_TRAINER_SETTINGS["num_epochs"]
+    assert summary["epochs"] == TRAINER_SETTINGS["num_epochs"]
 
 
 def results_files(workdir):
@@ -160,7 +129,7 @@ def test_slurm_results_match_the_local_run(slurm_run, smoke_run):
     for deterministic in [Path("qc/qc_table.tsv"), Path("splits/splits_final.json"), *preprocessed]:
         assert (slurm_workdir / "results" / deterministic).read_bytes() == \
             (smoke_run / "results" / deterministic).read_bytes(), deterministic
-    # The SLURM study trains 4 epochs of 5 iterations (SLURM_TRAINER_SETTINGS), so its scores are not the local
+    # The SLURM study trains 4 epochs of 5 iterations (TRAINER_SETTINGS), so its scores are not the local
     # study's: the metric tables have the same rows, and every fold trained as its config said.
     local = pd.read_csv(smoke_run / "results/metrics/summary.tsv", sep="\t")
     cluster = pd.read_csv(slurm_workdir / "results/metrics/summary.tsv", sep="\t")
@@ -171,5 +140,5 @@ def test_slurm_results_match_the_local_run(slurm_run, smoke_run):
     assert len(summaries) == 15
     for path in summaries:
         summary = json.loads(path.read_text())
-        assert summary["epochs"] == SLURM_TRAINER_SETTINGS["num_epochs"], path
-        assert SLURM_TRAINER_SETTINGS.items() <= summary["settings"].items(), path
+        assert summary["epochs"] == TRAINER_SETTINGS["num_epochs"], path
+        assert TRAINER_SETTINGS.items() <= summary["settings"].items(), path

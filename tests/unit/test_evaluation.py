@@ -70,17 +70,49 @@ def test_paired_comparison_effect_sizes_and_tests():
     assert same["wilcoxon_p"] == 1.0 and math.isnan(same["cohens_dz"])
 
 
-def test_compare_stages_pairs_stages_on_shared_cases():
-    rows = []
-    for case, (x, y) in enumerate([(0.5, 0.6), (0.4, 0.7), (0.3, 0.35), (0.8, 0.9)]):
-        rows += [{"split": "oof", "stage": "model", "case": f"c{case}", "class": "primary", "metric": "dice", "value": x},
-                 {"split": "oof", "stage": "ensemble", "case": f"c{case}", "class": "primary", "metric": "dice", "value": y}]
-    rows.append({"split": "oof", "stage": "model", "case": "c9", "class": "primary", "metric": "dice", "value": 0.0})
+def test_compare_stages_tests_the_cases_holding_the_class_and_counts_lesion_free_ones_apart():
+    """Paired on the cases whose reference holds the class (the figures' cases) and both stages scored; a
+    lesion-free case scores 1 when kept empty and 0 with any false positive, whatever the lesions, so it is not
+    among the pairs but counted apart with how many each stage kept empty."""
+    from scipy import stats
+
+    def row(stage, case, dice, reference_voxels=10, predicted_voxels=10):
+        return {"split": "oof", "stage": stage, "case": case, "class": "primary", "dice": dice,
+                "reference_voxels": reference_voxels, "predicted_voxels": predicted_voxels}
+
+    pairs = [(0.5, 0.6), (0.4, 0.7), (0.3, 0.35), (0.8, 0.9)]
+    rows = [row(stage, f"c{k}", value) for k, pair in enumerate(pairs) for stage, value in zip(("model", "ensemble"), pair)]
+    rows.append(row("model", "c9", 0.0))  # scored by one stage only: not a pair
+    rows += [row("model", "f1", 1.0, 0, 0), row("ensemble", "f1", 0.0, 0, 5),  # the ensemble adds a false lesion
+             row("model", "f2", 1.0, 0, 0), row("ensemble", "f2", 1.0, 0, 0)]
     table = compare_stages(pd.DataFrame(rows), ["dice"])
     assert len(table) == 1
-    row = table.iloc[0]
-    assert row["n_pairs"] == 4 and row["better"] == "ensemble"
-    assert row["mean_difference"] == pytest.approx(np.mean([0.1, 0.3, 0.05, 0.1]))
+    result = table.iloc[0].to_dict()
+    differences = np.array([b - a for a, b in pairs])
+    assert result["n_pairs"] == 4 and result["better"] == "ensemble"
+    assert result["mean_difference"] == pytest.approx(differences.mean(), abs=1e-15)
+    assert result["shapiro_p"] == pytest.approx(stats.shapiro(differences).pvalue, abs=1e-15)
+    assert result["differences_normal"] == (result["shapiro_p"] > 0.05)
+    assert (result["lesion_free_cases"], result["lesion_free_kept_empty_a"], result["lesion_free_kept_empty_b"]) == (2, 2, 1)
+    assert (result["holm_family"], result["holm_pairs"]) == ("dice, oof, primary", 1)
+    assert result["wilcoxon_p_holm"] == result["wilcoxon_p"] == pytest.approx(2 / 2 ** 4)  # all 4 positive, exact
+
+
+def test_holm_runs_over_the_stage_pairs_of_one_metric_split_and_class():
+    rng = np.random.default_rng(0)
+    rows = []
+    for split in ("oof", "test"):
+        for k in range(8):
+            base = rng.uniform(0.3, 0.7)
+            for stage, shift in (("a", 0.0), ("b", 0.05), ("c", 0.1)):
+                rows.append({"split": split, "stage": stage, "case": f"c{k}", "class": "primary", "reference_voxels": 9,
+                             "predicted_voxels": 9, "dice": base + shift + rng.normal(0, 0.02), "hd95_mm": rng.uniform(1, 9)})
+    table = compare_stages(pd.DataFrame(rows), ["dice", "hd95_mm"])
+    assert len(table) == 2 * 2 * 3  # metrics x splits x stage pairs
+    for family, group in table.groupby("holm_family", sort=False):
+        assert len(group) == 3 and (group["holm_pairs"] == 3).all(), family
+        assert list(group["wilcoxon_p_holm"]) == pytest.approx(holm(list(group["wilcoxon_p"])), abs=1e-15)
+    assert set(table["holm_family"]) == {f"{m}, {s}, primary" for m in ("dice", "hd95_mm") for s in ("oof", "test")}
 
 
 def test_summary_tables_and_figure(tmp_path):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from reference_metrics import reference_surface_metrics
+from reference_metrics import organisers_pinkcc, reference_surface_metrics
 from workflow_scripts.metrics import (Conventions, border, class_metrics, dilate_cube, lesion_metrics, pinkcc_score,
                                       surface_metrics, union_crop)
 
@@ -192,32 +192,6 @@ def test_dilation_is_the_3x3x3_cube_and_pinkcc_score_by_hand():
     assert score["f2_metastasis"] == 0.0
     assert score["f2"] == pytest.approx(f2_primary / 2, abs=1e-6)
     assert score["dilated_dice"] == pytest.approx((0.8 / (1 + eps) + 1.0 / (1 + eps) + 0 + 0) / 4, abs=1e-9)
-
-
-def organisers_pinkcc(references: list, predictions: list) -> float:
-    """The PINKCC score as the definition in the organisers' evaluation code reads, written independently with
-    torch: one-hot label maps, dilation by 3x3x3 max-pooling, per case the mean over the classes present in the
-    reference, voxel counts per class summed over cases for F2."""
-    import torch
-    import torch.nn.functional as F
-
-    eps, per_case, counts = 1e-6, [], torch.zeros(2, 3, dtype=torch.float64)
-    for reference, prediction in zip(references, predictions):
-        ref = F.one_hot(torch.from_numpy(reference).long(), 3).permute(3, 0, 1, 2)[None].double()
-        pred = F.one_hot(torch.from_numpy(prediction).long(), 3).permute(3, 0, 1, 2)[None].double()
-        dilate = lambda x: F.max_pool3d(x, kernel_size=3, stride=1, padding=1)  # noqa: E731
-        total, present = 0.0, 0
-        for c in (1, 2):
-            a, b = ref[:, c:c + 1], pred[:, c:c + 1]
-            dice = ((a * dilate(b)).sum() + (b * dilate(a)).sum()) / (a.sum() + b.sum() + eps)
-            if a.sum() > 0:
-                total, present = total + float(dice), present + 1
-            counts[c - 1] += torch.tensor([(a * b).sum(), ((1 - a) * b).sum(), (a * (1 - b)).sum()])
-        per_case.append(total / (present + eps))
-    tp, fp, fn = counts.T
-    precision, recall = tp / (tp + fp + eps), tp / (tp + fn + eps)
-    f2 = 5 * precision * recall / (4 * precision + recall + eps)
-    return 0.5 * float(np.mean(per_case)) + 0.5 * float(f2.mean())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -198,3 +198,62 @@ def test_per_case_jobs_give_the_selections_of_one_process(tmp_path):
               str(tmp_path / "folds.tsv"), "--probabilities", *probabilities("case_0"), "--reference",
               path("labels", "case_0"), "--anatomy", path("anatomy", "case_0"), "--image", path("images", "case_1"),
               "--out", path("nested", "case_0")])
+
+
+# A rule that helps only the cases of fold 0 and hurts every other case a little. Fold 0's maps hold the lesion
+# plus 72 isolated one-voxel false positives (drop_tiny removes them); every other case's reference holds a
+# one-voxel lesion beside the 27-voxel one, found by the model (drop_tiny removes it too).
+LEAK_FOLD = 0
+TINY_RULE = [{"name": "drop_tiny", "kind": "drop_smaller_than", "min_volume_mm3": 2}]
+SPECKS = [(z, y, x) for z in (6, 8) for y in range(0, 12, 2) for x in range(0, 12, 2)]
+LONE_TRUE_VOXEL = (8, 11, 11)
+
+
+def make_leaky_rule_study(root):
+    for sub in ("labels", "images", "ensemble", "oof/a"):
+        (root / sub).mkdir(parents=True)
+    for k, fold in enumerate(FOLDS):
+        for case in fold:
+            reference = np.zeros(SHAPE, np.uint8)
+            reference[2:5, 2:5, 2:5] = 1
+            prediction = reference.copy()
+            if k == LEAK_FOLD:
+                prediction[tuple(np.array(SPECKS).T)] = 1
+            else:
+                reference[LONE_TRUE_VOXEL] = prediction[LONE_TRUE_VOXEL] = 1
+            sitk.WriteImage(sitk.GetImageFromArray(reference), str(root / "labels" / f"{case}.nii.gz"))
+            sitk.WriteImage(sitk.GetImageFromArray(prediction), str(root / "ensemble" / f"{case}.nii.gz"))
+            sitk.WriteImage(sitk.GetImageFromArray(np.full(SHAPE, 40, np.int16)), str(root / "images" / f"{case}.nii.gz"))
+            probabilities = np.stack([np.where(prediction, 0.1, 0.9), np.where(prediction, 0.9, 0.1)])
+            write_probabilities(root / "oof" / "a" / f"{case}.npz", probabilities.astype(np.float32), [0, 1], "float16")
+
+
+def test_a_rule_that_helps_only_the_held_out_fold_is_not_chosen_for_it(tmp_path):
+    """Leakage check: fold 0's rules are chosen on folds 1-4 only, where drop_tiny hurts, so fold 0 goes without
+    it; chosen on every case (fold 0's large gain included) it is kept, and that estimate is above the nested one.
+    A selection that let fold 0's own cases vote would keep the rule for fold 0 and fail here."""
+    from workflow_scripts.metrics import Conventions
+    from workflow_scripts.refinement_selection import score_subsets, select_refinement
+
+    make_leaky_rule_study(tmp_path)
+    cases = [case for fold in FOLDS for case in fold]
+    ensemble = {**ensemble_settings(), "members": {"a": 1.0}, "select": False, "metric": "dice"}
+    refinement = {**refinement_settings(), "rules": TINY_RULE, "metric": "dice"}
+    table = nested_selection(ensemble, refinement, FOLDS, tmp_path / "oof", tmp_path / "labels", {},
+                             tmp_path / "images", tmp_path / "nested", tmp_path / "folds.tsv")
+    assert list(table["rules"]) == ["none", "drop_tiny", "drop_tiny", "drop_tiny", "drop_tiny"]
+
+    # Dice by construction: fold 0 with its specks 54 / (27 + 27 + 72), without them 1; elsewhere 1 with the lone
+    # voxel, 54 / (27 + 28) without it.
+    specked, clean, lone_dropped = 54 / 126, 1.0, 54 / 55
+    nested = [dice(tmp_path, "nested", case) for case in cases]
+    assert nested == pytest.approx([specked] * 2 + [lone_dropped] * 8, abs=1e-12)
+    rows = score_subsets(cases, tmp_path / "ensemble", {}, tmp_path / "images", tmp_path / "labels", TINY_RULE,
+                         "total", CLASSES, Conventions.from_settings({"both_empty": "one"}))
+    everything = select_refinement(refinement, rows, tmp_path / "subsets.tsv", tmp_path / "selected.json")
+    assert [rule["name"] for rule in everything["rules"]] == ["drop_tiny"]
+    optimistic = (2 * clean + 8 * lone_dropped) / 10
+    assert everything["score_with"] == pytest.approx(optimistic, abs=1e-12)
+    assert everything["score_without"] == pytest.approx((2 * specked + 8 * clean) / 10, abs=1e-12)
+    assert np.mean(nested) == pytest.approx((2 * specked + 8 * lone_dropped) / 10, abs=1e-12)
+    assert optimistic - np.mean(nested) == pytest.approx(2 * (clean - specked) / 10, abs=1e-12)  # 0.114

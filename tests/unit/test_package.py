@@ -97,6 +97,29 @@ def test_every_placeholder_of_every_shell_command_is_quoted():
     assert unquoted_placeholders('"ln -sfn \\"$(realpath {input:q})\\" {output:q} {params.x:q}"') == []
 
 
+def rules_without_resources(snakefile: str, rule_texts: list[str]) -> list[str]:
+    """Rules that run as cluster jobs (not localrules) but take no memory or runtime from compute.resources: on
+    SLURM such a job gets the cluster's defaults, and no time limit where the partition has none."""
+    local = set(re.findall(r"^    (\w+),$", snakefile.split("localrules:", 1)[1].split("\n\n", 1)[0], re.M))
+    missing = []
+    for text in rule_texts:
+        for name, body in re.findall(r"^(?:rule|checkpoint) (\w+):\n((?:(?:    .*)?\n)+)", text, re.M):
+            if name not in local and f'resources_of("{name}")' not in body:
+                missing.append(name)
+    return missing
+
+
+def test_every_cluster_job_takes_its_resources_from_the_config():
+    rules = [path.read_text() for path in sorted((REPO / "rules").glob("*.smk"))]
+    snakefile = (REPO / "Snakefile").read_text()
+    assert len(re.findall(r"^(?:rule|checkpoint) ", "".join(rules), re.M)) >= 30  # the parser sees the rules
+    assert rules_without_resources(snakefile, rules) == []
+    # the check itself finds what it is for: a rule without resources, one with another rule's
+    planted = ['rule a:\n    output:\n        "x"\n    resources:\n        **resources_of("b"),\n\n\n'
+               'rule c:\n    output:\n        "y"\n']
+    assert rules_without_resources("localrules:\n    all,\n    d,\n\n", planted) == ["a", "c"]
+
+
 def schema_defaults() -> dict[str, list[str]]:
     """{default as JSON: [config keys with that default]} of every key of the schema, rule kinds' included."""
     found = {}
