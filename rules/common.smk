@@ -15,7 +15,7 @@ from workflow_scripts.bundle import predict_config
 from workflow_scripts.cases import dicom_folders, input_cases
 from workflow_scripts.config import BUNDLE_MANIFEST, RESERVED_STAGES, ConfigError, validate_config
 from workflow_scripts.settings import ensemble_configurations as configurations_of_ensemble
-from workflow_scripts.settings import job_resources, rule_resources, verb_settings
+from workflow_scripts.settings import attempt_resources, job_resources, rule_resources, verb_settings
 
 
 def _load_config():
@@ -148,7 +148,14 @@ def settings_json(verb, configurations=None):
 
 
 def resources_of(rule_name):
-    return job_resources(CONFIG, rule_name)
+    """A rule's resources; memory and runtime grow with the attempt (compute.retry_growth)."""
+    grown = lambda key: lambda wildcards, attempt: attempt_resources(CONFIG, rule_name, attempt)[key]
+    return {**job_resources(CONFIG, rule_name), "mem_mb": grown("mem_mb"), "runtime": grown("runtime")}
+
+
+def tile_batch_divisor(wildcards, attempt):
+    """Tiles per network pass halved on each retry (--tile-batch-divisor): a job that ran out of GPU memory."""
+    return 2 ** (attempt - 1)
 
 
 def threads_of(rule_name):

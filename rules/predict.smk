@@ -49,6 +49,7 @@ rule predict_test:
     threads: threads_of("predict_test")
     resources:
         **resources_of("predict_test"),
+        tile_batch_divisor=tile_batch_divisor,
     params:
         nnunet_root=NNUNET_ROOT,
         models=model_arguments(),
@@ -58,7 +59,8 @@ rule predict_test:
     shell:
         "python -m workflow_scripts predict --nnunet-root {params.nnunet_root:q} --threads {threads} {params.models:q} "
         "--configurations {params.configurations:q} --selection {input.selection:q} "
-        "--settings {params.settings:q} --images {input.images:q} {params.crops:q} --out-dir {output:q} > {log:q} 2>&1"
+        "--settings {params.settings:q} --images {input.images:q} {params.crops:q} --out-dir {output:q} "
+        "--tile-batch-divisor {resources.tile_batch_divisor:q} > {log:q} 2>&1"
 
 
 # Each new case's predictions, linked from its part's folder to where every later rule reads them.

@@ -30,13 +30,14 @@ rule train_fold:
     threads: threads_of("train_fold")
     resources:
         **resources_of("train_fold"),
+        tile_batch_divisor=tile_batch_divisor,
     params:
         nnunet_root=NNUNET_ROOT,
         settings=lambda w: settings_json("train-fold", [w.configuration]),
     shell:
         "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root:q} --threads {threads} "
         "--plans-summary {input:q} --fold {wildcards.fold:q} --settings {params.settings:q} --out {output.summary:q} "
-        "--curves {output.curves:q} --progress {output.progress:q} "
+        "--curves {output.curves:q} --progress {output.progress:q} --tile-batch-divisor {resources.tile_batch_divisor:q} "
         "> {log:q} 2>&1"
 
 

@@ -23,21 +23,14 @@ GPU_RULES = ("train_fold", "predict_test")
 TRAINER_SETTINGS = {"num_epochs": 4, "num_iterations_per_epoch": 5, "num_val_iterations_per_epoch": 1,
                     "save_every": 1}
 
-# Cases per group job: the profile packs 25; 8 gives the toy study's 15 cases two group jobs per stage, side by
-# side on the node's two cores, as a real study's many groups run side by side.
-CASES_PER_GROUP = 8
-
 TIMEOUT_S = 2700
 
 
-def group_components(cases_per_group: int) -> list[str]:
-    """The profile's groups, each packing ``cases_per_group`` cases."""
+def expected_group_jobs(cases: int, group: str = "qc") -> int:
+    """Group jobs for ``cases`` per-case jobs: the profile packs ``group-components`` of them into each."""
     profile = yaml.safe_load((PROFILES["slurm"] / "config.v8+.yaml").read_text())
-    return [f"{entry.split('=')[0]}={cases_per_group}" for entry in profile["group-components"]]
-
-
-def expected_group_jobs(cases: int) -> int:
-    return math.ceil(cases / CASES_PER_GROUP)
+    per_job = dict(entry.split("=") for entry in profile["group-components"])
+    return math.ceil(cases / int(per_job[group]))
 
 
 def preempt_one_training(workdir: Path, stop: threading.Event, preempted: dict) -> None:
@@ -127,7 +120,6 @@ class SlurmStudy:
             # CI-only settings on the command line, not in the profile: this node's 2 cores, quicker polling.
             command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                        "--profile", str(PROFILES["slurm"]), "--configfile", "slurm_toy.yaml", "--cores", "2",
-                       "--group-components", *group_components(CASES_PER_GROUP),
                        "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5"]
             with open(stdout, "w") as out, open(stderr, "w") as err:
                 self._process = subprocess.Popen(command, cwd=workdir, env=tool_env(), stdout=out, stderr=err)

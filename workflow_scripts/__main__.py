@@ -45,6 +45,7 @@ VERBS = {
     "export-meshes": "meshes",
     "overlay-worst": "overlays",
     "config-readme": "config_readme",
+    "progress": "progress",
 }
 
 

@@ -48,6 +48,13 @@ def add_nnunet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="worker pools and torch threads (the rule's threads)")
 
 
+def add_tile_batch_divisor(p: argparse.ArgumentParser) -> None:
+    """Not a setting: the rules pass 2^(attempt - 1), so that a job retried after running out of GPU memory
+    predicts fewer tiles per network pass."""
+    p.add_argument("--tile-batch-divisor", type=int, default=1,
+                   help="tiles per network pass divided by this (the rules halve them on each retry)")
+
+
 def configure_nnunet(args, augmentation_workers: int) -> None:
     """Before nnU-Net's first import in this process: its folders and pool sizes."""
     from workflow_scripts.nnunet_seam import configure_nnunet as configure

@@ -169,6 +169,12 @@ def decode_probabilities(stored: np.ndarray) -> np.ndarray:
     return stored.astype(np.float32)
 
 
+def as_stored(probabilities: np.ndarray, encoding: str) -> np.ndarray:
+    """float32 probabilities as ``encoding`` stores them and ``read_probabilities`` gives them back: new cases are
+    labelled and ensembled from these, as the out-of-fold and test stages are from their files."""
+    return decode_probabilities(encode_probabilities(probabilities, encoding))
+
+
 def write_probabilities(path: str | os.PathLike, probabilities: np.ndarray, labels: list[int],
                         encoding: str) -> None:
     """Class probabilities (C, z, y, x), encoded (``encode_probabilities``), with the label value each channel
@@ -186,7 +192,9 @@ def read_probabilities(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
 
 
 def labels_from_probabilities(probabilities: np.ndarray, labels: list[int]) -> np.ndarray:
-    """Argmax over channels (the first channel wins ties), without np.argmax's int64 index map."""
+    """Argmax over channels, without np.argmax's int64 index map. The tie rule of every label map: an exact tie
+    goes to the first channel (the lowest label, background first); stored probabilities (``as_stored``) make
+    near ties exact."""
     best = probabilities[0].copy()
     result = np.full(best.shape, labels[0], dtype=np.uint8)
     for label, channel in zip(labels[1:], probabilities[1:]):

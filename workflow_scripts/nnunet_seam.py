@@ -185,17 +185,36 @@ def training_batches(trainer):
     return train
 
 
+class OutOfDeviceMemory(RuntimeError):
+    """CUDA ran out of memory; the message names what ran and the settings to change."""
+
+
+def out_of_device_memory(error: BaseException, what: str, tiles_per_pass: int) -> OutOfDeviceMemory | None:
+    """``error`` as an :class:`OutOfDeviceMemory` naming ``what`` ran out and the fix, if it is CUDA's
+    out-of-memory error; else None."""
+    import torch
+
+    if not isinstance(error, torch.cuda.OutOfMemoryError):
+        return None
+    return OutOfDeviceMemory(
+        f"CUDA out of memory {what} ({tiles_per_pass} tile(s) per network pass): lower prediction.tile_batch_size "
+        f"(each retry of the job halves the tiles per pass; the profiles retry twice), keep "
+        f"prediction.half_precision on, or ask compute.resources for a GPU with more memory")
+
+
 @contextlib.contextmanager
-def tile_batched_validation(tile_step_size: float, use_mirroring: bool):
+def tile_batched_validation(tile_step_size: float, use_mirroring: bool, tile_batch_divisor: int):
     """nnU-Net's validation builds its predictor through the name ``nnUNetPredictor`` in the trainer's base module
     with a fixed tile step of 0.5 and mirroring; point that name at the tile-batched predictor (training batch size
-    per pass, same tiles and weights) with the study's tile step and mirroring while it runs, so that out-of-fold
-    predictions, on which the ensemble and refinement are chosen, are made as the new cases' are. A trainer that
-    overrides ``perform_actual_validation`` in its own module keeps nnU-Net's predictor."""
+    per pass, divided by ``tile_batch_divisor``; same tiles and weights) with the study's tile step and mirroring
+    while it runs, so that out-of-fold predictions, on which the ensemble and refinement are chosen, are made as
+    the new cases' are. A trainer that overrides ``perform_actual_validation`` in its own module keeps nnU-Net's
+    predictor."""
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
 
     class ValidationPredictor(tile_batch_predictor_class()):
         def __init__(self, *args, **kwargs):
+            self.tile_batch_divisor = tile_batch_divisor
             super().__init__(*args, **{**kwargs, "tile_step_size": tile_step_size, "use_mirroring": use_mirroring})
 
     original = base.nnUNetPredictor
@@ -252,10 +271,11 @@ def tile_batch_predictor_class():
 
     class TileBatchPredictor(nnUNetPredictor):
         tile_batch_size: int | None = None
+        tile_batch_divisor = 1  # a job retried after running out of GPU memory passes fewer tiles at a time
         half_precision = True
 
         def tiles_per_pass(self) -> int:
-            return int(self.tile_batch_size or self.configuration_manager.batch_size)
+            return max(1, int(self.tile_batch_size or self.configuration_manager.batch_size) // self.tile_batch_divisor)
 
         def _internal_maybe_mirror_and_predict(self, x):
             if self.device.type == "cuda" and not self.half_precision:

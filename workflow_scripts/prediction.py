@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts.crop import paste_labels, paste_probabilities
-from workflow_scripts.io import (array_like, decode_probabilities, image_grid, read_json, write_image,
+from workflow_scripts.io import (array_like, as_stored, decode_probabilities, image_grid, read_json, write_image,
                                  write_prediction)
-from workflow_scripts.nnunet_seam import resolve_device, tile_batch_predictor_class, use_torch_export_resampling
+from workflow_scripts.nnunet_seam import (OutOfDeviceMemory, out_of_device_memory, resolve_device,
+                                          tile_batch_predictor_class, use_torch_export_resampling)
 
 
 def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], case: str, image: Path,
@@ -60,7 +61,7 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
 
 def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str], images_dir: Path, out_dir: Path,
                       settings: dict, device: str, threads: int,
-                      crops: dict[str, tuple[Path, dict]] | None = None) -> None:
+                      crops: dict[str, tuple[Path, dict]] | None = None, tile_batch_divisor: int = 1) -> None:
     """Segment new cases with every configuration in ``models`` ({name: {"folder", "folds", "labels"}}) and the
     ensemble ``selection`` describes, in one process: each model is loaded once, cases are streamed, and the
     ensemble is built in memory one configuration's probabilities at a time.
@@ -85,12 +86,13 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
     keep, encoding = settings["save_probabilities"], settings["probability_encoding"]
     predictors = {name: make_predictor(m["folder"], m["folds"], device, settings, threads)
                   for name, m in models.items()}
+    for predictor in predictors.values():
+        predictor.tile_batch_divisor = tile_batch_divisor
     single = used if not selection["fusions"] and len(used) == 1 else []
     with_probabilities = set(models) if keep else set() if single else set(used)
     reader = SimpleITKIO()
     out_dir = Path(out_dir)
-    for i, case in enumerate(cases, 1):
-        start = time.perf_counter()
+    def segment(case):
         image_path = Path(images_dir) / f"{case}.nii.gz"
         box = crops[case][1] if crops else None
         image, properties = reader.read_images([str(crops[case][0] if crops else image_path)])
@@ -98,7 +100,9 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
 
         def member(name):
             _, probabilities = predictors[name].predict_single_npy_array(image, properties, None, None, True)
-            probabilities = np.asarray(probabilities)
+            # As stored, kept or not: the ensemble and label maps of new cases come from the values the study's
+            # out-of-fold and test stages read from their files, so a near tie breaks the same way on both.
+            probabilities = as_stored(np.asarray(probabilities), encoding)
             if box is not None:
                 probabilities = paste_probabilities(probabilities, box)
             write_prediction(probabilities, models[name]["labels"], reference, out_dir / name, case,
@@ -120,6 +124,14 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
             probabilities, labels = ensemble_probabilities(selection, member)
             write_prediction(probabilities, labels, reference, out_dir / "ensemble", case, encoding if keep else None)
             del probabilities
+
+    for i, case in enumerate(cases, 1):
+        start = time.perf_counter()
+        try:
+            segment(case)
+        except Exception as error:  # CUDA's out-of-memory error named as such, with the settings to change
+            tiles = max(p.tiles_per_pass() for p in predictors.values())
+            raise out_of_device_memory(error, f"predicting {case}", tiles) or error
         print(f"[{i}/{len(cases)}] {case}: {len(models)} configurations and the ensemble in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
 
@@ -203,6 +215,7 @@ def predict_entry(argv=None) -> None:
     outputs.add_argument("--outputs", nargs="+",
                          help="the files to write, <folder>/<configuration or ensemble>/<case>.nii.gz (and .npz)")
     outputs.add_argument("--out-dir", help="a folder that gets <configuration or ensemble>/<case>.nii.gz (and .npz)")
+    cli.add_tile_batch_divisor(p)
     args = p.parse_args(argv)
     cli.configure_nnunet(args, 0)
     images_dir, cases = cli.case_folder(args.images, "--images")
@@ -227,7 +240,11 @@ def predict_entry(argv=None) -> None:
     print(f"{len(cases)} cases, ensemble {selection.get('candidate', selection['members'])}, "
           f"settings {prediction}", flush=True)
     out_dir = Path(args.out_dir) if args.out_dir else cli.stage_root(args.outputs, "--outputs")
-    predict_new_cases(models, selection, cases, images_dir, out_dir, prediction, device, args.threads, crops)
+    try:
+        predict_new_cases(models, selection, cases, images_dir, out_dir, prediction, device, args.threads, crops,
+                          args.tile_batch_divisor)
+    except OutOfDeviceMemory as err:
+        sys.exit(f"error: {err}")
     missing = [o for o in args.outputs or [] if not Path(o).is_file()]
     if missing:
         raise SystemExit(f"error: the settings wrote no {missing[:3]}")

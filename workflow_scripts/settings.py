@@ -9,6 +9,7 @@ predicts, the ensemble candidates) is derived here, once.
 from __future__ import annotations
 
 import copy
+import math
 
 from workflow_scripts.config import ConfigError, path_settings
 
@@ -193,6 +194,15 @@ def job_resources(config: dict, rule: str) -> dict:
     """Memory, runtime and a GPU (where the config asks for one) of a rule's jobs, from compute.resources."""
     r = rule_resources(config, rule)
     return {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": 1 if r["gpu"] else 0}
+
+
+def attempt_resources(config: dict, rule: str, attempt: int) -> dict:
+    """``job_resources`` of a rule's job at Snakemake's ``attempt`` (1 for the first run): memory and runtime
+    times compute.retry_growth per earlier attempt, rounded up."""
+    resources = job_resources(config, rule)
+    factor = config["compute"]["retry_growth"] ** (attempt - 1)
+    return {**resources, "mem_mb": math.ceil(resources["mem_mb"] * factor),
+            "runtime": math.ceil(resources["runtime"] * factor)}
 
 
 def rule_resources(config: dict, rule: str) -> dict:

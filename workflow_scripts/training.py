@@ -7,8 +7,8 @@ import pandas as pd
 
 from workflow_scripts.io import copy_file, pyplot, write_figure, write_json, write_table
 from workflow_scripts.nnunet_seam import (CONFIGURATION, encoded_validation_probabilities, find_trainer_class,
-                                          in_process_validation_pools,
-                                          make_checkpoints_atomic, resolve_device, tile_batched_validation,
+                                          in_process_validation_pools, make_checkpoints_atomic,
+                                          OutOfDeviceMemory, out_of_device_memory, resolve_device, tile_batched_validation,
                                           training_log)
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
@@ -119,9 +119,11 @@ def seed_training(seed: int | None, fold: int, epoch: int) -> int | None:
 def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict,
                device: str, summary_out: Path, curves_out: Path | None = None,
                progress_out: Path | None = None, seed: int | None = None, *, validation: dict,
-               probability_encoding: str) -> dict:
+               probability_encoding: str, tile_batch_divisor: int) -> dict:
     """Train one fold and export its validation probabilities; resumes from checkpoint_latest.pth if present.
-    ``validation``: ``tile_step_size`` and ``use_mirroring`` of the validation (the prediction settings').
+    ``validation``: ``tile_step_size`` and ``use_mirroring`` of the validation (the prediction settings');
+    ``tile_batch_divisor``: its tiles per network pass are the training batch size divided by this (a retry after
+    running out of GPU memory halves them).
     ``seed``: see ``seed_training`` (``None``: unseeded). ``probability_encoding``: how nnU-Net's validation
     ``.npz`` files hold the probabilities (``io.encode_probabilities``).
 
@@ -148,9 +150,13 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
             trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
         derived_seed = seed_training(seed, fold, trainer.current_epoch)
         trainer.run_training()
-    with tile_batched_validation(**validation), in_process_validation_pools(), \
-            encoded_validation_probabilities(probability_encoding):
-        trainer.perform_actual_validation(save_probabilities=True)
+    try:
+        with tile_batched_validation(**validation, tile_batch_divisor=tile_batch_divisor), \
+                in_process_validation_pools(), encoded_validation_probabilities(probability_encoding):
+            trainer.perform_actual_validation(save_probabilities=True)
+    except Exception as error:
+        tiles = max(1, trainer.configuration_manager.batch_size // tile_batch_divisor)
+        raise out_of_device_memory(error, f"in the validation of fold {fold}", tiles) or error
 
     log = training_log(trainer)
     curves = training_curves(log)
@@ -192,15 +198,20 @@ def train_fold_entry(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--curves", help="TSV of per-epoch losses and pseudo Dice")
     p.add_argument("--progress", help="copy of nnU-Net's progress.png")
+    cli.add_tile_batch_divisor(p)
     args = p.parse_args(argv)
     cli.configure_nnunet(args, args.settings["compute"]["augmentation_workers"])
     plans = read_json(args.plans_summary)
     _, configuration = only_configuration(args.settings)
     prediction = args.settings["prediction"]
-    summary = train_fold(plans["dataset"], plans["plans_identifier"], configuration["trainer"], args.fold,
-                         configuration["trainer_settings"], args.settings["compute"]["device"], Path(args.out),
-                         Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None,
-                         configuration["training_seed"],
-                         validation={k: prediction[k] for k in ("tile_step_size", "use_mirroring")},
-                         probability_encoding=prediction["probability_encoding"])
+    try:
+        summary = train_fold(plans["dataset"], plans["plans_identifier"], configuration["trainer"], args.fold,
+                             configuration["trainer_settings"], args.settings["compute"]["device"], Path(args.out),
+                             Path(args.curves) if args.curves else None, Path(args.progress) if args.progress else None,
+                             configuration["training_seed"],
+                             validation={k: prediction[k] for k in ("tile_step_size", "use_mirroring")},
+                             probability_encoding=prediction["probability_encoding"],
+                             tile_batch_divisor=args.tile_batch_divisor)
+    except OutOfDeviceMemory as err:
+        raise SystemExit(f"error: {err}")
     print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")

@@ -1,5 +1,6 @@
 """The toy DAG through a real single-node SLURM cluster with the SLURM profile, against the local smoke run."""
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -46,9 +47,9 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
     assert any(name.startswith("group_ensemble_scores") for name in jobs), sorted(jobs)  # 12 per-case scorings
     # 15 trainings, one of them submitted twice (preempted, then resubmitted).
     assert len(jobs["rule_train_fold"]) == 15 + bool(slurm_run["preempted"])
-    # Per-case jobs are packed into group jobs: 15 QC cases in 2 SLURM jobs of at most 8, not 15 jobs.
-    assert len(jobs.get("group_qc_qc_case", [])) == expected_group_jobs(15) == 2
-    assert len(jobs.get("group_qc_anatomy_qc_anatomy", [])) == expected_group_jobs(15)  # labels against anatomy
+    # Per-case jobs are packed into group jobs: 15 QC cases in one SLURM job (the profile packs 25), not 15.
+    assert len(jobs.get("group_qc_qc_case", [])) == expected_group_jobs(15) == 1
+    assert len(jobs.get("group_qc_anatomy_qc_anatomy", [])) == expected_group_jobs(15, "qc_anatomy")
     preempted = slurm_run["preempted"]
     for name, ids in jobs.items():
         for job_id in ids:
@@ -78,14 +79,17 @@ def test_slurm_group_jobs_ask_for_their_members_in_series(slurm_run):
     of its members' runtimes (the profile's members_at_once), not one core per member and one member's runtime."""
     workdir, records = slurm_run["workdir"], slurm_run["records"]
     runtime = yaml.safe_load((workdir / "slurm_toy.yaml").read_text())["compute"]["resources"]["default"]["runtime"]
-    packed = set()
+    packed, wrong = set(), []
     for log in (workdir / "logs" / "slurm").glob("group_*/**/*.log"):
         command = next(line for line in log.read_text().splitlines() if "--target-jobs" in line)
         members = command.split("--target-jobs", 1)[1].split(" --", 1)[0].split()
         record = records[log.stem]
-        assert (record["NumCPUs"], minutes(record["TimeLimit"])) == ("1", runtime * len(members)), (log, record)
+        asked = (record["NumCPUs"], minutes(record["TimeLimit"]))
+        if asked != ("1", runtime * len(members)):
+            wrong.append(f"{log.parent.name}/{log.name}: {len(members)} members, asked for {asked}")
         if len(members) > 1:
             packed.add(log.relative_to(workdir / "logs" / "slurm").parts[0])
+    assert not wrong, wrong
     assert len(packed) == 9, sorted(packed)  # every group of the profile but crop (off in the toy study)
 
 
@@ -99,6 +103,16 @@ def test_slurm_preempted_training_was_resubmitted_and_resumed(slurm_run):
     summary = json.loads((workdir / f"results/training/{configuration}/fold_{fold}.json").read_text())
     assert summary["resumed_from"].startswith("epoch "), summary
     assert summary["epochs"] == TRAINER_SETTINGS["num_epochs"]
+    # The retry asked for more: memory and runtime times compute.retry_growth (the schema's 1.5).
+    from workflow_scripts.config import validate_config
+
+    config = validate_config(yaml.safe_load((workdir / "slurm_toy.yaml").read_text()))
+    growth = config["compute"]["retry_growth"]
+    train = {**config["compute"]["resources"]["default"], **config["compute"]["resources"]["train_fold"]}
+    first, retry = sorted((slurm_run["records"][log.stem] for log in logs), key=lambda r: int(r["JobId"]))
+    assert (minutes(first["TimeLimit"]), first["MinMemoryNode"]) == (train["runtime"], f"{train['mem_mb']}M")
+    assert (minutes(retry["TimeLimit"]), retry["MinMemoryNode"]) == (
+        math.ceil(train["runtime"] * growth), f"{math.ceil(train['mem_mb'] * growth)}M"), retry
 
 
 def results_files(workdir):

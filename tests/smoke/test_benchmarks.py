@@ -17,7 +17,7 @@ SYNTHETIC = {
     "bench_ensemble": ([*TINY, "--members", "1", "2", "--baseline-members", "1"], "streamed peak grows"),
 }
 # Each runs whole toy studies (about 10 minutes apiece on 2 cores): only their command lines are built here.
-STUDIES = ("scale_rehearsal", "crop_seeds", "probability_encoding", "bench_predict")
+STUDIES = ("scale_rehearsal", "crop_seeds", "probability_encoding", "bench_predict", "oversampling")
 
 
 def benchmark(name, *args, cwd=REPO):

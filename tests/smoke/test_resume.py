@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -51,6 +52,19 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     checkpoint_epoch = int(run([sys.executable, "-c", "import sys, torch; print(torch.load(sys.argv[1], "
                                 "weights_only=False)['current_epoch'])", str(latest)], cwd=tmp_path).stdout)
     assert 1 <= checkpoint_epoch < EPOCHS
+
+    # Where the stopped study is, read from nnU-Net's log and Snakemake's state (the lock left behind is ignored).
+    run([sys.executable, "-m", "workflow_scripts", "progress", "--study", tmp_path, "--configfile", config_path,
+         "--out", tmp_path / "progress"], cwd=tmp_path)
+    folds = pd.read_csv(tmp_path / "progress/folds.tsv", sep="\t")
+    assert len(folds) == 1, folds
+    fold = folds.iloc[0]
+    assert (fold["configuration"], fold["fold"], fold["state"]) == ("metastasis_only", 0, "running or stopped")
+    assert checkpoint_epoch <= fold["epochs_done"] < fold["epochs_total"] == EPOCHS
+    assert fold["epoch_seconds"] > 0 and isinstance(fold["estimated_end"], str)
+    jobs = pd.read_csv(tmp_path / "progress/jobs.tsv", sep="\t").set_index("rule")
+    assert jobs.loc["train_fold", "done"] == 0 and jobs.loc["train_fold", "jobs"] == 15
+    assert jobs.loc["qc_case", "done"] == jobs.loc["qc_case", "jobs"] == 15  # finished before the kill
 
     snakemake(tmp_path, "--unlock", "--configfile", config_path)  # the killed run left its lock behind
     snakemake(tmp_path, "--profile", PROFILES["local"], "--configfile", config_path, "--cores", "2", TARGET)

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ from workflow_scripts.evaluation import (aggregate, compare_stages, evaluate_sta
 from workflow_scripts.metrics import Conventions
 from workflow_scripts.runtime import read_benchmarks, write_runtime
 
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.unit
 
 
@@ -190,3 +192,23 @@ def test_metric_figures_show_the_cases_holding_the_class_and_count_the_lesion_fr
     assert panel["kept_empty"] == [0, 1]
     plot_metrics(metrics, ["dice"], tmp_path / "metrics.png")
     assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_texts_name_every_metric_compared_and_the_columns_of_the_comparisons():
+    """The report's workflow text and the comparisons' caption name the metrics the stages are compared on, the
+    Holm family, the pre-test and the lesion-free columns as compare_stages writes them."""
+    from workflow_scripts.evaluation import COMPARED
+
+    report = REPO / "rules" / "report"
+    names = {"dice": "Dice", "hd95_mm": "HD95", "lesion_f1": "lesion F1"}
+    assert list(names) == COMPARED
+    for text in ((report / "workflow.rst").read_text(), (report / "metrics_comparisons.rst").read_text()):
+        assert all(name in text for name in names.values()), text
+    caption = (report / "metrics_comparisons.rst").read_text()
+    rows = [{"split": "oof", "stage": s, "case": c, "class": "primary", "dice": d, "reference_voxels": r,
+             "predicted_voxels": 1} for s in ("a", "b") for c, d, r in (("x", 0.5, 1), ("y", 0.6, 1), ("z", 0.0, 0))]
+    columns = set(compare_stages(pd.DataFrame(rows), ["dice"]).columns)
+    for column in ("holm_family", "holm_pairs", "shapiro_p", "differences_normal", "lesion_free_cases",
+                   "lesion_free_kept_empty_a", "selection_biased"):
+        assert f"``{column}" in caption, column
+        assert column in columns | {"selection_biased"}, column  # selection_biased: added by write_summary

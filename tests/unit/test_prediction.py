@@ -131,3 +131,95 @@ def test_a_uint8_validation_export_is_gathered_and_stored_as_the_study_asks(tmp_
         np.testing.assert_allclose(gathered, probabilities, atol=0.5 / 255 + 1e-3)
     uint8, _ = read_probabilities(tmp_path / "uint8" / "a.npz")
     assert np.array_equal(np.rint(uint8 * 255), np.rint(probabilities * 255))  # no second rounding
+
+
+class FixedPredictor:
+    """A stand-in for nnU-Net's predictor: fixed probabilities whatever the image."""
+
+    def __init__(self, probabilities):
+        self.probabilities = probabilities
+
+    def predict_single_npy_array(self, image, properties, segmentation_previous_stage, output_file, return_probabilities):
+        indices = np.argmax(self.probabilities, axis=0)
+        return (indices, self.probabilities) if return_probabilities else indices
+
+
+@pytest.mark.parametrize("encoding", ["float16", "uint8"])
+@pytest.mark.parametrize("keep", [True, False])
+def test_new_cases_break_near_ties_as_the_stored_stages_do(tmp_path, monkeypatch, encoding, keep):
+    """One tie rule on every path: label maps come from probabilities as stored (``as_stored``), the lowest label
+    winning an exact tie. At two voxels both configurations put the metastasis 2e-5 ahead of the primary, less
+    than either encoding's rounding: as stored it is an exact tie, so primary. The new case's maps are then those
+    ``ensemble_case`` builds from the stored files, as the out-of-fold and test stages are built."""
+    from workflow_scripts import prediction
+    from workflow_scripts.ensemble import ensemble_case
+    from workflow_scripts.io import as_stored, labels_from_probabilities
+
+    shape = (1, 2, 2)
+    near_tie, clear, background = [0.2, 0.39999, 0.40001], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1]
+    voxels = np.array([near_tie, clear, background, near_tie], np.float32)  # (voxel, class)
+    probabilities = voxels.T.reshape(3, *shape)
+    assert labels_from_probabilities(probabilities, [0, 1, 2]).ravel().tolist() == [2, 2, 0, 2]  # unrounded
+    stored = as_stored(probabilities, encoding)
+    assert stored[1, 0, 0, 0] == stored[2, 0, 0, 0]  # rounding made the near tie exact
+    assert labels_from_probabilities(stored, [0, 1, 2]).ravel().tolist() == [1, 2, 0, 1]
+    monkeypatch.setattr(prediction, "make_predictor", lambda *args: FixedPredictor(probabilities))
+    (tmp_path / "images").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.int16)), str(tmp_path / "images" / "new.nii.gz"))
+    models = {name: {"folder": tmp_path, "folds": [0], "labels": [0, 1, 2]} for name in ("a", "b")}
+    selection = {"members": {"a": 1.0, "b": 1.0}, "fusions": []}
+    prediction.predict_new_cases(models, selection, ["new"], tmp_path / "images", tmp_path / "out",
+                                 {"save_probabilities": keep, "probability_encoding": encoding}, "cpu", 1)
+    ensemble = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out/ensemble/new.nii.gz")))
+    assert ensemble.ravel().tolist() == [1, 2, 0, 1]
+    for name in models:  # each configuration's map too
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / name / "new.nii.gz")))
+        assert labels.ravel().tolist() == [1, 2, 0, 1]
+    if keep:  # the study's path from the stored files gives the same map
+        ensemble_case(selection, tmp_path / "out", tmp_path / "images/new.nii.gz", tmp_path / "study", "new")
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "study/new.nii.gz"))), ensemble)
+
+
+@pytest.mark.parametrize("tile_batch_size,divisor,per_pass", [(None, 2, 1), (4, 2, 2), (3, 4, 1), (2, 1, 2)])
+def test_a_retry_passes_fewer_tiles_at_a_time(tile_batch_size, divisor, per_pass):
+    """--tile-batch-divisor (2^(attempt - 1) from the rules): the network sees the tiles in passes that many
+    times smaller, at least one tile, and the logits stay nnU-Net's."""
+    import torch
+
+    nnunet, batched = sliding_window_predictors(tile_batch_size, False)
+    batched.tile_batch_divisor = divisor
+    image = torch.randn((1, 13, 37, 30), generator=torch.Generator().manual_seed(1))
+    passes = []
+    batched.network.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))
+    got = batched.predict_sliding_window_return_logits(image)
+    assert passes == [min(per_pass, 36 - i) for i in range(0, 36, per_pass)]
+    torch.testing.assert_close(got.float(), nnunet.predict_sliding_window_return_logits(image).float(),
+                               atol=2e-3, rtol=2e-3)
+
+
+class OutOfMemoryPredictor(FixedPredictor):
+    def predict_single_npy_array(self, *args):
+        import torch
+
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def tiles_per_pass(self):
+        return 2
+
+
+def test_running_out_of_gpu_memory_names_the_case_and_the_settings_to_change(tmp_path, monkeypatch):
+    from workflow_scripts import prediction
+    from workflow_scripts.nnunet_seam import OutOfDeviceMemory, out_of_device_memory
+
+    monkeypatch.setattr(prediction, "make_predictor", lambda *args: OutOfMemoryPredictor(None))
+    (tmp_path / "images").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((1, 2, 2), np.int16)), str(tmp_path / "images" / "new.nii.gz"))
+    models = {"a": {"folder": tmp_path, "folds": [0], "labels": [0, 1]}}
+    with pytest.raises(OutOfDeviceMemory) as caught:
+        prediction.predict_new_cases(models, {"members": {"a": 1.0}, "fusions": []}, ["new"], tmp_path / "images",
+                                     tmp_path / "out", {"save_probabilities": True, "probability_encoding": "float16"},
+                                     "cpu", 1)
+    message = str(caught.value)
+    assert message.startswith("CUDA out of memory predicting new (2 tile(s) per network pass)")
+    assert "prediction.tile_batch_size" in message and "halves" in message and "compute.resources" in message
+    assert out_of_device_memory(RuntimeError("shape mismatch"), "predicting new", 2) is None  # other errors stay

@@ -10,7 +10,7 @@ from workflow_scripts.settings import (VERB_SETTINGS, ensemble_configurations, r
 
 pytestmark = pytest.mark.unit
 
-NOT_RULES = {"make-toy-data", "config-readme"}  # verbs a person runs, with flags of their own
+NOT_RULES = {"make-toy-data", "config-readme", "progress"}  # verbs a person runs, with flags of their own
 
 
 def test_every_rule_verb_lists_its_settings():
@@ -53,3 +53,18 @@ def test_stage_classes_and_ensemble_configurations(toy_config):
     assert stage_classes(settings, "refined") == stage_classes(settings, "oof_nested") == {"primary": 1,
                                                                                            "metastasis": 2}
     assert ensemble_configurations(config) == ["resenc_multiclass", "isotropic_multiclass", "metastasis_only"]
+
+
+def test_a_retried_job_asks_for_more_memory_and_time(toy_config):
+    from workflow_scripts.settings import attempt_resources
+
+    config = validate_config(toy_config)
+    assert config["compute"]["retry_growth"] == 1.5  # the schema's default
+    train = {**config["compute"]["resources"]["default"], **config["compute"]["resources"]["train_fold"]}
+    first, second, third = (attempt_resources(config, "train_fold", attempt) for attempt in (1, 2, 3))
+    assert (first["mem_mb"], first["runtime"]) == (train["mem_mb"], train["runtime"]) == (4000, 30)
+    assert (second["mem_mb"], second["runtime"]) == (6000, 45)
+    assert (third["mem_mb"], third["runtime"]) == (9000, 68)  # 67.5 rounded up
+    assert first["gpu"] == third["gpu"]
+    config["compute"]["retry_growth"] = 1
+    assert attempt_resources(config, "train_fold", 3)["mem_mb"] == 4000

@@ -75,7 +75,8 @@ def test_validation_predicts_with_the_tile_batched_predictor_and_restores_nnunet
     from workflow_scripts.nnunet_seam import tile_batch_predictor_class, tile_batched_validation
 
     assert base.nnUNetPredictor is nnUNetPredictor
-    with pytest.raises(KeyboardInterrupt), tile_batched_validation(tile_step_size=1.0, use_mirroring=False):
+    with pytest.raises(KeyboardInterrupt), tile_batched_validation(tile_step_size=1.0, use_mirroring=False,
+                                                                   tile_batch_divisor=2):
         assert issubclass(base.nnUNetPredictor, tile_batch_predictor_class())
         assert issubclass(base.nnUNetPredictor, nnUNetPredictor)
         # nnU-Net's own call (tile step 0.5, mirroring) gets the study's settings instead.
@@ -83,6 +84,7 @@ def test_validation_predicts_with_the_tile_batched_predictor_and_restores_nnunet
                                          perform_everything_on_device=True, device=torch.device("cpu"),
                                          verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         assert predictor.tile_step_size == 1.0 and predictor.use_mirroring is False
+        assert predictor.tile_batch_divisor == 2  # a retried training's validation: half the tiles per pass
         raise KeyboardInterrupt  # a killed validation
     assert base.nnUNetPredictor is nnUNetPredictor
 
