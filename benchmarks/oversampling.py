@@ -5,8 +5,9 @@
 Per seed, toy data made with that seed (``make-toy-data --seed``) and every fold trained with that
 ``training_seed``: the toy study's ``metastasis_only`` configuration trained and evaluated out of fold twice, with
 nnU-Net's default (at batch size 2 one patch of two centred on a metastasis) and with the template's setting
-(``config/config.yaml``: each patch with probability 0.75). Only the targets that model needs run (QC, its plans,
-5 trainings, out-of-fold maps and metrics). Written to ``--out``: ``oversampling.tsv``, per seed and setting the
+(``config/config.yaml``: each patch with probability 0.75). Only the targets that model needs run (QC, plans,
+trainings, out-of-fold maps and metrics); the other configurations train one iteration, since out-of-fold maps
+are gathered for every configuration at once. Written to ``--out``: ``oversampling.tsv``, per seed and setting the
 metastasis Dice, voxel recall and lesion recall (detected / reference lesions) over the out-of-fold cases whose
 reference holds a metastasis, and the differences per seed with their mean. Studies already run under ``--work``
 are not run again. Figures are printed, not asserted.
@@ -34,8 +35,15 @@ def template_oversampling() -> dict:
     return {k: v for k, v in settings["trainer_settings"].items() if "oversampl" in k}
 
 
+# The out-of-fold maps are gathered for every configuration at once: the others train as briefly as nnU-Net allows.
+BRIEF = {"num_epochs": 1, "num_iterations_per_epoch": 1, "num_val_iterations_per_epoch": 1}
+
+
 def study_config(seed: int, oversampling: dict) -> dict:
     config = yaml.safe_load((REPO / "config/toy.yaml").read_text())
+    for name, section in config["configurations"].items():
+        if name != "metastasis_only":
+            section["trainer_settings"] = {**section["trainer_settings"], **BRIEF}
     section = config["configurations"]["metastasis_only"]
     section["training_seed"] = seed
     section["trainer_settings"] = {**section["trainer_settings"], **oversampling}
@@ -58,8 +66,8 @@ def run_study(study: Path, seed: int, config: dict, cores: int) -> float:
     start = time.perf_counter()
     with open(study / "snakemake.log", "w") as log:
         result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                                 str(study), "--profile", str(REPO / "profiles/local"), "--cores", str(cores),
-                                 "--configfile", str(study / "config.yaml"), TARGET],
+                                 str(study), "--profile", str(REPO / "profiles/local"), "--cores", str(cores), TARGET,
+                                 "--configfile", str(study / "config.yaml")],  # last: it takes several files
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if result.returncode:

@@ -104,11 +104,11 @@ def test_slurm_preempted_training_was_resubmitted_and_resumed(slurm_run):
     assert summary["resumed_from"].startswith("epoch "), summary
     assert summary["epochs"] == TRAINER_SETTINGS["num_epochs"]
     # The retry asked for more: memory and runtime times compute.retry_growth (the schema's 1.5).
-    from workflow_scripts.config import validate_config
+    from workflow_scripts.config import section_settings
 
-    config = validate_config(yaml.safe_load((workdir / "slurm_toy.yaml").read_text()))
-    growth = config["compute"]["retry_growth"]
-    train = {**config["compute"]["resources"]["default"], **config["compute"]["resources"]["train_fold"]}
+    compute = section_settings("compute", yaml.safe_load((workdir / "slurm_toy.yaml").read_text())["compute"])
+    growth = compute["retry_growth"]
+    train = {**compute["resources"]["default"], **compute["resources"]["train_fold"]}
     first, retry = sorted((slurm_run["records"][log.stem] for log in logs), key=lambda r: int(r["JobId"]))
     assert (minutes(first["TimeLimit"]), first["MinMemoryNode"]) == (train["runtime"], f"{train['mem_mb']}M")
     assert (minutes(retry["TimeLimit"]), retry["MinMemoryNode"]) == (
