@@ -185,6 +185,12 @@ def training_batches(trainer):
     return train
 
 
+def tiles_per_pass(tile_batch_size: int | None, batch_size: int, tile_batch_divisor: int) -> int:
+    """Tiles per network pass: ``tile_batch_size`` (None: the training batch size) divided by the retry's
+    ``tile_batch_divisor``, at least one."""
+    return max(1, int(tile_batch_size or batch_size) // tile_batch_divisor)
+
+
 class OutOfDeviceMemory(RuntimeError):
     """CUDA ran out of memory; the message names what ran and the settings to change."""
 
@@ -275,7 +281,7 @@ def tile_batch_predictor_class():
         half_precision = True
 
         def tiles_per_pass(self) -> int:
-            return max(1, int(self.tile_batch_size or self.configuration_manager.batch_size) // self.tile_batch_divisor)
+            return tiles_per_pass(self.tile_batch_size, self.configuration_manager.batch_size, self.tile_batch_divisor)
 
         def _internal_maybe_mirror_and_predict(self, x):
             if self.device.type == "cuda" and not self.half_precision:

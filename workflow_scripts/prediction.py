@@ -92,6 +92,7 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
     with_probabilities = set(models) if keep else set() if single else set(used)
     reader = SimpleITKIO()
     out_dir = Path(out_dir)
+
     def segment(case):
         image_path = Path(images_dir) / f"{case}.nii.gz"
         box = crops[case][1] if crops else None

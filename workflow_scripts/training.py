@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.io import copy_file, pyplot, write_figure, write_json, write_table
-from workflow_scripts.nnunet_seam import (CONFIGURATION, encoded_validation_probabilities, find_trainer_class,
-                                          in_process_validation_pools, make_checkpoints_atomic,
-                                          OutOfDeviceMemory, out_of_device_memory, resolve_device, tile_batched_validation,
-                                          training_log)
+from workflow_scripts.nnunet_seam import (CONFIGURATION, OutOfDeviceMemory, encoded_validation_probabilities,
+                                          find_trainer_class, in_process_validation_pools, make_checkpoints_atomic,
+                                          out_of_device_memory, resolve_device, tile_batched_validation,
+                                          tiles_per_pass, training_log)
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
 # probabilistic_oversampling: each patch centred on a foreground voxel with probability
@@ -155,7 +155,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
                 in_process_validation_pools(), encoded_validation_probabilities(probability_encoding):
             trainer.perform_actual_validation(save_probabilities=True)
     except Exception as error:
-        tiles = max(1, trainer.configuration_manager.batch_size // tile_batch_divisor)
+        tiles = tiles_per_pass(None, trainer.configuration_manager.batch_size, tile_batch_divisor)
         raise out_of_device_memory(error, f"in the validation of fold {fold}", tiles) or error
 
     log = training_log(trainer)
