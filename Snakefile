@@ -32,6 +32,8 @@ localrules:
     link_image,
     qc_report,
     qc_gate,
+    preflight_gate,
+    preflight,
     qc_anatomy_report,
     plot_folds,
     place_predictions,
@@ -45,6 +47,7 @@ localrules:
 include: "rules/inputs.smk"
 include: "rules/qc.smk"
 include: "rules/dataset.smk"
+include: "rules/preflight.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/ensemble.smk"

@@ -162,6 +162,14 @@ def threads_of(rule_name):
     return rule_resources(CONFIG, rule_name)["threads"]
 
 
+# train_fold waits for the preflight's gate; ancient: a rerun preflight does not make trained folds look stale.
+PREFLIGHT_PASSED = "results/preflight/passed.json"
+
+
+def preflight_passed():
+    return [ancient(PREFLIGHT_PASSED)] if CONFIG["preflight"]["enabled"] and not BUNDLE else []
+
+
 def training_summaries(name):
     return expand(
         "results/training/{configuration}/fold_{fold}.json", configuration=name, fold=configuration(name)["folds"]
@@ -280,6 +288,8 @@ def stage_predictions(split, stage):
 
 def all_targets(runtime=True):
     targets = ["results/qc/qc_table.tsv", QC_PASSED, "results/qc/anatomy_table.tsv"]
+    if CONFIG["preflight"]["enabled"] and not BUNDLE:
+        targets.append(PREFLIGHT_PASSED)
     if not BUNDLE:
         targets += ["results/ensemble/candidates.tsv", "results/refinement/rule_subsets.tsv"]
     if EVALUATED_SPLITS:

@@ -4,7 +4,8 @@
 
 rule train_fold:
     input:
-        "results/datasets/{configuration}/plans_summary.json",
+        plans="results/datasets/{configuration}/plans_summary.json",
+        preflight=preflight_passed(),
     output:
         summary="results/training/{configuration}/fold_{fold}.json",
         curves=report(
@@ -36,7 +37,7 @@ rule train_fold:
         settings=lambda w: settings_json("train-fold", [w.configuration]),
     shell:
         "python -m workflow_scripts train-fold --nnunet-root {params.nnunet_root:q} --threads {threads} "
-        "--plans-summary {input:q} --fold {wildcards.fold:q} --settings {params.settings:q} --out {output.summary:q} "
+        "--plans-summary {input.plans:q} --fold {wildcards.fold:q} --settings {params.settings:q} --out {output.summary:q} "
         "--curves {output.curves:q} --progress {output.progress:q} --tile-batch-divisor {resources.tile_batch_divisor:q} "
         "> {log:q} 2>&1"
 

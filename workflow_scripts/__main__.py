@@ -21,6 +21,8 @@ VERBS = {
     "crop-case": "crop",
     "convert-dataset": "nnunet_dataset",
     "plan-and-preprocess": "planning",
+    "preflight": "preflight",
+    "preflight-gate": "preflight",
     "train-fold": "training",
     "plot-folds": "training",
     "gather-oof": "prediction",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -33,15 +34,29 @@ def _umask() -> int:
     return mask
 
 
+def stale_temporaries(path: Path) -> list[Path]:
+    """The temporaries ``atomic_path(path)`` makes (mkstemp's 8 random characters), and no other file's."""
+    stem, suffix = _split_suffix(path)
+    pattern = re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
+    return [p for p in path.parent.glob(f".{glob_escape(stem)}.*") if pattern.fullmatch(p.name)]
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
-    A killed job therefore never leaves a file that looks finished.
+    A killed job therefore never leaves a file that looks finished; the temporaries a killed writer of ``path``
+    left (SIGKILL runs no cleanup) are removed when ``path`` is written again, as a rerun of the job does.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stem, suffix = _split_suffix(path)
+    for stale in stale_temporaries(path):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

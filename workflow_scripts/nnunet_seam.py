@@ -26,8 +26,10 @@ FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 CONFIGURATION = "3d_fullres"
 
 
-def configure_nnunet(root: str | Path, threads: int, augmentation_workers: int = 0) -> dict[str, Path]:
-    """Point nnU-Net at ``root/<folder>`` and size its worker pools and torch threads to ``threads``.
+def configure_nnunet(root: str | Path, threads: int, augmentation_workers: int = 0,
+                     results: str | Path | None = None) -> dict[str, Path]:
+    """Point nnU-Net at ``root/<folder>`` and size its worker pools and torch threads to ``threads``;
+    ``results``: another folder for ``nnUNet_results`` (the preflight's trainings, kept apart from the study's).
 
     Must run before the first ``import nnunetv2`` of the process; a second call with other folders fails
     instead of silently using the folders nnU-Net already captured.
@@ -35,6 +37,8 @@ def configure_nnunet(root: str | Path, threads: int, augmentation_workers: int =
     require_supported_nnunet()
     root = Path(root).resolve()
     folders = {name: root / name for name in FOLDERS}
+    if results is not None:
+        folders["nnUNet_results"] = Path(results).resolve()
     wanted = {name: str(path) for name, path in folders.items()}
     wanted.update(nnUNet_def_n_proc=str(max(1, threads)), nnUNet_n_proc_DA=str(max(0, augmentation_workers)),
                   nnUNet_compile="f")
@@ -154,6 +158,18 @@ def find_planner_class(name: str):
                                        current_module="nnunetv2.experiment_planning")
 
 
+def reseed_each_epoch(trainer, reseed) -> None:
+    """Calls ``reseed(epoch)`` as each of nnU-Net's training epochs starts, before its loader draws the epoch's
+    batches: what an epoch draws then depends on its number only, not on how many epochs this process ran."""
+    start = trainer.on_train_epoch_start
+
+    def on_train_epoch_start():
+        reseed(trainer.current_epoch)
+        start()
+
+    trainer.on_train_epoch_start = on_train_epoch_start
+
+
 def make_checkpoints_atomic(trainer) -> None:
     """nnU-Net saves with torch.save straight to the final name; a kill mid-write would leave a broken
     checkpoint_latest.pth for the next run to resume from. Write to a temporary name and rename instead."""
@@ -183,6 +199,32 @@ def training_batches(trainer):
     trainer._set_batch_size_and_oversample()  # what nnU-Net's initialize() does first
     train, _ = trainer.get_dataloaders()
     return train
+
+
+def time_training_iterations(trainer, warm_up: int, timed: int) -> list[float]:
+    """Seconds of each of ``timed`` training iterations (after ``warm_up`` untimed ones) of nnU-Net's own training
+    loop pieces: its start (network, optimiser, loaders, the dataset's checks), its epoch start and ``train_step``
+    on the batches its loader draws; then its end, which saves ``checkpoint_final.pth`` and stops the loaders."""
+    import time
+
+    import torch
+
+    require_supported_nnunet()
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    seconds = []
+    for i in range(warm_up + timed):
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        start = time.perf_counter()
+        trainer.train_step(next(trainer.dataloader_train))
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        if i >= warm_up:
+            seconds.append(time.perf_counter() - start)
+    trainer.current_epoch += 1  # on_train_end saves the epoch before the counter, as after a finished epoch
+    trainer.on_train_end()
+    return seconds
 
 
 def tiles_per_pass(tile_batch_size: int | None, batch_size: int, tile_batch_divisor: int) -> int:

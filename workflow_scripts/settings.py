@@ -25,6 +25,9 @@ VERB_SETTINGS = {
     "crop-case": ("crop", "anatomy.task"),
     "convert-dataset": ("configurations",),
     "plan-and-preprocess": ("configurations",),
+    "preflight": ("configurations", "prediction", "compute", "anatomy.source", "anatomy.task", "anatomy.fast",
+                  "anatomy.roi_subset", "preflight", "ensemble", "labels"),
+    "preflight-gate": (),
     "train-fold": ("configurations", "prediction", "compute.device", "compute.augmentation_workers"),
     "plot-folds": (),
     "gather-oof": ("configurations", "prediction"),
@@ -205,7 +208,12 @@ def attempt_resources(config: dict, rule: str, attempt: int) -> dict:
             "runtime": math.ceil(resources["runtime"] * factor)}
 
 
+# Rules that run on another rule's resources: the preflight proves train_fold's node, so it asks for the same.
+RESOURCES_LIKE = {"preflight_checks": "train_fold"}
+
+
 def rule_resources(config: dict, rule: str) -> dict:
     """Threads, memory, runtime and GPU of a rule: its own entry of compute.resources over 'default'."""
     resources = config["compute"]["resources"]
+    rule = RESOURCES_LIKE.get(rule, rule)
     return {**resources["default"], **resources.get(rule, {})}

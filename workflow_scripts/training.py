@@ -8,8 +8,8 @@ import pandas as pd
 from workflow_scripts.io import copy_file, pyplot, write_figure, write_json, write_table
 from workflow_scripts.nnunet_seam import (CONFIGURATION, OutOfDeviceMemory, encoded_validation_probabilities,
                                           find_trainer_class, in_process_validation_pools, make_checkpoints_atomic,
-                                          out_of_device_memory, resolve_device, tile_batched_validation,
-                                          tiles_per_pass, training_log)
+                                          out_of_device_memory, reseed_each_epoch, resolve_device,
+                                          tile_batched_validation, tiles_per_pass, training_log)
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
 # probabilistic_oversampling: each patch centred on a foreground voxel with probability
@@ -96,11 +96,12 @@ def make_trainer(dataset: str, plans_identifier: str, trainer_name: str, fold: i
 
 
 def seed_training(seed: int | None, fold: int, epoch: int) -> int | None:
-    """Seed Python's, NumPy's and torch's generators for a run of ``fold`` starting at ``epoch``; the seed used.
+    """Seed Python's, NumPy's and torch's generators from (``seed``, ``fold``, ``epoch``); the seed used.
 
     nnU-Net draws initial weights, patches and augmentation from these global generators (in this process when
-    augmentation runs in it) and does not seed them; its checkpoints do not keep their state, so a resumed run
-    is seeded from the epoch it starts at. ``None`` leaves them as they are.
+    augmentation runs in it) and does not seed them; its checkpoints do not keep their state. So they are seeded
+    as a run starts and again as each epoch starts (``reseed_each_epoch``): a run resumed at epoch k draws what
+    the uninterrupted run drew from epoch k on. ``None`` leaves them as they are.
     """
     if seed is None:
         return None
@@ -149,6 +150,8 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
             resumed_from = f"epoch {trainer.current_epoch}"
             trainer.print_to_log_file(f"Resuming from {latest} at epoch {trainer.current_epoch}")  # also prints
         derived_seed = seed_training(seed, fold, trainer.current_epoch)
+        if seed is not None:
+            reseed_each_epoch(trainer, lambda epoch: seed_training(seed, fold, epoch))
         trainer.run_training()
     try:
         with tile_batched_validation(**validation, tile_batch_divisor=tile_batch_divisor), \

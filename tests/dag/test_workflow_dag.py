@@ -2,6 +2,7 @@
 config errors, QC stopping the run, and any folder name reaching every command whole."""
 import itertools
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -64,6 +65,36 @@ def test_dry_run_default_target_and_every_rule(toy_workdir, profile):
             assert job_count(stdout, rule) > 0, f"--until {rule} plans no {rule} job:\n{stdout[-2000:]}"
 
 
+def job_blocks(dry_run_output):
+    """Each job's lines of a dry run, starting at its rule's name."""
+    return re.split(r"(?m)^rule ", dry_run_output)[1:]
+
+
+def test_preflight_is_its_own_target_and_comes_before_every_training(toy_workdir, tmp_path):
+    """`snakemake preflight` plans what the probes read and no training; the study's trainings wait for the gate,
+    on train_fold's resources (a GPU where training asks for one); `preflight.enabled: false` leaves it out."""
+    result = snakemake(toy_workdir, "-n", "preflight", "--configfile", TOY_CONFIG)
+    assert job_count(result.stdout, "preflight_checks") == job_count(result.stdout, "preflight_gate") == 1
+    assert job_count(result.stdout, "plan_and_preprocess") == 3 and job_count(result.stdout, "train_fold") == 0
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["compute"]["resources"]["train_fold"].update(gpu=True, mem_mb=7000)
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(toy_workdir, "-n", "--profile", PROFILES["slurm"], "--configfile", path, "-p",
+                       "--until", "preflight_checks")
+    job = next(block for block in job_blocks(result.stdout) if block.startswith("preflight_checks:"))
+    assert "gpu=1" in job and "mem_mb=7000" in job, job
+    # The default target: every train_fold job's input holds the gate's output.
+    result = snakemake(toy_workdir, "-n", "--configfile", TOY_CONFIG, "--until", "train_fold")
+    trainings = [block for block in job_blocks(result.stdout) if block.startswith("train_fold:")]
+    assert len(trainings) == 15 and all("results/preflight/passed.json" in block for block in trainings)
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["preflight"] = {"enabled": False}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(toy_workdir, "-n", "--configfile", path)
+    assert job_count(result.stdout, "preflight_checks") == 0 and job_count(result.stdout, "train_fold") == 15
+
+
 def test_dry_run_with_totalsegmentator_anatomy(toy_workdir, tmp_path):
     config = yaml.safe_load(TOY_CONFIG.read_text())
     config["anatomy"] = {"source": "totalsegmentator", "totalseg_home": "totalseg_home", "task": "total"}
@@ -93,7 +124,7 @@ def test_every_command_takes_each_path_in_an_odd_folder_as_one_argument(toy_work
             assert all(w.startswith(str(tmp_path / ODD_NAME / "data") + "/") for w in data_paths), command
             odd_paths += [w for w in words if ODD_NAME in w]
     # every rule that runs a verb was seen, and the verbs that read the data were handed its paths whole
-    assert {"qc-case", "convert-dicom", "convert-dataset", "train-fold", "gather-oof", "predict", "score-ensembles",
+    assert {"qc-case", "convert-dicom", "convert-dataset", "preflight", "preflight-gate", "train-fold", "gather-oof", "predict", "score-ensembles",
             "refine-case", "evaluate-stage", "summarize-runtime"} <= verbs
     assert len(odd_paths) >= 20 and all(Path(p).exists() for p in odd_paths)
     links = [c for c in commands if c.startswith("ln -sfn")]

@@ -41,7 +41,8 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
     jobs = slurm_jobs_by_rule(workdir)
     records = slurm_run["records"]
     assert len(list((workdir / "logs/slurm/rule_train_fold").iterdir())) == 15  # one folder per fold
-    for rule in ("rule_train_fold", "rule_predict_test", "rule_plan_and_preprocess", "rule_convert_dicom"):
+    for rule in ("rule_train_fold", "rule_predict_test", "rule_plan_and_preprocess", "rule_convert_dicom",
+                 "rule_preflight_checks"):
         assert rule in jobs, f"no SLURM job log for {rule}: {sorted(jobs)}"
     assert any(name.startswith("group_out_of_fold") for name in jobs), sorted(jobs)  # 12 per-case gathers
     assert any(name.startswith("group_ensemble_scores") for name in jobs), sorted(jobs)  # 12 per-case scorings
@@ -58,9 +59,11 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
             expected = "CANCELLED" if job_id == preempted.get("job") else "COMPLETED"
             assert record["JobState"] == expected, record
             has_gpu = "gpu:1" in record.get("TresPerJob", "")
-            assert has_gpu == any(name == f"rule_{rule}" for rule in GPU_RULES), (name, record)
+            # The preflight runs on train_fold's resources: on the GPU nodes training will use.
+            assert has_gpu == any(name == f"rule_{rule}" for rule in (*GPU_RULES, "preflight_checks")), (name, record)
     # Aggregations ran on the submit host (localrules), not as cluster jobs.
-    for rule in ("qc_report", "qc_gate", "qc_anatomy_report", "make_splits", "summarize_metrics", "summarize_runtime"):
+    for rule in ("qc_report", "qc_gate", "qc_anatomy_report", "make_splits", "summarize_metrics", "summarize_runtime",
+                 "preflight_gate"):
         assert f"rule_{rule}" not in jobs
 
 

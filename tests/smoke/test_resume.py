@@ -1,5 +1,5 @@
-"""A training killed after its first checkpoint resumes from it when the workflow runs again; a seeded fold trains
-to the same weights twice."""
+"""A training killed after its first checkpoint resumes from it when the workflow runs again, to the weights of the
+uninterrupted run; a seeded fold trains to the same weights twice."""
 import json
 import os
 import re
@@ -27,16 +27,46 @@ FOLD = (f"results/nnunet/nnUNet_results/Dataset503_metastasis_only/{CONFIGURATIO
         "/fold_0")
 
 
+WEIGHTS_DIGEST = ("import hashlib, sys, torch; w = torch.load(sys.argv[1], weights_only=False)['network_weights']; "
+                  "print(hashlib.sha256(b''.join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest())")
+
+
+def validation_probabilities(fold: Path) -> dict:
+    return {p.name: np.load(p)["probabilities"] for p in (fold / "validation").glob("*.npz")}
+
+
+def same_probabilities(a, b):
+    return bool(a) and a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+
+
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=tmp_path)
     config = yaml.safe_load(TOY_CONFIG.read_text())
     settings = config["configurations"]["metastasis_only"]["trainer_settings"]
     config["configurations"]["metastasis_only"]["trainer_settings"] = {**settings, "num_iterations_per_epoch": ITERATIONS}
     config_path = tmp_path / "resume.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))  # label order is meaningful
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
                "--profile", str(PROFILES["local"]), "--configfile", str(config_path), "--cores", "2", TARGET]
+
+    # First the preflight with two failures injected (CUDA asked for on this CPU machine; a disk margin no disk
+    # meets): the run stops before any training with one message naming both fixes, and its table stays.
+    config_path.write_text(yaml.safe_dump({**config, "compute": {**config["compute"], "device": "cuda"},
+                                           "preflight": {"disk_margin": 1e9}}, sort_keys=False))
+    stopped = run(command, cwd=tmp_path, check=False)
+    assert stopped.returncode != 0
+    message = stopped.stderr[stopped.stderr.index("error: preflight:"):]
+    assert message.startswith("error: preflight: 2 check(s) failed; nothing was trained")
+    assert "- device (cuda): compute.device is 'cuda'" in message and "- disk (results):" in message
+    assert "Traceback" not in stopped.stderr
+    table = pd.read_csv(tmp_path / "results/preflight/preflight.tsv", sep="\t")
+    assert sorted(table[table["status"] == "fail"]["check"].unique()) == ["device", "disk"]
+    assert not (tmp_path / "results/nnunet/nnUNet_results").exists() or not any(
+        (tmp_path / "results/nnunet/nnUNet_results").iterdir())
+    assert not (tmp_path / "results/preflight/passed.json").exists()
+
+    # Fixed, the same command: the preflight passes, then training starts (and is killed).
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))  # label order is meaningful
     latest = tmp_path / FOLD / "checkpoint_latest.pth"
     with open(tmp_path / "first_run.log", "w") as out:
         first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -63,6 +93,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert checkpoint_epoch <= fold["epochs_done"] < fold["epochs_total"] == EPOCHS
     assert fold["epoch_seconds"] > 0 and isinstance(fold["estimated_end"], str)
     jobs = pd.read_csv(tmp_path / "progress/jobs.tsv", sep="\t").set_index("rule")
+    assert jobs.loc["preflight_checks", "done"] == jobs.loc["preflight_checks", "jobs"] == 1
     assert jobs.loc["train_fold", "done"] == 0 and jobs.loc["train_fold", "jobs"] == 15
     assert jobs.loc["qc_case", "done"] == jobs.loc["qc_case", "jobs"] == 15  # finished before the kill
 
@@ -87,9 +118,19 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     rule_log = (tmp_path / "logs/train_fold/metastasis_only/fold_0.log").read_text()
     assert f"Resuming from {tmp_path / FOLD / 'checkpoint_latest.pth'} at epoch {checkpoint_epoch}" in rule_log
 
+    # Seeded per epoch (training_seed, the fold, the epoch), the resumed fold is the uninterrupted one: trained
+    # again from scratch, it ends with the same weights and the same validation probabilities.
+    final = tmp_path / FOLD / "checkpoint_final.pth"
+    resumed = run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip()
+    resumed_validation = validation_probabilities(tmp_path / FOLD)
+    shutil.rmtree(tmp_path / FOLD)
+    snakemake(tmp_path, "--profile", PROFILES["local"], "--configfile", config_path, "--cores", "2", TARGET,
+              "--forcerun", "train_fold")
+    assert json.loads((tmp_path / TARGET).read_text())["resumed_from"] is None
+    assert run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip() == resumed
+    assert same_probabilities(validation_probabilities(tmp_path / FOLD), resumed_validation)
 
-WEIGHTS_DIGEST = ("import hashlib, sys, torch; w = torch.load(sys.argv[1], weights_only=False)['network_weights']; "
-                  "print(hashlib.sha256(b''.join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest())")
+
 
 
 def test_a_seeded_fold_trains_to_the_same_weights_twice_another_seed_changes_them_and_uint8_revalidates(tmp_path):
@@ -100,6 +141,7 @@ def test_a_seeded_fold_trains_to_the_same_weights_twice_another_seed_changes_the
     config = yaml.safe_load(TOY_CONFIG.read_text())
     section = config["configurations"]["metastasis_only"]
     section["trainer_settings"] = {**section["trainer_settings"], "num_epochs": 1, "num_iterations_per_epoch": 5}
+    config["preflight"] = {"enabled": False}  # one fold's seeding; the resume test and the smoke run run it
     config_path = tmp_path / "seed.yaml"
     final = tmp_path / FOLD / "checkpoint_final.pth"
 
@@ -112,14 +154,10 @@ def test_a_seeded_fold_trains_to_the_same_weights_twice_another_seed_changes_the
         summary = json.loads((tmp_path / TARGET).read_text())
         assert summary["training_seed"] == seed and summary["resumed_from"] is None
         digest = run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip()
-        validation = {p.name: np.load(p)["probabilities"] for p in (tmp_path / FOLD / "validation").glob("*.npz")}
-        return digest, validation
-
-    def same_probabilities(a, b):
-        return a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+        return digest, validation_probabilities(tmp_path / FOLD)
 
     (first, first_validation), (again, again_validation), (other, other_validation) = train(0), train(0), train(1)
-    assert first_validation and first == again and same_probabilities(first_validation, again_validation)
+    assert first == again and same_probabilities(first_validation, again_validation)
     assert other != first and not same_probabilities(first_validation, other_validation)
 
     # prediction.probability_encoding: uint8. The trained fold is only re-validated, and nnU-Net's own export now
@@ -131,7 +169,7 @@ def test_a_seeded_fold_trains_to_the_same_weights_twice_another_seed_changes_the
     summary = json.loads((tmp_path / TARGET).read_text())
     assert summary["resumed_from"] == "final" and summary["probability_encoding"] == "uint8"
     assert run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip() == other
-    rounded = {p.name: np.load(p)["probabilities"] for p in (tmp_path / FOLD / "validation").glob("*.npz")}
+    rounded = validation_probabilities(tmp_path / FOLD)
     assert rounded.keys() == other_validation.keys()
     for name, stored in rounded.items():
         assert stored.dtype == np.uint8, name

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,27 @@ def test_segment_anatomy_rule_runs_totalsegmentator_offline(toy_workdir, tmp_pat
     assert set(flagged["severity"]) == {"warning", "info"}  # the lung rule: no lung in this map, not checked
     assert table[table["check"] == "label_anatomy_proposal"]["message"].str.startswith("no flip or shift").all()
     assert not (workdir / "results/qc/anatomy/toy_001_proposal/label.nii.gz").exists()
+
+
+def test_preflight_times_one_totalsegmentator_call_offline(toy_workdir, tmp_path):
+    """The preflight's TotalSegmentator probe: the weights check, then one real `totalsegmentator()` call with the
+    fixture's tiny model, in a process of its own (TotalSegmentator reads its home on import)."""
+    from totalseg_fixture import build_tiny_totalseg_home
+
+    home = build_tiny_totalseg_home(tmp_path / ODD_NAME / "totalseg_home")
+    image = toy_workdir / "resources/toy/imagesTr/toy_001.nii.gz"
+    code = ("import json, sys, torch\nfrom pathlib import Path\nfrom workflow_scripts import preflight\n"
+            "anatomy = {'source': 'totalsegmentator', 'task': 'total', 'fast': True, 'roi_subset': None}\n"
+            "home, image, work = map(Path, sys.argv[1:])\n"
+            "rows = preflight.weights_check(anatomy, home)\n"
+            "rows += preflight.probe_totalsegmentator(anatomy, home, image, 1000, 3000, work, torch.device('cpu'), 1)\n"
+            "print(json.dumps(rows))\n")
+    result = run([sys.executable, "-c", code, home, image, tmp_path], cwd=REPO)
+    rows = {(r["check"], r["measure"]): r for r in json.loads(result.stdout.splitlines()[-1])}
+    assert rows[("totalsegmentator_weights", "")]["status"] == "pass"
+    seconds = rows[("totalsegmentator", "seconds_per_case")]["value"]
+    assert seconds > 0 and rows[("totalsegmentator", "projected_hours")]["value"] == pytest.approx(3 * seconds / 3600)
+    assert sitk.ReadImage(str(tmp_path / "anatomy.nii.gz")).GetSize() == sitk.ReadImage(str(image)).GetSize()
 
 
 def test_qc_on_error_exclude_keeps_failing_training_cases_out_of_everything(toy_workdir, tmp_path):
@@ -119,6 +141,42 @@ def test_every_fold_of_every_configuration_trained_and_learned(smoke_run):
         assert sorted(validated) == train_cases
         splits_copy = smoke_run / f"results/nnunet/nnUNet_preprocessed/Dataset{conf['dataset_id']}_{name}/splits_final.json"
         assert json.loads(splits_copy.read_text()) == splits
+
+
+def test_preflight_ran_the_study_path_before_any_training(smoke_run):
+    """The preflight's table: every check passed (TotalSegmentator skipped: precomputed anatomy), each
+    configuration trained a few iterations with the study's plans, the largest case went through the new-case path,
+    the projections follow from what was measured, nothing of the probes is left, and training began after it."""
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    table = pd.read_csv(smoke_run / "results/preflight/preflight.tsv", sep="\t")
+    status = table.drop_duplicates("check").set_index("check")["status"].to_dict()
+    assert status == {"nnunet_version": "pass", "device": "pass", "totalsegmentator_weights": "skipped",
+                      "training": "pass", "prediction": "pass", "disk": "pass"}
+    training = table[table["check"] == "training"].pivot(index="subject", columns="measure", values="value")
+    assert sorted(training.index) == sorted(config["configurations"])
+    for name, measures in training.iterrows():
+        settings = config["configurations"][name]["trainer_settings"]
+        iterations = settings["num_iterations_per_epoch"] * settings["num_epochs"] * 5
+        assert measures["seconds_per_iteration"] > 0 and measures["peak_rss_mb"] > 0
+        assert measures["projected_training_hours"] == pytest.approx(
+            measures["seconds_per_iteration"] * iterations / 3600, rel=1e-5)
+    images = sorted((smoke_run / "results/inputs").glob("*/*.nii.gz"))
+    largest = max(images, key=lambda p: np.prod(sitk.ReadImage(str(p)).GetSize()))
+    prediction = table[table["check"] == "prediction"].set_index("measure")
+    assert set(prediction["subject"]) == {largest.name[: -len(".nii.gz")]}
+    assert prediction.loc["seconds_per_case", "value"] > 0
+    disk = table[table["check"] == "disk"].set_index("measure")["value"]
+    assert disk["free_gb"] > disk["needed_gb"] > 0
+    assert "checkpoints not counted" not in table[table["check"] == "disk"]["detail"].iloc[0]
+    passed = json.loads((smoke_run / "results/preflight/passed.json").read_text())
+    assert passed["training_hours"] == pytest.approx(training["projected_training_hours"].sum(), rel=1e-5)
+    assert not (smoke_run / "results/preflight/work").exists()
+    gate = (smoke_run / "results/preflight/passed.json").stat().st_mtime
+    logs = sorted((smoke_run / "results/nnunet/nnUNet_results").glob("*/*/fold_*/training_log_*.txt"))
+    assert len(logs) == 15
+    for log in logs:  # nnU-Net names each log by the time its training started
+        started = time.mktime(time.strptime(log.name[len("training_log_"): -len(".txt")], "%Y_%m_%d_%H_%M_%S"))
+        assert started >= int(gate) - 1, log
 
 
 def preprocessed_spacing(results, dataset, case):

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -81,3 +82,31 @@ def test_uint8_encoding_clips_out_of_range_values_and_unknown_encodings_and_type
         encode_probabilities(np.zeros((1, 2)), "int8")
     with pytest.raises(ValueError, match="of type int16"):
         decode_probabilities(np.zeros((1, 2), dtype=np.int16))
+
+
+def test_a_killed_writers_temporary_goes_when_its_file_is_written_again(tmp_path):
+    """SIGKILL runs no cleanup: the temporary a killed writer left stays until its job reruns and writes the same
+    file, which removes it; the temporaries of other files in the folder (even with a name that starts alike) stay."""
+    import signal
+    import subprocess
+    import sys
+
+    from workflow_scripts.io import stale_temporaries
+
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from workflow_scripts.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half'); print(tmp, flush=True); time.sleep(60)"), str(tmp_path / "case_1.nii.gz")],
+        stdout=subprocess.PIPE, text=True)
+    orphan = Path(writer.stdout.readline().strip())
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert orphan.exists() and orphan.parent == tmp_path and stale_temporaries(tmp_path / "case_1.nii.gz") == [orphan]
+    others = [tmp_path / ".case_10.abcd1234.tmp.nii.gz", tmp_path / ".case_1.x.abcd1234.tmp.nii.gz",
+              tmp_path / ".case_1.abcd1234.tmp.json"]
+    for other in others:
+        other.write_bytes(b"another file's")
+    with atomic_path(tmp_path / "case_1.nii.gz") as tmp:
+        tmp.write_bytes(b"whole")
+    assert (tmp_path / "case_1.nii.gz").read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["case_1.nii.gz"] + [p.name for p in others])
