@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bundle_fixture import trained_configuration
+from chaos import chaos_study
 from workflow_helpers import PROFILES, TOY_CONFIG, run, snakemake
 from workflow_scripts.config import validate_config
 
@@ -14,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 # Commands the tests run in other folders import this checkout's package, as the workflow's jobs do.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+CHAOS_SEED = 0
 TOTALSEG_EXAMPLE = REPO / "tests" / "data" / "totalseg_example"  # Apache-2.0, see its README
 
 
@@ -104,10 +106,12 @@ def toy_workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The toy study run once with the local profile, then its report: every stage of the real workflow on the
-    toy data. The smoke, SLURM and browser tiers read it."""
+    toy data. The smoke, SLURM and browser tiers read it. On its way it is killed at seeded moments and recovered
+    each time (tests/chaos.py): what the tiers check is also what a killed study ends with."""
     workdir = tmp_path_factory.mktemp("smoke_workdir")
     run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=workdir)
-    snakemake(workdir, "--profile", PROFILES["local"], "--configfile", TOY_CONFIG, "--cores", "2", timeout=2400)
+    chaos_study(workdir, ["--profile", PROFILES["local"], "--configfile", TOY_CONFIG, "--cores", "2"],
+                seed=CHAOS_SEED, timeout_s=3000)
     snakemake(workdir, "--configfile", TOY_CONFIG, "--report", "report.html", timeout=600)
     return workdir
 
