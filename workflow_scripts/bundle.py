@@ -4,13 +4,16 @@ Layout::
 
     bundle.json                       manifest: configurations (folds, labels), files with SHA-256, versions
     config.yaml                       the study's validated configuration
+    MODEL_CARD.md                     the model card: intended use, labels, training data, choices, cross-validation
+                                      results, versions, licences (its fields also in bundle.json)
     ensemble.json                     the ensemble chosen under cross-validation (results/ensemble/selected.json)
     refinement.json                   the refinement rules chosen (results/refinement/selected_rules.json)
     models/<configuration>/           nnU-Net's model folder: plans.json, dataset.json, dataset_fingerprint.json,
-                                      fold_<k>/checkpoint_final.pth
+                                      fold_<k>/weights.safetensors and fold_<k>/checkpoint.json
 
 Only the configurations the chosen ensemble uses are packed. The folder is written under a temporary name and
-renamed when complete.
+renamed when complete. A bundle runs no code of its own: its checkpoints are tensors (safetensors) and JSON, not
+nnU-Net's pickled .pth files, and segmenting with it checks that before loading anything (``check_runs_no_code``).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import yaml
 
 from workflow_scripts.config import BUNDLE_CONFIG, BUNDLE_MANIFEST, ConfigError
 from workflow_scripts.io import read_json, write_json
+from workflow_scripts.nnunet_seam import TENSOR_WEIGHTS, plans_imports, write_tensor_checkpoint
 
 # What a run with a bundle may set; everything else (labels, configurations, ensemble, refinement) is the study's.
 PREDICT_KEYS = {"bundle", "data", "qc", "compute", "prediction", "anatomy", "evaluation"}
@@ -57,6 +61,9 @@ def predict_config(config: dict, base: str | Path = ".") -> dict:
 
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 CHECKPOINT = "checkpoint_final.pth"
+FORMAT = 2  # 1: nnU-Net's pickled checkpoints; 2: tensors only
+MODEL_CARD = "MODEL_CARD.md"
+PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".bin", ".npy", ".npz")
 
 
 class BundleError(RuntimeError):
@@ -84,9 +91,14 @@ def _place(source: Path, target: Path) -> None:
 
 
 def export_bundle(out: Path, config: dict, selection_path: Path, refinement_path: Path,
-                  training_summaries: dict[str, list[Path]], channel_labels: dict[str, list[int]]) -> dict:
-    """Pack the models of the configurations the chosen ensemble uses, the study's configuration and the chosen
-    ensemble and refinement into ``out``; returns the manifest."""
+                  training_summaries: dict[str, list[Path]], channel_labels: dict[str, list[int]],
+                  evidence: dict) -> dict:
+    """Pack the models of the configurations the chosen ensemble uses, the study's configuration, the chosen
+    ensemble and refinement and the model card into ``out``; returns the manifest. ``evidence``: what the card
+    reports of the study: ``measurements`` (QC's per case), ``passing`` (QC's passing cases), ``dicom_findings``
+    (the DICOM conversions') and ``summary`` (the metrics summary table)."""
+    from workflow_scripts.model_card import card_markdown, cross_validation, model_card, training_data
+
     out = Path(out)
     selection = read_json(selection_path)
     partial = out.with_name(out.name + ".partial")
@@ -102,15 +114,20 @@ def export_bundle(out: Path, config: dict, selection_path: Path, refinement_path
             checkpoint = model_folder / f"fold_{fold}" / CHECKPOINT
             if not checkpoint.is_file():
                 raise BundleError(f"{name}: no {checkpoint}; the fold's training did not finish")
-            _place(checkpoint, partial / "models" / name / f"fold_{fold}" / CHECKPOINT)
+            write_tensor_checkpoint(checkpoint, partial / "models" / name / f"fold_{fold}")
         configurations[name] = {"folds": folds, "channel_labels": channel_labels[name],
                                 "trainer": summaries[0]["trainer"], "plans": summaries[0]["plans"]}
     shutil.copyfile(selection_path, partial / "ensemble.json")
     shutil.copyfile(refinement_path, partial / "refinement.json")
     (partial / BUNDLE_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))  # label order matters
+    card = model_card(config, selection, read_json(refinement_path), configurations,
+                      training_data(evidence["measurements"], evidence["passing"], evidence["dicom_findings"]),
+                      cross_validation(evidence["summary"]))
+    (partial / MODEL_CARD).write_text(card_markdown(card))
     files = {str(p.relative_to(partial)): sha256(p) for p in sorted(partial.rglob("*")) if p.is_file()}
-    manifest = {"format": 1, "configurations": configurations, "files": files,
-                "versions": {package: metadata.version(package) for package in ("nnunetv2", "torch")}}
+    manifest = {"format": FORMAT, "configurations": configurations, "files": files,
+                "versions": {package: metadata.version(package) for package in ("nnunetv2", "torch")},
+                "model_card": card}
     write_json(manifest, partial / BUNDLE_MANIFEST)
     if out.exists():
         shutil.rmtree(out)
@@ -136,6 +153,44 @@ def verify_files(bundle: Path, prefix: str = "") -> int:
     return checked
 
 
+def check_runs_no_code(bundle: Path, configurations: list[str]) -> None:
+    """Refuse a bundle whose loading could run code from it, before anything of it is loaded: another format
+    (format 1 held pickled checkpoints), a file that would be unpickled, weights that are not safetensors, or plans
+    that make nnU-Net import something other than its network classes and torch.nn's layers."""
+    bundle = Path(bundle)
+    manifest = read_json(bundle / BUNDLE_MANIFEST)
+    again = ("export it again from its study with this version (`snakemake export_bundle --configfile <the study's "
+             "config>`)")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"bundle {bundle} is in format {manifest.get('format')}, whose checkpoints are pickles "
+                          f"that can run code when loaded; it is refused: {again}")
+    for name in configurations:
+        folder = bundle / "models" / name
+        pickles = sorted(str(p.relative_to(bundle)) for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise BundleError(f"bundle {bundle}: {pickles[0]} would be unpickled, which can run code; a bundle holds "
+                              f"tensors only: remove it, or {again}")
+        for weights in sorted(folder.glob(f"fold_*/{TENSOR_WEIGHTS}")):
+            if not _is_safetensors(weights):
+                raise BundleError(f"bundle {bundle}: {weights.relative_to(bundle)} is not a safetensors file; {again}")
+        refused = plans_imports(read_json(folder / "plans.json"))
+        if refused:
+            raise BundleError(f"bundle {bundle}: models/{name}/plans.json names {refused} for nnU-Net to import and "
+                              f"call; a bundle's plans may name only torch modules of nnU-Net's architectures and "
+                              f"torch.nn: {again}")
+
+
+def _is_safetensors(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except Exception:  # safetensors raises its own error type for a damaged or foreign header
+        return False
+    return True
+
+
 def export_bundle_entry(argv=None) -> None:
     from workflow_scripts import cli
 
@@ -145,13 +200,23 @@ def export_bundle_entry(argv=None) -> None:
     p.add_argument("--refinement", required=True, help="the chosen rules (results/refinement/selected_rules.json)")
     p.add_argument("--training-summaries", type=cli.json_value, required=True,
                    help="JSON {configuration: [fold summary JSON]}")
+    p.add_argument("--qc-measurements", nargs="+", required=True, help="QC's <case>.json of the training cases")
+    p.add_argument("--passing-cases", required=True, help="QC's passing_cases.json")
+    p.add_argument("--dicom-findings", nargs="*", default=[], help="the DICOM conversions' <case>.json")
+    p.add_argument("--metrics-summary", required=True, help="results/metrics/summary.tsv")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     summaries = {name: [Path(s) for s in paths] for name, paths in args.training_summaries.items()}
+    import pandas as pd
+
     from workflow_scripts.settings import channel_labels
 
+    evidence = {"measurements": [read_json(p) for p in args.qc_measurements],
+                "passing": read_json(args.passing_cases),
+                "dicom_findings": [read_json(p) for p in args.dicom_findings],
+                "summary": pd.read_csv(args.metrics_summary, sep="\t")}
     manifest = export_bundle(Path(args.out), args.settings, Path(args.selection), Path(args.refinement), summaries,
-                             channel_labels(args.settings))
+                             channel_labels(args.settings), evidence)
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     print(f"bundle {args.out}: configurations {list(manifest['configurations'])}, {len(manifest['files'])} files, "
           f"{size / 1e6:.1f} MB")

@@ -217,7 +217,9 @@ def convert_series_folder(case: str, folder: Path, out_image: Path, out_findings
               "slices": len(chosen.slices), "slice_spacing_mm": round(spacing[2], 4),
               "missing_slices": findings.missing, "missing_gaps_mm": findings.gaps_mm,
               "uneven_spacing": round(findings.uneven, 4), "spacing_tolerance": settings["spacing_tolerance"],
-              "skipped_files": skipped, "damaged_files": damaged}
+              "skipped_files": skipped, "damaged_files": damaged,
+              # the scanner's maker (not a patient attribute) for the model card's training data
+              "manufacturer": str(chosen.slices[0][1].get("Manufacturer", "")).strip() or None}
     write_json(report, out_findings)
     return report
 

@@ -373,3 +373,87 @@ def use_torch_export_resampling(predictor, threads: int, device) -> None:
         resampling_fn_probabilities="resample_torch_fornnunet",
         resampling_fn_probabilities_kwargs={"is_seg": False, "num_threads": threads, "device": device})
     type(manager).resampling_fn_probabilities.fget.cache_clear()  # nnU-Net caches the plans' function
+
+
+# A checkpoint that holds tensors only, for bundles copied between machines: nnU-Net's .pth checkpoints are pickles,
+# and unpickling a file from elsewhere can run any code. What nnU-Net's predictor reads of a checkpoint is its
+# network weights (safetensors) and three plain fields (JSON); nothing else of it is used for prediction.
+TENSOR_WEIGHTS, TENSOR_CHECKPOINT = "weights.safetensors", "checkpoint.json"
+# Modules whose names a bundle's plans may give nnU-Net to import: its network architectures and torch.nn's layers.
+PLANS_IMPORTS = ("dynamic_network_architectures.", "torch.nn.")
+
+
+def write_tensor_checkpoint(checkpoint: Path, fold_folder: Path) -> list[Path]:
+    """``fold_folder``/weights.safetensors and checkpoint.json from one of this study's own nnU-Net checkpoints
+    (made by its training here, so unpickling it is as safe as the training was); the files written."""
+    import torch
+    from safetensors.torch import save_file
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    fold_folder.mkdir(parents=True, exist_ok=True)
+    weights = {name: tensor.detach().contiguous().clone() for name, tensor in saved["network_weights"].items()}
+    with atomic_path(fold_folder / TENSOR_WEIGHTS) as tmp:
+        save_file(weights, str(tmp))
+    axes = saved.get("inference_allowed_mirroring_axes")
+    fields = {"trainer_name": saved["trainer_name"], "configuration": saved["init_args"]["configuration"],
+              "inference_allowed_mirroring_axes": None if axes is None else [int(a) for a in axes],
+              "current_epoch": int(saved["current_epoch"])}
+    from workflow_scripts.io import write_json
+
+    write_json(fields, fold_folder / TENSOR_CHECKPOINT)
+    return [fold_folder / TENSOR_WEIGHTS, fold_folder / TENSOR_CHECKPOINT]
+
+
+def read_tensor_checkpoint(path: str | Path) -> dict:
+    """What nnU-Net's predictor reads of a checkpoint, from checkpoint.json and weights.safetensors beside it;
+    never unpickles (safetensors holds a JSON header and raw tensor bytes)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.name != TENSOR_CHECKPOINT:
+        raise ValueError(f"{path}: only {TENSOR_CHECKPOINT} with {TENSOR_WEIGHTS} is read here, never a pickle")
+    fields = json.loads(path.read_text())
+    axes = fields["inference_allowed_mirroring_axes"]
+    return {"trainer_name": fields["trainer_name"], "init_args": {"configuration": fields["configuration"]},
+            "inference_allowed_mirroring_axes": None if axes is None else tuple(axes),
+            "network_weights": load_file(str(path.parent / TENSOR_WEIGHTS), device="cpu")}
+
+
+def plans_imports(plans: dict) -> list[str]:
+    """What a plans file makes nnU-Net import and call (each configuration's network class, and the layers its
+    arguments name) that is not a torch module class of nnU-Net's architectures or of torch.nn: a dotted path
+    reaches any attribute (``torch.nn.modules.module.os.system``), so the object found is checked, not the name."""
+    import pydoc
+
+    import torch
+
+    named = []
+    for configuration in plans.get("configurations", {}).values():
+        architecture = configuration.get("architecture", {})
+        if "network_class_name" in architecture:
+            named.append(architecture["network_class_name"])
+        kwargs = architecture.get("arch_kwargs", {})
+        named += [kwargs.get(key) for key in architecture.get("_kw_requires_import", [])]
+    refused = []
+    for name in (n for n in named if n is not None):
+        found = pydoc.locate(name) if isinstance(name, str) and name.startswith(PLANS_IMPORTS) else None
+        if not (isinstance(found, type) and issubclass(found, torch.nn.Module)
+                and found.__module__.startswith(PLANS_IMPORTS)):
+            refused.append(str(name))
+    return refused
+
+
+@contextlib.contextmanager
+def tensor_checkpoints_only():
+    """While nnU-Net's predictor loads a model folder: its ``torch.load`` reads tensor checkpoints
+    (``read_tensor_checkpoint``) and nothing else, so no pickle in the folder is ever opened."""
+    import torch
+
+    load = torch.load
+    torch.load = lambda path, *args, **kwargs: read_tensor_checkpoint(path)
+    try:
+        yield
+    finally:
+        torch.load = load

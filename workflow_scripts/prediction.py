@@ -13,8 +13,9 @@ import numpy as np
 from workflow_scripts.crop import paste_labels, paste_probabilities
 from workflow_scripts.io import (array_like, as_stored, decode_probabilities, image_grid, read_json, write_image,
                                  write_prediction)
-from workflow_scripts.nnunet_seam import (OutOfDeviceMemory, out_of_device_memory, resolve_device,
-                                          tile_batch_predictor_class, use_torch_export_resampling)
+from workflow_scripts.nnunet_seam import (TENSOR_CHECKPOINT, OutOfDeviceMemory, out_of_device_memory, resolve_device,
+                                          tensor_checkpoints_only, tile_batch_predictor_class,
+                                          use_torch_export_resampling)
 
 
 def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], case: str, image: Path,
@@ -36,12 +37,15 @@ def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[
     return str(folder)
 
 
-def make_predictor(model_folder: Path, folds: list[int], device: str, settings: dict, threads: int):
+def make_predictor(model_folder: Path, folds: list[int], device: str, settings: dict, threads: int,
+                   tensors_only: bool = False):
     """nnU-Net's predictor for one trained configuration, its folds loaded once, with the ``prediction`` settings:
     ``tile_step_size``, ``use_mirroring``, ``tile_batch_size`` (tiles per network pass; None: the training batch
     size), ``half_precision`` (float16 autocast on a GPU, nnU-Net's own default; false runs float32) and
     ``export_resampling`` (``nnunet``: the plans' resampling of the logits back to the image grid; ``torch``:
     nnU-Net's torch resampling, on the prediction device).
+
+    ``tensors_only``: the folds hold tensor checkpoints (a bundle's), read without unpickling anything.
 
     nnU-Net must already be configured for this process (``configure_nnunet``).
     """
@@ -52,8 +56,13 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
         verbose_preprocessing=False, allow_tqdm=False)
     predictor.tile_batch_size = settings["tile_batch_size"]
     predictor.half_precision = settings["half_precision"]
-    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
-                                                   checkpoint_name="checkpoint_final.pth")
+    if tensors_only:
+        with tensor_checkpoints_only():
+            predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
+                                                           checkpoint_name=TENSOR_CHECKPOINT)
+    else:
+        predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
+                                                       checkpoint_name="checkpoint_final.pth")
     if settings["export_resampling"] == "torch":
         use_torch_export_resampling(predictor, threads, torch_device)
     return predictor
@@ -84,7 +93,7 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
     if missing:
         raise ValueError(f"the ensemble uses {missing}, which are not among the models given ({list(models)})")
     keep, encoding = settings["save_probabilities"], settings["probability_encoding"]
-    predictors = {name: make_predictor(m["folder"], m["folds"], device, settings, threads)
+    predictors = {name: make_predictor(m["folder"], m["folds"], device, settings, threads, m.get("tensors_only", False))
                   for name, m in models.items()}
     for predictor in predictors.values():
         predictor.tile_batch_divisor = tile_batch_divisor
@@ -151,18 +160,19 @@ def study_models(training_summaries: dict[str, list[Path]], channel_labels: dict
 
 
 def bundle_models(bundle: Path, configurations: list[str], channel_labels: dict[str, list[int]]) -> dict[str, dict]:
-    """The same for an exported bundle; every model file is checked against the manifest before use
-    (``BundleError`` names the first that differs)."""
-    from workflow_scripts.bundle import verify_files
+    """The same for an exported bundle; every model file is checked against the manifest, and the bundle for
+    anything whose loading could run code, before use (``BundleError`` names the first problem)."""
+    from workflow_scripts.bundle import check_runs_no_code, verify_files
     from workflow_scripts.config import BUNDLE_MANIFEST
 
     manifest = read_json(Path(bundle) / BUNDLE_MANIFEST)["configurations"]
+    check_runs_no_code(Path(bundle), configurations)
     models = {}
     for name in configurations:
         checked = verify_files(Path(bundle), f"models/{name}/")
         print(f"bundle: {checked} model files of {name} match the manifest", flush=True)
         models[name] = {"folder": Path(bundle) / "models" / name, "folds": manifest[name]["folds"],
-                        "labels": channel_labels[name]}
+                        "labels": channel_labels[name], "tensors_only": True}
     return models
 
 

@@ -168,6 +168,7 @@ def write_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.7, 2.5), origin=(
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", series_number, k + 1
+        ds.Manufacturer = "Toy phantom maker"
         ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
         ds.PixelSpacing = [f"{spacing[1]:.10g}", f"{spacing[0]:.10g}"]  # row spacing, column spacing

@@ -602,6 +602,14 @@ def test_an_exported_bundle_segments_new_scans_as_the_study_did(smoke_run, tmp_p
     selected = json.loads((smoke_run / "results/ensemble/selected.json").read_text())
     assert set(manifest["configurations"]) == set(selected["members"]) | {f["configuration"] for f in
                                                                           selected["fusions"]}
+    # Tensors only, and the card from the study's own tables (one DICOM training case, made by the toy's maker).
+    assert manifest["format"] == 2 and not [p for p in bundle.rglob("*") if p.suffix == ".pth"]
+    card = manifest["model_card"]
+    passing = json.loads((smoke_run / "results/qc/passing_cases.json").read_text())
+    assert card["training_data"]["cases"] == len(passing["train"]) and card["training_data"]["dicom_cases"] == 1
+    assert card["training_data"]["scanner_makers"] == ["Toy phantom maker"]
+    assert card["cross_validation"][0]["stage"] == "oof_nested" and "## Cross-validation" in (
+        bundle / "MODEL_CARD.md").read_text()
     batch = tmp_path / ODD_NAME / "batch"
     scans = tmp_path / ODD_NAME / "new scans"
     toy = smoke_run / "resources/toy"
