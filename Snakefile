@@ -54,6 +54,15 @@ include: "rules/ensemble.smk"
 include: "rules/refine.smk"
 include: "rules/evaluate.smk"
 include: "rules/bundle.smk"
+include: "rules/dicom_results.smk"
+
+
+onstart:
+    if CONFIG["dicom_results"]["seg"] and NIFTI_TEST_CASES:
+        print(
+            f"dicom_results: {len(NIFTI_TEST_CASES)} new case(s) came as NIfTI ({', '.join(NIFTI_TEST_CASES[:3])}"
+            f"{', ...' if len(NIFTI_TEST_CASES) > 3 else ''}): DICOM results are written only for DICOM series"
+        )
 
 
 onsuccess:

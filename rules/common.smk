@@ -82,6 +82,9 @@ DICOM_CASES = {
     for case, folder in dicom_folders(_configured_images_dir(split)).items()
     if case in INPUT_CASES[split]
 }
+# New cases that came as DICOM series get DICOM results (dicom_results.smk); those given as NIfTI get none.
+DICOM_TEST_CASES = [case for case in TEST_CASES if case in DICOM_CASES]
+NIFTI_TEST_CASES = [case for case in TEST_CASES if case not in DICOM_CASES]
 # Images named with nnU-Net's channel suffix (<case>_0000.nii.gz) are linked as <case>.nii.gz, every split.
 CHANNEL_SUFFIX = CONFIG["data"]["channel_suffix"]
 STAGED_SPLITS = [
@@ -300,6 +303,8 @@ def all_targets(runtime=True):
     targets += [f"results/overlays/test/{case}.png" for case in TEST_CASES]
     if CONFIG["prediction"]["meshes"]:
         targets += [f"results/meshes/{case}" for case in TEST_CASES]
+    if CONFIG["dicom_results"]["seg"]:
+        targets += [f"results/dicom/test/{case}/segmentation.dcm" for case in DICOM_TEST_CASES]
     if not BUNDLE:
         targets += [f"results/training/{c}/folds.png" for c in CONFIGURATIONS] + ["results/overlays/oof_worst"]
     if runtime:

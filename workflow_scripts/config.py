@@ -152,6 +152,10 @@ def _cross_check(config: dict, base: Path) -> None:
     labels = config["labels"]
     if sorted(labels.values())[0] != 0 or list(labels.values())[0] != 0:
         problems.append("labels: the first label must be the background with value 0")
+    coded = sorted(set(config["dicom_results"]["segment_codes"]) - set(list(labels)[1:]))
+    if coded:
+        problems.append(f"dicom_results.segment_codes: {coded} are not lesion labels (labels other than the "
+                        f"background: {list(labels)[1:]})")
     reserved = sorted(set(config["configurations"]) & set(RESERVED_STAGES))
     if reserved:
         problems.append(f"configurations: the names {reserved} are reserved for ensemble stages; rename them")

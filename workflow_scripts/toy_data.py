@@ -151,7 +151,7 @@ def write_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.7, 2.5), origin=(
     iop = np.asarray(orientation, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
     series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
+    study_uid, frame_of_reference_uid = generate_uid(), generate_uid()
     paths = []
     for k in range(hu.shape[0]):
         if k in drop:
@@ -169,6 +169,9 @@ def write_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.7, 2.5), origin=(
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", series_number, k + 1
         ds.Manufacturer = "Toy phantom maker"
+        # the rest of the patient, study and frame of reference modules a scanner writes
+        ds.PatientSex, ds.StudyDate, ds.StudyTime, ds.StudyID = "F", "20240102", "101500", "1"
+        ds.ReferringPhysicianName, ds.FrameOfReferenceUID = "", frame_of_reference_uid
         ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
         ds.PixelSpacing = [f"{spacing[1]:.10g}", f"{spacing[0]:.10g}"]  # row spacing, column spacing

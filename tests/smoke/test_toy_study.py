@@ -371,6 +371,8 @@ def test_dicom_cases_were_converted_exactly_and_no_patient_tag_reached_any_outpu
     scanned = 0
     for root in ("results", "logs", "benchmarks"):
         for path in (smoke_run / root).rglob("*"):
+            if path.parts[-4:-2] == ("dicom", "test"):  # DICOM results carry what the standard requires of them
+                continue
             if path.is_file() and not path.is_symlink():
                 data = path.read_bytes()
                 if path.name.endswith(".gz"):
@@ -384,6 +386,31 @@ def test_dicom_cases_were_converted_exactly_and_no_patient_tag_reached_any_outpu
     # The check can fail: the DICOM files themselves hold the tags.
     dicom_file = next((smoke_run / "resources/toy/imagesTr/toy_011").iterdir()).read_bytes()
     assert all(secret in dicom_file for secret in secrets)
+
+
+def test_the_new_dicom_case_has_a_seg_that_dciodvfy_accepts_and_dcmqi_reads_back(smoke_run, tmp_path):
+    """toy_102 came as a DICOM series: its refined label map as a DICOM Segmentation on that series, which
+    dciodvfy accepts and dcmqi reads back voxel for voxel at every source slice; the NIfTI new cases get none,
+    and the run says so once."""
+    from dicom_judges import at_source_slice, dciodvfy_errors, read_back_with_dcmqi
+    from workflow_scripts.dicom_results import source_slices
+
+    seg = smoke_run / "results/dicom/test/toy_102/segmentation.dcm"
+    assert sorted(p.name for p in (smoke_run / "results/dicom/test").iterdir()) == ["toy_102"]
+    assert dciodvfy_errors(seg) == []
+    back = read_back_with_dcmqi(seg, tmp_path / "dcmqi")
+    refined = sitk.GetArrayFromImage(sitk.ReadImage(str(smoke_run / "results/predictions/test/refined/toy_102.nii.gz")))
+    labels = yaml.safe_load(TOY_CONFIG.read_text())["labels"]
+    segment_of = {value: number for number, value in enumerate(list(labels.values())[1:], 1)}
+    source = source_slices(smoke_run / "resources/toy/imagesTs/toy_102", "most_slices")
+    assert len(source) == refined.shape[0] and refined.any()
+    for k, ds in enumerate(source):
+        expected = np.vectorize(lambda v: segment_of.get(v, 0))(refined[k])
+        assert np.array_equal(at_source_slice(back, ds), expected), k
+    last_run = sorted(smoke_run.glob("chaos_run_*.log"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))[-1]
+    said = [line for line in last_run.read_text().splitlines() if line.startswith("dicom_results:")]
+    assert said == ["dicom_results: 2 new case(s) came as NIfTI (toy_100, toy_101): DICOM results are written only "
+                    "for DICOM series"]
 
 
 def test_metric_tables_of_the_smoke_run(smoke_run):
