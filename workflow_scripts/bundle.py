@@ -63,7 +63,7 @@ MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 CHECKPOINT = "checkpoint_final.pth"
 FORMAT = 2  # 1: nnU-Net's pickled checkpoints; 2: tensors only
 MODEL_CARD = "MODEL_CARD.md"
-PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".bin", ".npy", ".npz")
+PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".bin")  # torch and pickle files
 
 
 class BundleError(RuntimeError):

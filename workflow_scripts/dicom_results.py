@@ -66,10 +66,11 @@ def write_segmentation(case: str, source: list, labels: np.ndarray, settings: di
     def coded(code: dict) -> Code:
         return Code(code["code"], code["scheme"], code["meaning"])
 
+    codes_of = segment_codes(settings)
     descriptions = [
         hd.seg.SegmentDescription(segment_number=number, segment_label=name,
-                                  segmented_property_category=coded(segment_codes(settings)[name]["category"]),
-                                  segmented_property_type=coded(segment_codes(settings)[name]["type"]),
+                                  segmented_property_category=coded(codes_of[name]["category"]),
+                                  segmented_property_type=coded(codes_of[name]["type"]),
                                   algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                                   algorithm_identification=algorithm)
         for number, name in enumerate(names, 1)]

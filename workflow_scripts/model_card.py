@@ -11,6 +11,8 @@ from importlib import metadata
 
 import pandas as pd
 
+from workflow_scripts.dicom_results import segment_codes
+
 # Out-of-fold metrics the card reports, and the stage that is the unbiased estimate of the whole selection.
 CARD_METRICS = ("dice", "hd95_mm", "lesion_f1")
 NESTED_STAGE = "oof_nested"
@@ -77,6 +79,7 @@ def model_card(config: dict, selection: dict, refinement: dict, configurations: 
         "name": card["name"], "version": card["version"], "intended_use": card["intended_use"],
         "model_licence": card["licence"],
         "labels": {name: value for name, value in config["labels"].items()},
+        "label_codes": segment_codes(config),
         "configurations": {name: {"trainer": c["trainer"], "plans": c["plans"], "folds": c["folds"],
                                   "classes": c["channel_labels"]} for name, c in configurations.items()},
         "ensemble": {"members": selection["members"], "fusions": selection["fusions"]},
@@ -98,7 +101,11 @@ def card_markdown(card: dict) -> str:
     data = card["training_data"]
     lines = [f"# {card['name']} {card['version']}", "", "## Intended use", "", card["intended_use"], "",
              "## Labels", ""]
-    lines += _table([[name, value] for name, value in card["labels"].items()], ["label", "value"])
+    coded = card["label_codes"]
+    lines += _table([[name, value, *(f"{coded[name][part]['meaning']} ({coded[name][part]['scheme']} "
+                                     f"{coded[name][part]['code']})" if name in coded else "-"
+                                     for part in ("category", "type"))]
+                     for name, value in card["labels"].items()], ["label", "value", "category", "type"])
     lines += ["", "## Training data", "",
               f"{data['cases']} training cases ({data['dicom_cases']} from DICOM series; scanner makers: "
               f"{', '.join(data['scanner_makers']) or 'none recorded'}).", ""]

@@ -172,6 +172,8 @@ def test_the_bundle_carries_its_model_card(study, tmp_path):
     card = manifest["model_card"]
     assert card["intended_use"] == "Finding ovarian lesions in research CT." and card["model_licence"] == "CC-BY-NC-4.0"
     assert card["labels"] == config["labels"]
+    codes = config["dicom_results"]["segment_codes"]
+    assert card["label_codes"] == {name: codes[name] for name in ("primary", "metastasis")}  # the toy's SNOMED codes
     data = card["training_data"]
     assert data["cases"] == 2 and data["excluded_by_qc"] == {"c3": "label grid differs from the image's"}
     assert data["size_voxels"]["z"] == [30, 40] and data["spacing_mm"]["z"] == [1.25, 2.5]  # c3 (90, 5.0) left out
@@ -184,5 +186,7 @@ def test_the_bundle_carries_its_model_card(study, tmp_path):
     assert card["versions"]["nnunetv2"] and card["licences"]["these weights"] == "CC-BY-NC-4.0"
     text = (tmp_path / "bundle/MODEL_CARD.md").read_text()
     assert "Finding ovarian lesions in research CT." in text and "c3 (label grid differs from the image's)" in text
+    assert "| metastasis | 2 | Morphologically Altered Structure (SCT 49755003) | Neoplasm, Metastatic (SCT 14799000) |" \
+        in text
     assert text.index("| oof_nested |") < text.index("| ensemble |") and "selection-biased |" in text
     assert "MODEL_CARD.md" in manifest["files"]
