@@ -135,6 +135,11 @@ def inspect_slices(positions: np.ndarray, gap_factor: float) -> SliceFindings:
     return SliceFindings(missing, [round(float(g), 3) for g in gaps[large]], uneven, duplicates)
 
 
+def slice_order(series: Series) -> np.ndarray:
+    """The series' slices in the order the volume stacks them: along the slice normal (DICOM results follow it)."""
+    return np.argsort(series.positions(), kind="stable")
+
+
 def _volume(series: Series) -> tuple[np.ndarray, tuple, tuple, tuple]:
     """Voxels (z, y, x) in the series' rescaled units and the LPS geometry (origin, spacing, direction)."""
     import pydicom
@@ -152,7 +157,7 @@ def _volume(series: Series) -> tuple[np.ndarray, tuple, tuple, tuple]:
     if problems:
         raise DicomError(f"slices of {series.describe()} differ in {', '.join(sorted(set(problems)))}")
     positions = series.positions()
-    order = np.argsort(positions, kind="stable")
+    order = slice_order(series)
     slices = []
     for index in order:
         try:

@@ -5,7 +5,8 @@ The SEG's frames are the source slices that hold a lesion, each referencing its 
 placed at that slice's position: the label map's k-th slice is the k-th source slice along the slice normal, as
 the conversion stacked them (``dicom.convert_series_folder``). A slice missing from the source has no frame in
 the SEG, as it has no image. Patient and study attributes come from the source as the standard requires (the
-Patient and General Study modules); nothing else of the source is copied (not its equipment or institution). The DICOM writing is highdicom's.
+Patient and General Study modules); nothing else of the source is copied (not its equipment or institution).
+The DICOM writing is highdicom's.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.dicom import choose_series, read_series
+from workflow_scripts.dicom import choose_series, read_series, slice_order
 
 # The SEG's series: a number well above a scanner's, and the name this workflow gives its content.
 SEG_SERIES_NUMBER = 9001
@@ -30,8 +31,7 @@ def source_slices(folder: Path, rule: str) -> list:
 
     series, _, _ = read_series(folder)
     chosen = choose_series(series, rule)
-    order = np.argsort(chosen.positions(), kind="stable")
-    return [pydicom.dcmread(chosen.slices[i][0], stop_before_pixels=True) for i in order]
+    return [pydicom.dcmread(chosen.slices[i][0], stop_before_pixels=True) for i in slice_order(chosen)]
 
 
 def segment_codes(settings: dict) -> dict[str, dict]:
