@@ -21,8 +21,12 @@ toy: $(VENV)/.installed resources/toy/toy_dataset.json
 	snakemake --configfile config/toy.yaml --report results/report.html
 	@echo "Done. Results: results/ (metrics: results/metrics/summary.tsv). Report: results/report.html"
 
+# Two pytest-xdist workers, one per core: one runs the toy and SLURM studies and the tests reading them (one
+# group, tests/conftest.py), the other every other test.
+PYTEST := python -m pytest -n 2 --dist loadgroup
+
 check: $(VENV)/.installed
-	python -m pytest -m "unit or dag"
+	$(PYTEST) -m "unit or dag"
 
 test: $(VENV)/.installed
-	python -m pytest
+	$(PYTEST)

@@ -58,7 +58,7 @@ include: "rules/dicom_results.smk"
 
 
 onstart:
-    if CONFIG["dicom_results"]["seg"] and NIFTI_TEST_CASES:
+    if DICOM_RESULTS and NIFTI_TEST_CASES:
         print(
             f"dicom_results: {len(NIFTI_TEST_CASES)} new case(s) came as NIfTI ({', '.join(NIFTI_TEST_CASES[:3])}"
             f"{', ...' if len(NIFTI_TEST_CASES) > 3 else ''}): DICOM results are written only for DICOM series"

@@ -14,6 +14,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.en
 from workflow_scripts.bundle import predict_config
 from workflow_scripts.cases import dicom_folders, input_cases
 from workflow_scripts.config import BUNDLE_MANIFEST, RESERVED_STAGES, ConfigError, validate_config
+from workflow_scripts.dicom_results import RESULT_FILES as DICOM_RESULT_FILES
 from workflow_scripts.settings import ensemble_configurations as configurations_of_ensemble
 from workflow_scripts.settings import attempt_resources, job_resources, rule_resources, verb_settings
 
@@ -85,6 +86,14 @@ DICOM_CASES = {
 # New cases that came as DICOM series get DICOM results (dicom_results.smk); those given as NIfTI get none.
 DICOM_TEST_CASES = [case for case in TEST_CASES if case in DICOM_CASES]
 NIFTI_TEST_CASES = [case for case in TEST_CASES if case not in DICOM_CASES]
+# The DICOM results the config asks for, by file name (workflow_scripts/dicom_results.py).
+DICOM_RESULTS = [name for kind, name in DICOM_RESULT_FILES.items() if CONFIG["dicom_results"][kind]]
+
+
+def dicom_result(case, name):
+    return f"results/dicom/test/{case}/{name}"
+
+
 # Images named with nnU-Net's channel suffix (<case>_0000.nii.gz) are linked as <case>.nii.gz, every split.
 CHANNEL_SUFFIX = CONFIG["data"]["channel_suffix"]
 STAGED_SPLITS = [
@@ -303,8 +312,7 @@ def all_targets(runtime=True):
     targets += [f"results/overlays/test/{case}.png" for case in TEST_CASES]
     if CONFIG["prediction"]["meshes"]:
         targets += [f"results/meshes/{case}" for case in TEST_CASES]
-    if CONFIG["dicom_results"]["seg"]:
-        targets += [f"results/dicom/test/{case}/segmentation.dcm" for case in DICOM_TEST_CASES]
+    targets += [dicom_result(case, name) for case in DICOM_TEST_CASES for name in DICOM_RESULTS]
     if not BUNDLE:
         targets += [f"results/training/{c}/folds.png" for c in CONFIGURATIONS] + ["results/overlays/oof_worst"]
     if runtime:

@@ -72,9 +72,17 @@ def pytest_collection_modifyitems(config, items):
                                 + "\n  ".join(wrong))
     items.sort(key=lambda item: TIERS.index(item.path.parent.name))
     config.stash[SLURM_SELECTED] = any(item.get_closest_marker("slurm") for item in items)
+    # `make test` runs two pytest-xdist workers (--dist loadgroup): the tests that read the toy study or the SLURM
+    # study form one group, so that one worker runs both studies once, in the order above, while the other takes
+    # every other test.
+    for item in items:
+        if STUDIES & set(item.fixturenames) or item.path.parent.name in ("slurm", "browser"):
+            item.add_marker(pytest.mark.xdist_group(STUDY_GROUP))
 
 
 SLURM_SELECTED = pytest.StashKey[bool]()
+STUDIES = {"smoke_run", "slurm_study"}
+STUDY_GROUP = "toy_study"
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +97,11 @@ def slurm_study(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def start_slurm_study_with_the_smoke_tier(request):
-    """With SLURM tests selected, the SLURM study starts at the first smoke test: its jobs wait on the queue
-    and on Snakemake's start in each job while the local study trains."""
-    if request.node.get_closest_marker("smoke") and request.config.stash.get(SLURM_SELECTED, False):
+    """With SLURM tests selected, the SLURM study starts at the first smoke test of the study group: its jobs wait
+    on the queue and on Snakemake's start in each job while the local study trains."""
+    group = request.node.get_closest_marker("xdist_group")
+    if (request.node.get_closest_marker("smoke") and group and group.args == (STUDY_GROUP,)
+            and request.config.stash.get(SLURM_SELECTED, False)):
         request.getfixturevalue("slurm_study").start()
 
 

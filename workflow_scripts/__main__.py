@@ -12,7 +12,7 @@ import sys
 VERBS = {
     "make-toy-data": "toy_data",
     "convert-dicom": "dicom",
-    "dicom-seg": "dicom_results",
+    "dicom-results": "dicom_results",
     "qc-case": "qc",
     "qc-aggregate": "qc",
     "qc-gate": "qc",

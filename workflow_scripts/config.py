@@ -156,6 +156,9 @@ def _cross_check(config: dict, base: Path) -> None:
     if coded:
         problems.append(f"dicom_results.segment_codes: {coded} are not lesion labels (labels other than the "
                         f"background: {list(labels)[1:]})")
+    if config["dicom_results"]["sr"] and not config["dicom_results"]["seg"]:
+        problems.append("dicom_results.sr: the measurement report references the Segmentation's segments; set "
+                        "dicom_results.seg: true as well")
     reserved = sorted(set(config["configurations"]) & set(RESERVED_STAGES))
     if reserved:
         problems.append(f"configurations: the names {reserved} are reserved for ensemble stages; rename them")

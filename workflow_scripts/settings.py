@@ -16,7 +16,7 @@ from workflow_scripts.config import ConfigError, path_settings
 # verb: the config paths it takes ("" is the whole config). Verbs that read configurations get those of the job.
 VERB_SETTINGS = {
     "convert-dicom": ("data.dicom",),
-    "dicom-seg": ("labels", "data.dicom", "dicom_results", "model_card"),
+    "dicom-results": ("labels", "data.dicom", "dicom_results", "model_card"),
     "qc-case": ("qc", "labels"),
     "qc-aggregate": ("qc", "labels", "data.case_pattern", "data.channel_suffix"),
     "qc-gate": ("qc",),

@@ -389,16 +389,25 @@ def test_dicom_cases_were_converted_exactly_and_no_patient_tag_reached_any_outpu
     assert all(secret in dicom_file for secret in secrets)
 
 
-def test_the_new_dicom_case_has_a_seg_that_dciodvfy_accepts_and_dcmqi_reads_back(smoke_run, tmp_path):
+def test_the_new_dicom_case_has_a_seg_an_rtstruct_and_a_report_that_independent_tools_accept(smoke_run, tmp_path):
     """toy_102 came as a DICOM series: its refined label map as a DICOM Segmentation on that series, which
-    dciodvfy accepts and dcmqi reads back voxel for voxel at every source slice; the NIfTI new cases get none,
-    and the run says so once."""
-    from dicom_judges import at_source_slice, dciodvfy_errors, read_back_with_dcmqi
+    dciodvfy accepts and dcmqi reads back voxel for voxel at every source slice; as an RT structure set, which
+    dciodvfy accepts and plastimatch rasterises back to each lesion of 1 ml or more with Dice >= 0.95; its lesions
+    of the burden table as a measurement report dciodvfy accepts. The NIfTI new cases get none, and the run says
+    so once."""
+    import cc3d
+    import pydicom
+    from scipy import ndimage
+
+    from dicom_judges import (at_source_slice, dciodvfy_errors, dice, measurement_groups, rasterise_with_plastimatch,
+                              read_back_with_dcmqi)
     from workflow_scripts.dicom_results import source_slices
 
-    seg = smoke_run / "results/dicom/test/toy_102/segmentation.dcm"
+    folder = smoke_run / "results/dicom/test/toy_102"
+    seg = folder / "segmentation.dcm"
     assert sorted(p.name for p in (smoke_run / "results/dicom/test").iterdir()) == ["toy_102"]
-    assert dciodvfy_errors(seg) == []
+    assert sorted(p.name for p in folder.iterdir()) == ["measurements.dcm", "rtstruct.dcm", "segmentation.dcm"]
+    assert [dciodvfy_errors(folder / name) for name in sorted(p.name for p in folder.iterdir())] == [[], [], []]
     back = read_back_with_dcmqi(seg, tmp_path / "dcmqi")
     refined = sitk.GetArrayFromImage(sitk.ReadImage(str(smoke_run / "results/predictions/test/refined/toy_102.nii.gz")))
     labels = yaml.safe_load(TOY_CONFIG.read_text())["labels"]
@@ -408,6 +417,31 @@ def test_the_new_dicom_case_has_a_seg_that_dciodvfy_accepts_and_dcmqi_reads_back
     for k, ds in enumerate(source):
         expected = np.vectorize(lambda v: segment_of.get(v, 0))(refined[k])
         assert np.array_equal(at_source_slice(back, ds), expected), k
+
+    masks = rasterise_with_plastimatch(folder / "rtstruct.dcm", smoke_run / "resources/toy/imagesTs/toy_102",
+                                       tmp_path / "plastimatch")
+    # plastimatch writes no image for an ROI without contours (a class the case does not hold)
+    assert sorted(masks) == sorted(name for name in list(labels)[1:] if (refined == labels[name]).any())
+    image = sitk.ReadImage(str(smoke_run / "results/predictions/test/refined/toy_102.nii.gz"))
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000
+    judged = []
+    for name, mask in masks.items():
+        rasterised = np.stack([at_source_slice(mask, ds) for ds in source]) > 0
+        lesions = cc3d.connected_components(refined == labels[name], connectivity=26)
+        for lesion in range(1, int(lesions.max()) + 1):
+            voxels = lesions == lesion
+            if voxels.sum() * voxel_ml >= 1.0:
+                near = ndimage.binary_dilation(voxels, iterations=2)
+                judged.append((name, lesion, dice(rasterised & near, voxels)))
+    assert judged and all(score >= 0.95 for _, _, score in judged), judged
+
+    lesions = pd.read_csv(smoke_run / "results/burden/test/lesions.tsv", sep="\t")
+    lesions = lesions[lesions["case"] == "toy_102"]
+    groups = measurement_groups(pydicom.dcmread(folder / "measurements.dcm"))
+    assert [g["Tracking Identifier"] for g in groups] == [f"{c} lesion {n}" for c, n in zip(lesions["class"],
+                                                                                            lesions["lesion"])] + [
+        f"{name} (all lesions)" for name in list(labels)[1:]]
+    np.testing.assert_allclose([g["Volume"] for g in groups[:len(lesions)]], lesions["volume_ml"], rtol=1e-6)
     last_run = sorted(smoke_run.glob("chaos_run_*.log"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))[-1]
     said = [line for line in last_run.read_text().splitlines() if line.startswith("dicom_results:")]
     assert said == ["dicom_results: 2 new case(s) came as NIfTI (toy_100, toy_101): DICOM results are written only "

@@ -54,6 +54,7 @@ def test_real_template_is_valid_once_its_folders_exist(tmp_path):
      "refinement.rules.3: 'structures' is a required property"),
     (lambda c: c["refinement"]["rules"].append({"name": "small", "kind": "drop_smaller_than"}),
      "refinement.rules.3: 'min_volume_mm3' is a required property"),
+    (lambda c: c["dicom_results"].update(seg=False, sr=True), "dicom_results.sr: the measurement report references"),
 ])
 def test_config_errors_name_the_key(toy_config, edit, expected):
     config = copy.deepcopy(toy_config)
