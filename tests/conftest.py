@@ -58,6 +58,7 @@ def copy_case(src_dir: Path, case: str, dst_dir: Path, new_case: str) -> Path:
 TIERS = ("unit", "dag", "smoke", "slurm", "browser")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which names each test by the group marked here
 def pytest_collection_modifyitems(config, items):
     """A test's tier is its folder (tests/<tier>/); its file marks it so (``pytestmark``), and the two must agree.
     The tiers run in TIERS' order, so that the SLURM study compares itself with a finished smoke run."""

@@ -49,13 +49,7 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
 
     nnU-Net must already be configured for this process (``configure_nnunet``).
     """
-    torch_device = resolve_device(device)
-    predictor = tile_batch_predictor_class()(
-        tile_step_size=settings["tile_step_size"], use_gaussian=True, use_mirroring=settings["use_mirroring"],
-        perform_everything_on_device=torch_device.type == "cuda", device=torch_device, verbose=False,
-        verbose_preprocessing=False, allow_tqdm=False)
-    predictor.tile_batch_size = settings["tile_batch_size"]
-    predictor.half_precision = settings["half_precision"]
+    predictor = unloaded_predictor(device, settings)
     if tensors_only:
         with tensor_checkpoints_only():
             predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
@@ -63,8 +57,25 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
     else:
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                        checkpoint_name="checkpoint_final.pth")
+    return with_export_settings(predictor, settings, threads)
+
+
+def unloaded_predictor(device: str, settings: dict):
+    """The predictor ``make_predictor`` builds, before any model is loaded into it."""
+    torch_device = resolve_device(device)
+    predictor = tile_batch_predictor_class()(
+        tile_step_size=settings["tile_step_size"], use_gaussian=True, use_mirroring=settings["use_mirroring"],
+        perform_everything_on_device=torch_device.type == "cuda", device=torch_device, verbose=False,
+        verbose_preprocessing=False, allow_tqdm=False)
+    predictor.tile_batch_size = settings["tile_batch_size"]
+    predictor.half_precision = settings["half_precision"]
+    return predictor
+
+
+def with_export_settings(predictor, settings: dict, threads: int):
+    """A loaded predictor with ``export_resampling`` applied."""
     if settings["export_resampling"] == "torch":
-        use_torch_export_resampling(predictor, threads, torch_device)
+        use_torch_export_resampling(predictor, threads, predictor.device)
     return predictor
 
 

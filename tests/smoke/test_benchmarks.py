@@ -15,6 +15,8 @@ SYNTHETIC = {
     "bench_metrics": ([*TINY, "--cases", "1"], "speed-up over the whole-volume distance transform baseline"),
     "bench_qc": ([*TINY, "--cases", "1"], "ratio QC / read"),
     "bench_ensemble": ([*TINY, "--members", "1", "2", "--baseline-members", "1"], "streamed peak grows"),
+    "bench_new_scan": (["--shape", "24", "64", "64", "--patch-scale", "0.2", "--scans", "phantom"],
+                       "voxels equal to nnU-Net's label map"),
 }
 # Each runs whole toy studies (about 10 minutes apiece on 2 cores): only their command lines are built here.
 STUDIES = ("scale_rehearsal", "crop_seeds", "probability_encoding", "bench_predict", "oversampling")
