@@ -96,16 +96,6 @@ def slurm_study(tmp_path_factory):
     study.stop()
 
 
-@pytest.fixture(autouse=True)
-def start_slurm_study_with_the_smoke_tier(request):
-    """With SLURM tests selected, the SLURM study starts at the first smoke test of the study group: its jobs wait
-    on the queue and on Snakemake's start in each job while the local study trains."""
-    group = request.node.get_closest_marker("xdist_group")
-    if (request.node.get_closest_marker("smoke") and group and group.args == (STUDY_GROUP,)
-            and request.config.stash.get(SLURM_SELECTED, False)):
-        request.getfixturevalue("slurm_study").start()
-
-
 @pytest.fixture(scope="module")
 def toy_workdir(tmp_path_factory):
     """A fresh working directory holding only the toy data, as after the README's first step."""
@@ -115,10 +105,15 @@ def toy_workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, request):
     """The toy study run once with the local profile, then its report: every stage of the real workflow on the
     toy data. The smoke, SLURM and browser tiers read it. On its way it is killed at seeded moments and recovered
-    each time (tests/chaos.py): what the tiers check is also what a killed study ends with."""
+    each time (tests/chaos.py): what the tiers check is also what a killed study ends with.
+
+    With SLURM tests selected, the SLURM study starts first, in the background: its jobs wait on the queue and on
+    Snakemake's start in each job while the local study trains."""
+    if request.config.stash.get(SLURM_SELECTED, False):
+        request.getfixturevalue("slurm_study").start()
     workdir = tmp_path_factory.mktemp("smoke_workdir")
     run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=workdir)
     chaos_study(workdir, ["--profile", PROFILES["local"], "--configfile", TOY_CONFIG, "--cores", "2"],

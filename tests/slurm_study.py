@@ -1,6 +1,6 @@
 """The toy study through the single-node SLURM cluster (tests/slurm_cluster.py), run in the background.
 
-conftest starts it with the first smoke test: most of a SLURM study's time is jobs waiting on the queue and on
+conftest's smoke_run starts it before the local study: most of a SLURM study's time is jobs waiting on the queue and on
 Snakemake's start in each job, which overlaps the local study's training on CI's two cores. The slurm tier then
 waits for its result."""
 from __future__ import annotations
