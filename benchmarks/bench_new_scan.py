@@ -246,25 +246,27 @@ PATHS = {"floor": run_floor, "ours": run_ours, "nnunet": run_nnunet}
 def one_path(path: str, scan: Path, out: Path, threads: int, patch_scale: float) -> None:
     """Runs in a process of its own; prints its steps and peak RSS (its own and its worker processes') as JSON."""
     out.mkdir(parents=True, exist_ok=True)
+    peak_reset()  # ru_maxrss would count the parent's memory at the fork
     start = time.perf_counter()
     kwargs = {} if path == "floor" else {"threads": threads, "patch_scale": patch_scale}
     steps = PATHS[path](scan, out, **kwargs)
     total = time.perf_counter() - start
     if path != "nnunet":
         steps["other (outside the steps above)"] = [total - sum(seconds for seconds, _ in steps.values()), float("nan")]
-    own = max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
-              + [peak for _, peak in steps.values() if peak == peak])
+    own = max([peak_mb()] + [peak for _, peak in steps.values() if peak == peak])
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print("RESULT " + json.dumps({"steps": steps, "seconds": total, "peak_mb": own, "workers_peak_mb": workers}))
 
 
-def make_scans(work: Path, shape: list[int]) -> dict[str, Path]:
+def make_scans(work: Path, shape: list[int], wanted: list[str]) -> dict[str, Path]:
     import SimpleITK as sitk
 
     from workflow_scripts.io import write_image
     from workflow_scripts.toy_data import _to_image, make_phantom
 
     scans = {}
+    if "phantom" not in wanted:
+        return {**scans, **example_scan(work)}
     phantom = make_phantom(np.random.default_rng(0), shape=tuple(shape), in_plane_mm=(0.8, 0.8))
     image = _to_image(phantom.image, phantom.spacing)
     z, y, x = image.GetSize()[::-1]
@@ -274,13 +276,20 @@ def make_scans(work: Path, shape: list[int]) -> dict[str, Path]:
     grid.SetDirection(image.GetDirection())
     scans["phantom"] = work / "phantom.nii.gz"
     write_image(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1000, sitk.sitkInt16), scans["phantom"])
+    return {**scans, **(example_scan(work) if "example CT" in wanted else {})}
+
+
+def example_scan(work: Path) -> dict[str, Path]:
+    import SimpleITK as sitk
+
+    from workflow_scripts.io import write_image
+
     example = sitk.ReadImage(str(REPO / "tests" / "data" / "totalseg_example" / "example_ct_sm.nii.gz"))
     size = [int(round(n * s / t)) for n, s, t in zip(example.GetSize(), example.GetSpacing(), SPACING_MM[::-1])]
     resampled = sitk.Resample(example, size, sitk.Transform(), sitk.sitkLinear, example.GetOrigin(), SPACING_MM[::-1],
                               example.GetDirection(), -1000, sitk.sitkInt16)
-    scans["example CT"] = work / "example.nii.gz"
-    write_image(resampled, scans["example CT"])
-    return scans
+    write_image(resampled, work / "example.nii.gz")
+    return {"example CT": work / "example.nii.gz"}
 
 
 def agreement(ours: Path, nnunet: Path) -> dict[str, float]:
@@ -301,7 +310,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[300, 512, 512], help="the phantom's z y x")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch-scale", type=float, default=1.0, help="patch sizes times this (smoke mode)")
-    parser.add_argument("--scans", nargs="+", default=["phantom", "example CT"])
+    parser.add_argument("--scans", nargs="+", choices=["phantom", "example CT"], default=["phantom", "example CT"])
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+                        help="the paths to run (default: all; the ratios need all three)")
     parser.add_argument("--work", type=Path, help="keep the scans and outputs here (default: a temporary folder)")
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)  # one path, in its own process
     parser.add_argument("--scan", type=Path, help=argparse.SUPPRESS)
@@ -314,7 +325,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        scans = make_scans(work, args.shape)
+        scans = make_scans(work, args.shape, args.scans)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         for label in args.scans:
             scan = scans[label]
@@ -323,7 +334,7 @@ def main() -> None:
             size = sitk.ReadImage(str(scan)).GetSize()[::-1]
             print(f"\n## {label}: {' x '.join(map(str, size))} voxels (z y x) at {SPACING_MM} mm")
             results = {}
-            for path in PATHS:
+            for path in args.paths:
                 out = work / label.replace(" ", "_") / path
                 command = [sys.executable, "-m", "benchmarks.bench_new_scan", "--path", path, "--scan", str(scan),
                            "--out", str(out), "--threads", str(args.threads), "--patch-scale", str(args.patch_scale)]
@@ -335,10 +346,11 @@ def main() -> None:
                       f"(worker processes {results[path]['workers_peak_mb']:.0f} MB)")
                 for step, (seconds, peak) in results[path]["steps"].items():
                     print(f"  {step:60s} {seconds:8.1f} s  peak RSS {peak:8.0f} MB")
-            floor, ours, nnunet = (results[p]["seconds"] for p in ("floor", "ours", "nnunet"))
-            print(f"\nratio ours / floor {ours / floor:.1f}; nnU-Net / ours {nnunet / ours:.2f}")
-            shares = agreement(work / label.replace(" ", "_") / "ours", work / label.replace(" ", "_") / "nnunet")
-            print("voxels equal to nnU-Net's label map: " + ", ".join(f"{n} {s:.5f}" for n, s in shares.items()))
+            if set(results) == set(PATHS):
+                floor, ours, nnunet = (results[p]["seconds"] for p in ("floor", "ours", "nnunet"))
+                print(f"\nratio ours / floor {ours / floor:.1f}; nnU-Net / ours {nnunet / ours:.2f}")
+                shares = agreement(work / label.replace(" ", "_") / "ours", work / label.replace(" ", "_") / "nnunet")
+                print("voxels equal to nnU-Net's label map: " + ", ".join(f"{n} {s:.5f}" for n, s in shares.items()))
 
 
 if __name__ == "__main__":
