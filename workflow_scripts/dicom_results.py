@@ -1,12 +1,13 @@
 """DICOM results for a new case that came as a DICOM series: a Segmentation (SEG) of its refined label map on the
-source series, for PACS, OHIF, 3D Slicer and planning systems.
+source series, for PACS, OHIF, 3D Slicer and planning systems; as options an RT structure set of the same map and
+a TID 1500 measurement report of its lesions (the burden table's rows), referencing the SEG's segments.
 
 The SEG's frames are the source slices that hold a lesion, each referencing its slice (SOP Instance UID) and
 placed at that slice's position: the label map's k-th slice is the k-th source slice along the slice normal, as
 the conversion stacked them (``dicom.convert_series_folder``). A slice missing from the source has no frame in
 the SEG, as it has no image. Patient and study attributes come from the source as the standard requires (the
 Patient and General Study modules); nothing else of the source is copied (not its equipment or institution).
-The DICOM writing is highdicom's.
+The SEG and the report are highdicom's; the RT structure set is written with pydicom.
 """
 from __future__ import annotations
 
