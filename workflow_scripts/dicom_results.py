@@ -55,6 +55,13 @@ def segment_codes(settings: dict) -> dict[str, dict]:
 
 
 
+def coded_concept(code: dict):
+    """A code of the config or of TotalSegmentator's mapping ({code, scheme, meaning}) as pydicom's Code."""
+    from pydicom.sr.coding import Code
+
+    return Code(code["code"], code["scheme"], code["meaning"])
+
+
 def lesion_labels(case: str, source: list, labels: np.ndarray, settings: dict) -> tuple[list[str], list[int]]:
     """The lesion labels' names and values, once ``labels`` is known to lie on ``source`` and hold only them."""
     expected = (len(source), int(source[0].Rows), int(source[0].Columns))
@@ -75,7 +82,6 @@ def write_segmentation(case: str, source: list, labels: np.ndarray, settings: di
     written dataset, which a measurement report references)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.sr.coding import Code
 
     from workflow_scripts.io import atomic_path
 
@@ -84,14 +90,11 @@ def write_segmentation(case: str, source: list, labels: np.ndarray, settings: di
     algorithm = hd.AlgorithmIdentificationSequence(name=card["name"], version=card["version"],
                                                    family=codes.cid7162.ArtificialIntelligence)
 
-    def coded(code: dict) -> Code:
-        return Code(code["code"], code["scheme"], code["meaning"])
-
     codes_of = segment_codes(settings)
     descriptions = [
         hd.seg.SegmentDescription(segment_number=number, segment_label=name,
-                                  segmented_property_category=coded(codes_of[name]["category"]),
-                                  segmented_property_type=coded(codes_of[name]["type"]),
+                                  segmented_property_category=coded_concept(codes_of[name]["category"]),
+                                  segmented_property_type=coded_concept(codes_of[name]["type"]),
                                   algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                                   algorithm_identification=algorithm)
         for number, name in enumerate(names, 1)]
@@ -248,9 +251,6 @@ def write_measurement_report(case: str, source: list, segmentation, lesions: lis
 
     from workflow_scripts.io import atomic_path
 
-    def coded(code: dict) -> Code:
-        return Code(code["code"], code["scheme"], code["meaning"])
-
     card = settings["model_card"]
     names = list(settings["labels"])[1:]
     codes_of = segment_codes(settings)
@@ -258,12 +258,12 @@ def write_measurement_report(case: str, source: list, segmentation, lesions: lis
     algorithm = hd.sr.AlgorithmIdentification(name=card["name"], version=card["version"])
     series = hd.sr.SourceSeriesForSegmentation(source[0].SeriesInstanceUID)
     def group(name: str, identifier: str, volume_ml: float, site=None):
-        finding_sites = [hd.sr.FindingSite(coded(site[0]), laterality=coded(site[1]) if site[1] else None)] if site else None
+        finding_sites = [hd.sr.FindingSite(coded_concept(site[0]), laterality=coded_concept(site[1]) if site[1] else None)] if site else None
         return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=identifier),
             referenced_segment=hd.sr.ReferencedSegment(segmentation.SOPClassUID, segmentation.SOPInstanceUID,
                                                        names.index(name) + 1, source_series=series),
-            finding_type=coded(codes_of[name]["type"]), algorithm_id=algorithm, finding_sites=finding_sites,
+            finding_type=coded_concept(codes_of[name]["type"]), algorithm_id=algorithm, finding_sites=finding_sites,
             measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=volume_ml,
                                             unit=Code("ml", "UCUM", "milliliter"), algorithm_id=algorithm)])
 
