@@ -1,10 +1,12 @@
 """What the workflow-level tests share: Snakemake run on this checkout, the toy config and the profiles, and a
 folder name as users have them."""
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -39,6 +41,24 @@ def run(args, cwd, timeout=3000, check=True):
 def snakemake(workdir, *args, check=True, timeout=3000):
     return run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                 *map(str, args)], cwd=workdir, check=check, timeout=timeout)
+
+
+def dry_run_each(workdir, rules, *args, processes=2) -> dict:
+    """``snakemake <args> -n --until <rule>`` in ``workdir`` for each rule (tests/dry_runs.py), the rules shared
+    among ``processes`` Python processes (one per core): {rule: {"returncode", "output"}}."""
+    common = ["-s", str(REPO / "Snakefile"), "--directory", str(workdir), *map(str, args)]
+    shares = [share for share in (rules[i::processes] for i in range(processes)) if share]
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        outs = [Path(folder) / f"{i}.json" for i in range(len(shares))]
+        started = [subprocess.Popen([sys.executable, str(Path(__file__).parent / "dry_runs.py"), str(out), *share,
+                                     "--", *common], cwd=workdir, env=tool_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True) for out, share in zip(outs, shares)]
+        for process, out in zip(started, outs):
+            output, _ = process.communicate(timeout=1200)
+            assert process.returncode == 0, output[-4000:]
+            results.update(json.loads(out.read_text()))
+    return results
 
 
 def job_count(dry_run_output, rule):

@@ -170,6 +170,19 @@ def reseed_each_epoch(trainer, reseed) -> None:
     trainer.on_train_epoch_start = on_train_epoch_start
 
 
+def plot_progress_every(trainer, every: int) -> None:
+    """nnU-Net redraws progress.png as each epoch ends, a large figure costing about 1.3 s of CPU on a short
+    toy epoch; draw it after every ``every``-th epoch and after the last one only."""
+    plot = trainer.logger.plot_progress_png
+
+    def plot_some(output_folder: str) -> None:
+        done = trainer.current_epoch + 1  # on_epoch_end plots before it counts the epoch
+        if done % every == 0 or done >= trainer.num_epochs:
+            plot(output_folder)
+
+    trainer.logger.plot_progress_png = plot_some
+
+
 def make_checkpoints_atomic(trainer) -> None:
     """nnU-Net saves with torch.save straight to the final name; a kill mid-write would leave a broken
     checkpoint_latest.pth for the next run to resume from. Write to a temporary name and rename instead."""

@@ -8,8 +8,8 @@ import pandas as pd
 from workflow_scripts.io import copy_file, pyplot, write_figure, write_json, write_table
 from workflow_scripts.nnunet_seam import (CONFIGURATION, OutOfDeviceMemory, encoded_validation_probabilities,
                                           find_trainer_class, in_process_validation_pools, make_checkpoints_atomic,
-                                          out_of_device_memory, reseed_each_epoch, resolve_device,
-                                          tile_batched_validation, tiles_per_pass, training_log)
+                                          out_of_device_memory, plot_progress_every, reseed_each_epoch,
+                                          resolve_device, tile_batched_validation, tiles_per_pass, training_log)
 
 # Trainer attributes the config may set (the toy config shortens training; the real config keeps defaults).
 # probabilistic_oversampling: each patch centred on a foreground voxel with probability
@@ -120,11 +120,12 @@ def seed_training(seed: int | None, fold: int, epoch: int) -> int | None:
 def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int, settings: dict,
                device: str, summary_out: Path, curves_out: Path | None = None,
                progress_out: Path | None = None, seed: int | None = None, *, validation: dict,
-               probability_encoding: str, tile_batch_divisor: int) -> dict:
+               probability_encoding: str, tile_batch_divisor: int, progress_plot_every: int) -> dict:
     """Train one fold and export its validation probabilities; resumes from checkpoint_latest.pth if present.
     ``validation``: ``tile_step_size`` and ``use_mirroring`` of the validation (the prediction settings');
     ``tile_batch_divisor``: its tiles per network pass are the training batch size divided by this (a retry after
     running out of GPU memory halves them).
+    ``progress_plot_every``: nnU-Net's progress.png is drawn after every n-th epoch and the last.
     ``seed``: see ``seed_training`` (``None``: unseeded). ``probability_encoding``: how nnU-Net's validation
     ``.npz`` files hold the probabilities (``io.encode_probabilities``).
 
@@ -138,6 +139,7 @@ def train_fold(dataset: str, plans_identifier: str, trainer_name: str, fold: int
     folder = Path(trainer.output_folder)
     final, latest = folder / "checkpoint_final.pth", folder / "checkpoint_latest.pth"
     make_checkpoints_atomic(trainer)
+    plot_progress_every(trainer, progress_plot_every)
 
     resumed_from, derived_seed = None, None
     if final.exists():
@@ -214,7 +216,8 @@ def train_fold_entry(argv=None) -> None:
                              configuration["training_seed"],
                              validation={k: prediction[k] for k in ("tile_step_size", "use_mirroring")},
                              probability_encoding=prediction["probability_encoding"],
-                             tile_batch_divisor=args.tile_batch_divisor)
+                             tile_batch_divisor=args.tile_batch_divisor,
+                             progress_plot_every=configuration["progress_plot_every"])
     except OutOfDeviceMemory as err:
         raise SystemExit(f"error: {err}")
     print(f"fold {args.fold}: {summary['epochs']} epochs, resumed from {summary['resumed_from']}")

@@ -7,7 +7,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from workflow_helpers import (ODD_NAME, PROFILES, REPO, TOY_CONFIG, job_count, list_rules, odd_folder_study, run,
-                              snakemake)
+from workflow_helpers import (ODD_NAME, PROFILES, REPO, TOY_CONFIG, dry_run_each, job_count, list_rules,
+                              odd_folder_study, run, snakemake)
 
 pytestmark = pytest.mark.dag
 
@@ -56,13 +55,10 @@ def test_dry_run_default_target_and_every_rule(toy_workdir, profile):
     # segment_anatomy: precomputed maps here (next test); crop_case: crop is off here (test_crop_option_...)
     planned = [rule for rule in rules if rule not in ("all", "segment_anatomy", "export_bundle", "crop_case")]
 
-    def dry_run_until(rule):
-        return snakemake(toy_workdir, "-n", "--profile", PROFILES[profile], "--configfile", TOY_CONFIG,
-                         "--until", rule).stdout
-
-    with ThreadPoolExecutor(max_workers=2) as pool:  # one Snakemake process per core
-        for rule, stdout in zip(planned, pool.map(dry_run_until, planned)):
-            assert job_count(stdout, rule) > 0, f"--until {rule} plans no {rule} job:\n{stdout[-2000:]}"
+    for rule, result in dry_run_each(toy_workdir, planned, "--profile", PROFILES[profile],
+                                     "--configfile", TOY_CONFIG).items():
+        assert result["returncode"] == 0, f"--until {rule} failed:\n{result['output'][-3000:]}"
+        assert job_count(result["output"], rule) > 0, f"--until {rule} plans no {rule} job:\n{result['output'][-2000:]}"
 
 
 def job_blocks(dry_run_output):

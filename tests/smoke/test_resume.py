@@ -82,6 +82,9 @@ def test_killed_training_resumes_to_uninterrupted_weights_another_seed_differs_u
     checkpoint_epoch = int(run([sys.executable, "-c", "import sys, torch; print(torch.load(sys.argv[1], "
                                 "weights_only=False)['current_epoch'])", str(latest)], cwd=tmp_path).stdout)
     assert 1 <= checkpoint_epoch < EPOCHS
+    # progress_plot_every (the toy's: every 4th epoch, and the last): no progress.png after the checkpointed epochs,
+    # where nnU-Net draws one as each epoch ends.
+    assert CONFIGURATION["progress_plot_every"] == EPOCHS and not (tmp_path / FOLD / "progress.png").exists()
 
     # Where the stopped study is, read from nnU-Net's log and Snakemake's state (the lock left behind is ignored).
     run([sys.executable, "-m", "workflow_scripts", "progress", "--study", tmp_path, "--configfile", config_path,
@@ -104,6 +107,7 @@ def test_killed_training_resumes_to_uninterrupted_weights_another_seed_differs_u
     assert summary["resumed_from"] == f"epoch {checkpoint_epoch}"
     assert summary["settings"]["num_iterations_per_epoch"] == ITERATIONS
     assert summary["epochs"] == EPOCHS and (tmp_path / FOLD / "checkpoint_final.pth").exists()
+    assert (tmp_path / FOLD / "progress.png").exists()  # drawn after the last epoch
     # The epoch counter continues: nnU-Net's history holds every epoch once, from both runs.
     curves = (tmp_path / TARGET.replace(".json", "_curves.tsv")).read_text().splitlines()
     assert [line.split("\t")[0] for line in curves[1:]] == [str(e) for e in range(EPOCHS)]

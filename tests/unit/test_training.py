@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow_scripts.nnunet_seam import make_checkpoints_atomic
+from workflow_scripts.nnunet_seam import make_checkpoints_atomic, plot_progress_every
 from workflow_scripts.training import TRAINER_SETTINGS, training_curves
 
 pytestmark = pytest.mark.unit
@@ -216,3 +216,22 @@ def test_seeded_runs_draw_the_same_numbers_and_fold_epoch_or_seed_change_them():
     three()
     assert seed_training(None, 1, 0) is None
     assert three() == second != first[1]
+
+
+@pytest.mark.parametrize("every, epochs, plotted", [(1, 4, [0, 1, 2, 3]), (4, 4, [3]), (3, 10, [2, 5, 8, 9])])
+def test_progress_plot_is_drawn_every_nth_epoch_and_after_the_last(every, epochs, plotted):
+    import inspect
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    # Where nnU-Net draws it: once per epoch, in on_epoch_end, before the epoch counter moves on.
+    source = inspect.getsource(nnUNetTrainer.on_epoch_end)
+    assert source.index("self.logger.plot_progress_png(self.output_folder)") < source.index("self.current_epoch += 1")
+    drawn = []
+    trainer = SimpleNamespace(current_epoch=0, num_epochs=epochs, logger=SimpleNamespace(
+        plot_progress_png=lambda folder: drawn.append((trainer.current_epoch, folder))))
+    plot_progress_every(trainer, every)
+    for epoch in range(epochs):  # what on_epoch_end does each epoch
+        trainer.current_epoch = epoch
+        trainer.logger.plot_progress_png("fold_0")
+    assert drawn == [(epoch, "fold_0") for epoch in plotted]
