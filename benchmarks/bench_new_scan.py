@@ -13,6 +13,7 @@ in its own process, so that its peak RSS is its own:
 - **ours**: ``predict_new_cases`` as the ``predict_test`` rule runs it with the template's ``prediction`` settings:
   the three configurations and the template's ensemble (two members, the metastasis-only model fused into the
   metastasis class), label maps written per configuration and for the ensemble;
+- **ours-torch**: the same with ``input_resampling`` and ``export_resampling`` set to ``torch``;
 - **nnU-Net**: ``nnUNetPredictor.predict_from_files`` per configuration with the same stub (probabilities saved,
   as its ensembling needs them; one preprocessing and one export worker, as 2 cores allow), then
   ``nnUNetv2_ensemble``'s ``ensemble_folders`` over the two multiclass configurations (nnU-Net's ensembling
@@ -183,7 +184,9 @@ def run_floor(scan: Path, out: Path) -> dict:
     return steps
 
 
-def run_ours(scan: Path, out: Path, threads: int, patch_scale: float) -> dict:
+def run_ours(scan: Path, out: Path, threads: int, patch_scale: float, resampling: str = "template") -> dict:
+    """``resampling``: ``template`` (the template's settings: nnU-Net's resampling both ways) or ``torch``
+    (``input_resampling`` and ``export_resampling`` torch)."""
     from workflow_scripts import ensemble, prediction
     from workflow_scripts.nnunet_seam import configure_nnunet
 
@@ -192,9 +195,11 @@ def run_ours(scan: Path, out: Path, threads: int, patch_scale: float) -> dict:
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
     settings = {**prediction_settings(), "use_mirroring": False, "save_probabilities": False}
+    if resampling == "torch":
+        settings.update(input_resampling="torch", export_resampling="torch")
     names = list(CONFIGURATIONS)
     prediction.make_predictor = lambda folder, folds, device, settings, threads, tensors_only=False: (
-        prediction.with_export_settings(stub_predictor(prediction.unloaded_predictor(device, settings), folder,
+        prediction.with_resampling_settings(stub_predictor(prediction.unloaded_predictor(device, settings), folder,
                                                        names.index(folder), patch_scale), settings, threads))
     steps = Steps()
     steps.wrap(DefaultPreprocessor, "run_case_npy", "preprocess (resample to the plans' spacing, normalise)")
@@ -240,7 +245,12 @@ def run_nnunet(scan: Path, out: Path, threads: int, patch_scale: float) -> dict:
     return steps
 
 
-PATHS = {"floor": run_floor, "ours": run_ours, "nnunet": run_nnunet}
+def run_ours_torch(scan: Path, out: Path, threads: int, patch_scale: float) -> dict:
+    return run_ours(scan, out, threads, patch_scale, resampling="torch")
+
+
+PATHS = {"floor": run_floor, "ours": run_ours, "ours-torch": run_ours_torch, "nnunet": run_nnunet}
+OURS = ("ours", "ours-torch")
 
 
 def one_path(path: str, scan: Path, out: Path, threads: int, patch_scale: float) -> None:
@@ -312,7 +322,7 @@ def main() -> None:
     parser.add_argument("--patch-scale", type=float, default=1.0, help="patch sizes times this (smoke mode)")
     parser.add_argument("--scans", nargs="+", choices=["phantom", "example CT"], default=["phantom", "example CT"])
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
-                        help="the paths to run (default: all; the ratios need all three)")
+                        help="the paths to run (default: all; the ratios need the floor and nnU-Net's)")
     parser.add_argument("--work", type=Path, help="keep the scans and outputs here (default: a temporary folder)")
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)  # one path, in its own process
     parser.add_argument("--scan", type=Path, help=argparse.SUPPRESS)
@@ -346,11 +356,14 @@ def main() -> None:
                       f"(worker processes {results[path]['workers_peak_mb']:.0f} MB)")
                 for step, (seconds, peak) in results[path]["steps"].items():
                     print(f"  {step:60s} {seconds:8.1f} s  peak RSS {peak:8.0f} MB")
-            if set(results) == set(PATHS):
-                floor, ours, nnunet = (results[p]["seconds"] for p in ("floor", "ours", "nnunet"))
-                print(f"\nratio ours / floor {ours / floor:.1f}; nnU-Net / ours {nnunet / ours:.2f}")
-                shares = agreement(work / label.replace(" ", "_") / "ours", work / label.replace(" ", "_") / "nnunet")
-                print("voxels equal to nnU-Net's label map: " + ", ".join(f"{n} {s:.5f}" for n, s in shares.items()))
+            for ours in [p for p in OURS if p in results]:
+                if not {"floor", "nnunet"} <= set(results):
+                    break
+                seconds = results[ours]["seconds"]
+                print(f"\n{ours}: ratio to the floor {seconds / results['floor']['seconds']:.1f}; nnU-Net / {ours} "
+                      f"{results['nnunet']['seconds'] / seconds:.2f}")
+                shares = agreement(work / label.replace(" ", "_") / ours, work / label.replace(" ", "_") / "nnunet")
+                print("  voxels equal to nnU-Net's label map: " + ", ".join(f"{n} {s:.5f}" for n, s in shares.items()))
 
 
 if __name__ == "__main__":

@@ -378,14 +378,18 @@ def tile_batch_predictor_class():
     return TileBatchPredictor
 
 
-def use_torch_export_resampling(predictor, threads: int, device) -> None:
-    """Resample a loaded predictor's logits back to the image grid with nnU-Net's torch resampling on ``device``
-    instead of the plans' function (``prediction.export_resampling: torch``)."""
+def use_torch_resampling(predictor, step: str, threads: int, device) -> None:
+    """A loaded predictor resamples with nnU-Net's torch resampling on ``device`` instead of the plans' function:
+    step ``data``, a scan to the configuration's spacing before the network (``prediction.input_resampling:
+    torch``), ``probabilities``, its logits back to the scan's grid (``prediction.export_resampling: torch``), or
+    ``seg``, the nonzero mask nnU-Net's preprocessing makes as it crops a scan. A prediction without a previous
+    stage (3d_fullres, as here) resamples that mask and drops it: with the plans' per-label resampling, 7 s of
+    a 90 x 379 x 458 scan's preprocessing per configuration, 0.7 s with torch, and nothing read from it changes."""
     manager = predictor.configuration_manager
-    manager.configuration.update(
-        resampling_fn_probabilities="resample_torch_fornnunet",
-        resampling_fn_probabilities_kwargs={"is_seg": False, "num_threads": threads, "device": device})
-    type(manager).resampling_fn_probabilities.fget.cache_clear()  # nnU-Net caches the plans' function
+    manager.configuration.update({f"resampling_fn_{step}": "resample_torch_fornnunet",
+                                  f"resampling_fn_{step}_kwargs": {"is_seg": step == "seg", "num_threads": threads,
+                                                                   "device": device}})
+    getattr(type(manager), f"resampling_fn_{step}").fget.cache_clear()  # nnU-Net caches the plans' function
 
 
 # A checkpoint that holds tensors only, for bundles copied between machines: nnU-Net's .pth checkpoints are pickles,

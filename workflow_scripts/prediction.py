@@ -15,7 +15,7 @@ from workflow_scripts.io import (array_like, as_stored, decode_probabilities, im
                                  write_prediction)
 from workflow_scripts.nnunet_seam import (TENSOR_CHECKPOINT, OutOfDeviceMemory, out_of_device_memory, resolve_device,
                                           tensor_checkpoints_only, tile_batch_predictor_class,
-                                          use_torch_export_resampling)
+                                          use_torch_resampling)
 
 
 def gather_out_of_fold(training_summaries: list[Path], class_label_values: list[int], case: str, image: Path,
@@ -42,8 +42,9 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
     """nnU-Net's predictor for one trained configuration, its folds loaded once, with the ``prediction`` settings:
     ``tile_step_size``, ``use_mirroring``, ``tile_batch_size`` (tiles per network pass; None: the training batch
     size), ``half_precision`` (float16 autocast on a GPU, nnU-Net's own default; false runs float32) and
-    ``export_resampling`` (``nnunet``: the plans' resampling of the logits back to the image grid; ``torch``:
-    nnU-Net's torch resampling, on the prediction device).
+    ``input_resampling`` and ``export_resampling`` (``nnunet``: the plans' resampling of the scan to the
+    configuration's spacing, of the logits back to the scan's grid; ``torch``: nnU-Net's torch resampling, on the
+    prediction device).
 
     ``tensors_only``: the folds hold tensor checkpoints (a bundle's), read without unpickling anything.
 
@@ -57,7 +58,7 @@ def make_predictor(model_folder: Path, folds: list[int], device: str, settings: 
     else:
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                        checkpoint_name="checkpoint_final.pth")
-    return with_export_settings(predictor, settings, threads)
+    return with_resampling_settings(predictor, settings, threads)
 
 
 def unloaded_predictor(device: str, settings: dict):
@@ -72,10 +73,13 @@ def unloaded_predictor(device: str, settings: dict):
     return predictor
 
 
-def with_export_settings(predictor, settings: dict, threads: int):
-    """A loaded predictor with ``export_resampling`` applied."""
-    if settings["export_resampling"] == "torch":
-        use_torch_export_resampling(predictor, threads, predictor.device)
+def with_resampling_settings(predictor, settings: dict, threads: int):
+    """A loaded predictor with ``input_resampling`` and ``export_resampling`` applied, and the nonzero mask
+    that preprocessing resamples and drops resampled with torch (``use_torch_resampling``)."""
+    use_torch_resampling(predictor, "seg", threads, predictor.device)
+    for step, key in (("data", "input_resampling"), ("probabilities", "export_resampling")):
+        if settings[key] == "torch":
+            use_torch_resampling(predictor, step, threads, predictor.device)
     return predictor
 
 

@@ -223,3 +223,46 @@ def test_running_out_of_gpu_memory_names_the_case_and_the_settings_to_change(tmp
     assert message.startswith("CUDA out of memory predicting new (2 tile(s) per network pass)")
     assert "prediction.tile_batch_size" in message and "halves" in message and "compute.resources" in message
     assert out_of_device_memory(RuntimeError("shape mismatch"), "predicting new", 2) is None  # other errors stay
+
+
+@pytest.mark.parametrize("input_resampling, export_resampling", [("nnunet", "nnunet"), ("torch", "nnunet"),
+                                                                 ("nnunet", "torch"), ("torch", "torch")])
+def test_resampling_settings_choose_nnunets_function_per_direction(input_resampling, export_resampling):
+    """Each direction resamples with the plans' function or nnU-Net's torch resampling, as the settings say, and
+    the function nnU-Net cached for the plans is not the one used after the change."""
+    from types import SimpleNamespace
+
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    from workflow_scripts.prediction import with_resampling_settings
+
+    plans = {"architecture": {}, "resampling_fn_data": "resample_data_or_seg_to_shape",
+             "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+             "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+             "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                    "force_separate_z": None},
+             "resampling_fn_seg": "resample_data_or_seg_to_shape",
+             "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None}}
+    manager = ConfigurationManager(plans)
+    assert manager.resampling_fn_data.func.__name__ == "resample_data_or_seg_to_shape"  # cached now
+    assert manager.resampling_fn_probabilities.func.__name__ == "resample_data_or_seg_to_shape"
+    predictor = SimpleNamespace(configuration_manager=manager, device=torch.device("cpu"))
+    with_resampling_settings(predictor, {"input_resampling": input_resampling,
+                                         "export_resampling": export_resampling}, threads=2)
+    expected = {"nnunet": "resample_data_or_seg_to_shape", "torch": "resample_torch_fornnunet"}
+    for function, setting in ((manager.resampling_fn_data, input_resampling),
+                              (manager.resampling_fn_probabilities, export_resampling)):
+        assert function.func.__name__ == expected[setting]
+        if setting == "torch":
+            assert function.keywords == {"is_seg": False, "num_threads": 2, "device": torch.device("cpu")}
+    # The nonzero mask preprocessing resamples and prediction drops: always torch's, as a label map.
+    assert manager.resampling_fn_seg.func.__name__ == "resample_torch_fornnunet"
+    assert manager.resampling_fn_seg.keywords == {"is_seg": True, "num_threads": 2, "device": torch.device("cpu")}
+    mask = np.zeros((1, 8, 12, 12), np.int8)
+    mask[:, :, :2] = -1
+    assert set(np.unique(manager.resampling_fn_seg(mask, (6, 18, 18), (1.0, 0.8, 0.8), (1.33, 0.53, 0.53)))) == {-1, 0}
+    # Either function brings a scan to the same shape: (channels, z, y, x).
+    data = np.random.default_rng(0).random((1, 8, 12, 12), dtype=np.float32)
+    resampled = manager.resampling_fn_data(data, (6, 18, 18), (1.0, 0.8, 0.8), (1.33, 0.53, 0.53))
+    assert np.asarray(resampled).shape == (1, 6, 18, 18)
