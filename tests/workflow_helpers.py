@@ -61,6 +61,27 @@ def dry_run_each(workdir, rules, *args, processes=2) -> dict:
     return results
 
 
+def weights_digest(checkpoint: Path) -> str:
+    """SHA-256 of an nnU-Net checkpoint's network weights (read in a process of its own: torch stays out of the
+    test process)."""
+    script = ("import hashlib, sys, torch; w = torch.load(sys.argv[1], weights_only=False)['network_weights']; "
+              "print(hashlib.sha256(b''.join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest())")
+    return run([sys.executable, "-c", script, str(checkpoint)], cwd=Path(checkpoint).parent).stdout.strip()
+
+
+def validation_probabilities(fold: Path) -> dict:
+    """A trained fold's validation probabilities, {file name: array}."""
+    import numpy as np
+
+    return {p.name: np.load(p)["probabilities"] for p in (Path(fold) / "validation").glob("*.npz")}
+
+
+def same_probabilities(a: dict, b: dict) -> bool:
+    import numpy as np
+
+    return bool(a) and a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+
+
 def job_count(dry_run_output, rule):
     """The count of a rule's jobs in the 'Job stats' table of a dry run (0 when absent)."""
     match = re.search(rf"^{rule}\s+(\d+)\s*$", dry_run_output, re.MULTILINE)

@@ -63,7 +63,7 @@ def test_slurm_jobs_ran_through_slurm_with_gpus_for_gpu_rules(slurm_run):
             assert has_gpu == any(name == f"rule_{rule}" for rule in (*GPU_RULES, "preflight_checks")), (name, record)
     # Aggregations ran on the submit host (localrules), not as cluster jobs.
     for rule in ("qc_report", "qc_gate", "qc_anatomy_report", "make_splits", "summarize_metrics", "summarize_runtime",
-                 "preflight_gate"):
+                 "preflight_gate", "select_ensemble", "nested_ensembles", "select_refinement", "nested_selection"):
         assert f"rule_{rule}" not in jobs
 
 

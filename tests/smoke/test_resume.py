@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import PROFILES, REPO, TOY_CONFIG, run, snakemake
+from workflow_helpers import (PROFILES, REPO, TOY_CONFIG, run, same_probabilities, snakemake,
+                              validation_probabilities, weights_digest)
 
 pytestmark = pytest.mark.smoke  # trains one toy fold three times
 
@@ -25,18 +26,6 @@ EPOCHS = CONFIGURATION["trainer_settings"]["num_epochs"]
 ITERATIONS = 10  # per epoch, instead of the toy's: the kill and the resume need epochs, not learning
 FOLD = (f"results/nnunet/nnUNet_results/Dataset503_metastasis_only/{CONFIGURATION['trainer']}__nnUNetPlans__3d_fullres"
         "/fold_0")
-
-
-WEIGHTS_DIGEST = ("import hashlib, sys, torch; w = torch.load(sys.argv[1], weights_only=False)['network_weights']; "
-                  "print(hashlib.sha256(b''.join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest())")
-
-
-def validation_probabilities(fold: Path) -> dict:
-    return {p.name: np.load(p)["probabilities"] for p in (fold / "validation").glob("*.npz")}
-
-
-def same_probabilities(a, b):
-    return bool(a) and a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
 
 
 def test_killed_training_resumes_to_uninterrupted_weights_another_seed_differs_uint8_revalidates(tmp_path):
@@ -125,13 +114,13 @@ def test_killed_training_resumes_to_uninterrupted_weights_another_seed_differs_u
     # Seeded per epoch (training_seed, the fold, the epoch), the resumed fold is the uninterrupted one: trained
     # again from scratch, it ends with the same weights and the same validation probabilities.
     final = tmp_path / FOLD / "checkpoint_final.pth"
-    resumed = run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip()
+    resumed = weights_digest(final)
     resumed_validation = validation_probabilities(tmp_path / FOLD)
     shutil.rmtree(tmp_path / FOLD)
     snakemake(tmp_path, "--profile", PROFILES["local"], "--configfile", config_path, "--cores", "2", TARGET,
               "--forcerun", "train_fold")
     assert json.loads((tmp_path / TARGET).read_text())["resumed_from"] is None
-    assert run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip() == resumed
+    assert weights_digest(final) == resumed
     assert same_probabilities(validation_probabilities(tmp_path / FOLD), resumed_validation)
 
     # `training_seed`: another seed, from scratch, gives other weights and other validation probabilities (the
@@ -144,7 +133,7 @@ def test_killed_training_resumes_to_uninterrupted_weights_another_seed_differs_u
               "--forcerun", "train_fold")
     summary = json.loads((tmp_path / TARGET).read_text())
     assert summary["training_seed"] == 1 and summary["resumed_from"] is None
-    other = run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip()
+    other = weights_digest(final)
     other_validation = validation_probabilities(tmp_path / FOLD)
     assert other != resumed and not same_probabilities(other_validation, resumed_validation)
 
@@ -156,7 +145,7 @@ def test_killed_training_resumes_to_uninterrupted_weights_another_seed_differs_u
               "--forcerun", "train_fold")
     summary = json.loads((tmp_path / TARGET).read_text())
     assert summary["resumed_from"] == "final" and summary["probability_encoding"] == "uint8"
-    assert run([sys.executable, "-c", WEIGHTS_DIGEST, str(final)], cwd=tmp_path).stdout.strip() == other
+    assert weights_digest(final) == other
     rounded = validation_probabilities(tmp_path / FOLD)
     assert rounded.keys() == other_validation.keys()
     for name, stored in rounded.items():
