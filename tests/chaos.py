@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workflow_helpers import REPO, tool_env
+from workflow_helpers import REPO, TOY_CONFIG, tool_env
 
 CHAOS_RECORD = "chaos.json"
 TRAININGS = "results/nnunet/nnUNet_results/*/*/fold_*"
@@ -103,3 +103,53 @@ def chaos_study(workdir: Path, args: list[str], seed: int, timeout_s: float) -> 
         record = {"seed": seed, "kills": kills, "runs": runs, "missed": missed}
         (workdir / CHAOS_RECORD).write_text(json.dumps(record, indent=1))
         return record
+
+
+@dataclass
+class ResumedFoldTwin:
+    """A fold the chaos study resumed (``fold_dir``), trained again from scratch in a process of its own: the same
+    preprocessed data, settings, seed and threads, never stopped. ``wait()`` returns its folder when it is done."""
+    fold_dir: Path
+    twin_dir: Path
+    summary: Path
+    process: subprocess.Popen
+    log: Path
+
+    def wait(self, timeout_s: float = 900) -> Path:
+        returncode = self.process.wait(timeout=timeout_s)
+        assert returncode == 0, self.log.read_text()[-3000:]
+        return self.twin_dir
+
+
+def start_resumed_fold_twin(workdir: Path, out: Path) -> ResumedFoldTwin | None:
+    """Start training the first fold the chaos study resumed again, in the background, with the ``train-fold``
+    verb in an nnU-Net folder of its own under ``out``; None when no kill caught a fold between checkpoints.
+    The smoke run starts it as the study ends, so it trains on the second core while the tests read the study."""
+    import shutil
+
+    import yaml
+
+    from workflow_scripts.config import validate_config
+    from workflow_scripts.settings import rule_resources, verb_settings
+
+    record = json.loads((workdir / CHAOS_RECORD).read_text())
+    resumed = sorted(fold for kill in record["kills"] for fold in kill["checkpoints"])
+    if not resumed:
+        return None
+    fold_dir = workdir / resumed[0]
+    dataset, fold = fold_dir.parent.parent.name, int(fold_dir.name.split("_")[1])
+    configuration = dataset.split("_", 1)[1]
+    root = out / "nnunet"
+    shutil.copytree(workdir / "results/nnunet/nnUNet_preprocessed" / dataset, root / "nnUNet_preprocessed" / dataset)
+    config = validate_config(yaml.safe_load(TOY_CONFIG.read_text()), base=workdir)
+    command = [str(arg) for arg in [
+        sys.executable, "-m", "workflow_scripts", "train-fold", "--nnunet-root", root,
+        "--threads", rule_resources(config, "train_fold")["threads"],
+        "--plans-summary", workdir / f"results/datasets/{configuration}/plans_summary.json", "--fold", fold,
+        "--settings", json.dumps(verb_settings(config, "train-fold", [configuration])),
+        "--out", out / "fold.json"]]
+    log = out / "train_fold.log"
+    with open(log, "w") as stream:
+        process = subprocess.Popen(command, cwd=out, env=tool_env(), stdout=stream, stderr=subprocess.STDOUT)
+    return ResumedFoldTwin(fold_dir=fold_dir, twin_dir=root / "nnUNet_results" / dataset / fold_dir.parent.name /
+                           fold_dir.name, summary=out / "fold.json", process=process, log=log)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bundle_fixture import trained_configuration
-from chaos import chaos_study
+from chaos import chaos_study, start_resumed_fold_twin
 from workflow_helpers import PROFILES, TOY_CONFIG, run, snakemake
 from workflow_scripts.config import validate_config
 
@@ -118,8 +118,24 @@ def smoke_run(tmp_path_factory, request):
     run([sys.executable, "-m", "workflow_scripts", "make-toy-data", "--out", "resources/toy"], cwd=workdir)
     chaos_study(workdir, ["--profile", PROFILES["local"], "--configfile", TOY_CONFIG, "--cores", "2"],
                 seed=CHAOS_SEED, timeout_s=3000)
+    # The resumed fold's uninterrupted twin trains in the background while the tests read the study: they mostly
+    # leave the second core idle.
+    request.config.stash[RESUMED_FOLD_TWIN] = start_resumed_fold_twin(workdir, tmp_path_factory.mktemp("twin"))
     snakemake(workdir, "--configfile", TOY_CONFIG, "--report", "report.html", timeout=600)
     return workdir
+
+
+RESUMED_FOLD_TWIN = pytest.StashKey[object]()
+
+
+@pytest.fixture(scope="session")
+def resumed_fold_twin(smoke_run, request):
+    """The chaos study's first resumed fold trained again without a stop (tests/chaos.py), started by smoke_run;
+    None when no kill caught a fold between checkpoints."""
+    twin = request.config.stash[RESUMED_FOLD_TWIN]
+    yield twin
+    if twin is not None and twin.process.poll() is None:
+        twin.process.kill()
 
 
 @pytest.fixture

@@ -220,38 +220,6 @@ def test_the_study_killed_at_seeded_moments_lost_nothing(smoke_run):
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
-def test_a_fold_the_chaos_run_resumed_equals_its_uninterrupted_training(smoke_run, tmp_path):
-    """The chaos run's training kill caught a fold between its checkpoints, and the fold went on from its latest
-    one. Trained again from scratch and never stopped (the same preprocessed data, settings, seed and threads), it
-    ends with the same weights and writes the same validation probabilities: every file downstream of the fold is
-    what the uninterrupted study writes."""
-    from workflow_scripts.config import validate_config
-    from workflow_scripts.settings import rule_resources, verb_settings
-
-    record = json.loads((smoke_run / "chaos.json").read_text())
-    resumed = sorted(fold for kill in record["kills"] for fold in kill["checkpoints"])
-    assert resumed, record["kills"]
-    fold_dir = smoke_run / resumed[0]
-    dataset, fold = fold_dir.parent.parent.name, int(fold_dir.name.split("_")[1])
-    configuration = dataset.split("_", 1)[1]
-    chaos_summary = json.loads((smoke_run / f"results/training/{configuration}/fold_{fold}.json").read_text())
-    assert chaos_summary["resumed_from"].startswith("epoch "), chaos_summary
-
-    root = tmp_path / "nnunet"
-    shutil.copytree(smoke_run / "results/nnunet/nnUNet_preprocessed" / dataset, root / "nnUNet_preprocessed" / dataset)
-    config = validate_config(yaml.safe_load(TOY_CONFIG.read_text()), base=smoke_run)
-    run([str(arg) for arg in [
-        sys.executable, "-m", "workflow_scripts", "train-fold", "--nnunet-root", root,
-        "--threads", rule_resources(config, "train_fold")["threads"],
-        "--plans-summary", smoke_run / f"results/datasets/{configuration}/plans_summary.json", "--fold", fold,
-        "--settings", json.dumps(verb_settings(config, "train-fold", [configuration])),
-        "--out", tmp_path / "fold.json"]], cwd=tmp_path)
-    twin = root / "nnUNet_results" / dataset / fold_dir.parent.name / fold_dir.name
-    assert json.loads((tmp_path / "fold.json").read_text())["resumed_from"] is None
-    assert weights_digest(twin / "checkpoint_final.pth") == weights_digest(fold_dir / "checkpoint_final.pth")
-    assert same_probabilities(validation_probabilities(twin), validation_probabilities(fold_dir))
-
-
 def preprocessed_spacing(results, dataset, case):
     """Spacing of a preprocessed case: its physical extent before resampling over its voxels after."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -822,3 +790,19 @@ def test_plain_nnunet_predict_works_on_the_results(smoke_run, tmp_path):
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(smoke_run / "results/predictions/test/resenc_multiclass/toy_100.nii.gz")))
     assert (theirs == ours).mean() > 0.999
     assert (theirs == 1).sum() > 0
+
+
+def test_a_fold_the_chaos_run_resumed_equals_its_uninterrupted_training(smoke_run, resumed_fold_twin):
+    """The chaos run's training kill caught a fold between its checkpoints, and the fold went on from its latest
+    one. Trained again from scratch and never stopped (the same preprocessed data, settings, seed and threads), it
+    ends with the same weights and writes the same validation probabilities: every file downstream of the fold is
+    what the uninterrupted study writes. Last in this file: the twin trains in the background meanwhile."""
+    assert resumed_fold_twin is not None, json.loads((smoke_run / "chaos.json").read_text())["kills"]
+    fold_dir = resumed_fold_twin.fold_dir
+    configuration, fold = fold_dir.parent.parent.name.split("_", 1)[1], fold_dir.name.split("_")[1]
+    chaos_summary = json.loads((smoke_run / f"results/training/{configuration}/fold_{fold}.json").read_text())
+    assert chaos_summary["resumed_from"].startswith("epoch "), chaos_summary
+    twin = resumed_fold_twin.wait()
+    assert json.loads(resumed_fold_twin.summary.read_text())["resumed_from"] is None
+    assert weights_digest(twin / "checkpoint_final.pth") == weights_digest(fold_dir / "checkpoint_final.pth")
+    assert same_probabilities(validation_probabilities(twin), validation_probabilities(fold_dir))
