@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -255,7 +256,8 @@ OURS = ("ours", "ours-torch")
 
 def one_path(path: str, scan: Path, out: Path, threads: int, patch_scale: float) -> None:
     """Runs in a process of its own; prints its steps and peak RSS (its own and its worker processes') as JSON."""
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # this path's folder of an earlier run in the same --work
+    out.mkdir(parents=True)
     peak_reset()  # ru_maxrss would count the parent's memory at the fork
     start = time.perf_counter()
     kwargs = {} if path == "floor" else {"threads": threads, "patch_scale": patch_scale}

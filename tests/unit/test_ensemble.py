@@ -45,6 +45,27 @@ def test_fusion_replaces_one_class_and_keeps_a_distribution(strategy):
     np.testing.assert_allclose(fused[0] / fused[1], full[0] / full[1], rtol=1e-4)
 
 
+@pytest.mark.parametrize("slab", [1, 3, 64])
+def test_fusion_by_slabs_gives_the_whole_map_formula_bit_for_bit(slab):
+    """The fusion runs slab by slab of the first spatial axis (temporaries of a slab, not of a scan): each voxel's
+    value is the whole-map formula's exactly, with slabs that divide the axis, do not, or exceed it."""
+    rng = np.random.default_rng(4)
+    full, partial = random_probabilities(rng, 3), random_probabilities(rng, 2)
+    full[:, 0, 0, 0] = [0.0, 0.0, 1.0]  # a voxel where the ensemble was certain of the class
+    old, other = full[2], partial[1]
+    new = (old + other) / 2.0
+    rest = 1.0 - old
+    scale = np.divide(1.0 - new, rest, out=np.zeros_like(rest), where=rest > 1e-6)
+    expected = full * scale[None]
+    expected[2] = new
+    expected[0][rest <= 1e-6] += 1.0 - new[rest <= 1e-6]
+    fused = fuse_class(full.copy(), [0, 1, 2], partial, [0, 2], into=2, strategy="mean", slab=slab)
+    assert fused.dtype == expected.dtype and np.array_equal(fused, expected)
+    in_place = full.copy()
+    assert fuse_class(in_place, [0, 1, 2], partial, [0, 2], 2, "mean", in_place=True, slab=slab) is in_place
+    assert np.array_equal(in_place, expected)
+
+
 def test_fusion_where_the_ensemble_was_certain():
     full = np.zeros((3, 1, 1, 2), dtype=np.float32)
     full[2] = 1.0
