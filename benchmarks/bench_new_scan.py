@@ -358,9 +358,8 @@ def main() -> None:
                       f"(worker processes {results[path]['workers_peak_mb']:.0f} MB)")
                 for step, (seconds, peak) in results[path]["steps"].items():
                     print(f"  {step:60s} {seconds:8.1f} s  peak RSS {peak:8.0f} MB")
-            for ours in [p for p in OURS if p in results]:
-                if not {"floor", "nnunet"} <= set(results):
-                    break
+            compared = [p for p in OURS if p in results] if {"floor", "nnunet"} <= set(results) else []
+            for ours in compared:
                 seconds = results[ours]["seconds"]
                 print(f"\n{ours}: ratio to the floor {seconds / results['floor']['seconds']:.1f}; nnU-Net / {ours} "
                       f"{results['nnunet']['seconds'] / seconds:.2f}")

@@ -109,6 +109,8 @@ def chaos_study(workdir: Path, args: list[str], seed: int, timeout_s: float) -> 
 class ResumedFoldTwin:
     """A fold the chaos study resumed (``fold_dir``), trained again from scratch in a process of its own: the same
     preprocessed data, settings, seed and threads, never stopped. ``wait()`` returns its folder when it is done."""
+    configuration: str
+    fold: int
     fold_dir: Path
     twin_dir: Path
     summary: Path
@@ -151,5 +153,6 @@ def start_resumed_fold_twin(workdir: Path, out: Path) -> ResumedFoldTwin | None:
     log = out / "train_fold.log"
     with open(log, "w") as stream:
         process = subprocess.Popen(command, cwd=out, env=tool_env(), stdout=stream, stderr=subprocess.STDOUT)
-    return ResumedFoldTwin(fold_dir=fold_dir, twin_dir=root / "nnUNet_results" / dataset / fold_dir.parent.name /
-                           fold_dir.name, summary=out / "fold.json", process=process, log=log)
+    twin_dir = root / "nnUNet_results" / dataset / fold_dir.parent.name / fold_dir.name
+    return ResumedFoldTwin(configuration=configuration, fold=fold, fold_dir=fold_dir, twin_dir=twin_dir,
+                           summary=out / "fold.json", process=process, log=log)

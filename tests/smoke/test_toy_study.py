@@ -799,8 +799,8 @@ def test_a_fold_the_chaos_run_resumed_equals_its_uninterrupted_training(smoke_ru
     what the uninterrupted study writes. Last in this file: the twin trains in the background meanwhile."""
     assert resumed_fold_twin is not None, json.loads((smoke_run / "chaos.json").read_text())["kills"]
     fold_dir = resumed_fold_twin.fold_dir
-    configuration, fold = fold_dir.parent.parent.name.split("_", 1)[1], fold_dir.name.split("_")[1]
-    chaos_summary = json.loads((smoke_run / f"results/training/{configuration}/fold_{fold}.json").read_text())
+    chaos_summary = json.loads((smoke_run / f"results/training/{resumed_fold_twin.configuration}/"
+                                f"fold_{resumed_fold_twin.fold}.json").read_text())
     assert chaos_summary["resumed_from"].startswith("epoch "), chaos_summary
     twin = resumed_fold_twin.wait()
     assert json.loads(resumed_fold_twin.summary.read_text())["resumed_from"] is None
