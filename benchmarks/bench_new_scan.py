@@ -188,7 +188,7 @@ def run_floor(scan: Path, out: Path) -> dict:
 def run_ours(scan: Path, out: Path, threads: int, patch_scale: float, resampling: str = "template") -> dict:
     """``resampling``: ``template`` (the template's settings: nnU-Net's resampling both ways) or ``torch``
     (``input_resampling`` and ``export_resampling`` torch)."""
-    from workflow_scripts import ensemble, prediction
+    from workflow_scripts import ensemble, nnunet_seam, prediction
     from workflow_scripts.nnunet_seam import configure_nnunet
 
     configure_nnunet(out / "nnunet", threads)
@@ -206,6 +206,7 @@ def run_ours(scan: Path, out: Path, threads: int, patch_scale: float, resampling
     steps.wrap(DefaultPreprocessor, "run_case_npy", "preprocess (resample to the plans' spacing, normalise)")
     steps.wrap(raw.nnUNetPredictor, "predict_logits_from_preprocessed_data", "sliding window (stub network)")
     steps.wrap(raw, "convert_predicted_logits_to_segmentation_with_correct_shape", "export (resample back)")
+    steps.wrap(nnunet_seam, "export_probabilities", "export (resample back)")
     steps.wrap(ensemble, "accumulate_members", "ensemble (weighted mean, fusion)")
     steps.wrap(ensemble, "fuse_class", "ensemble (weighted mean, fusion)")
     steps.wrap(prediction, "write_prediction", "argmax and write label maps")

@@ -184,10 +184,16 @@ def decode_probabilities(stored: np.ndarray) -> np.ndarray:
     return stored.astype(np.float32)
 
 
-def as_stored(probabilities: np.ndarray, encoding: str) -> np.ndarray:
-    """float32 probabilities as ``encoding`` stores them and ``read_probabilities`` gives them back: new cases are
-    labelled and ensembled from these, as the out-of-fold and test stages are from their files."""
-    return decode_probabilities(encode_probabilities(probabilities, encoding))
+def as_stored(probabilities: np.ndarray, encoding: str, slab: int = 8) -> np.ndarray:
+    """float32 probabilities rounded in place to what ``encoding`` stores and ``read_probabilities`` gives back:
+    new cases are labelled and ensembled from these, as the out-of-fold and test stages are from their files.
+    ``slab`` planes of the first spatial axis at a time, so no full-size copy is made."""
+    if probabilities.dtype != np.float32:
+        raise ValueError(f"as_stored rounds float32 probabilities in place, not {probabilities.dtype}")
+    for start in range(0, probabilities.shape[1], slab):
+        block = probabilities[:, start:start + slab]
+        block[...] = decode_probabilities(encode_probabilities(block, encoding))
+    return probabilities
 
 
 def write_probabilities(path: str | os.PathLike, probabilities: np.ndarray, labels: list[int],

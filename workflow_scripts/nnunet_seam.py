@@ -338,6 +338,20 @@ def tile_batch_predictor_class():
         def tiles_per_pass(self) -> int:
             return tiles_per_pass(self.tile_batch_size, self.configuration_manager.batch_size, self.tile_batch_divisor)
 
+        def predict_probabilities(self, image, properties: dict):
+            """The probabilities of ``predict_single_npy_array(image, properties, None, None, True)``, the same
+            values, through ``export_probabilities``: no label map, and the preprocessed scan let go before the
+            export."""
+            from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+
+            preprocessed = next(PreprocessAdapterFromNpy([image], [None], [properties], [None], self.plans_manager,
+                                                         self.dataset_json, self.configuration_manager,
+                                                         num_threads_in_multithreaded=1, verbose=self.verbose))
+            data, properties = preprocessed.pop("data"), preprocessed["data_properties"]
+            logits = self.predict_logits_from_preprocessed_data(data).cpu()
+            del data
+            return export_probabilities(logits, self, properties)
+
         def _internal_maybe_mirror_and_predict(self, x):
             if self.device.type == "cuda" and not self.half_precision:
                 with torch.autocast("cuda", enabled=False):  # overrides nnU-Net's autocast around it
@@ -376,6 +390,52 @@ def tile_batch_predictor_class():
                 raise
 
     return TileBatchPredictor
+
+
+def export_probabilities(logits, predictor, properties: dict, chunk: int = 1 << 18):
+    """nnU-Net's export of a configuration's probabilities to the scan's grid (the probabilities of
+    ``convert_predicted_logits_to_segmentation_with_correct_shape`` with ``return_probabilities``), the same values
+    in less memory: the logits are resampled one class at a time into one float32 map, the softmax runs in place
+    ``chunk`` voxels at a time, no label map is made (the workflow labels the ensemble), and the crop is reverted
+    without a copy when nnU-Net cropped nothing. nnU-Net's export holds the resampled logits, their softmax and an
+    int64 argmax at once, then an uncropped copy.
+
+    With the plans' resampling the values are those of nnU-Net's export run on one thread, bit for bit, on any
+    number of threads; with torch's resampling (``export_resampling: torch``) within 1e-6 of them, as its bilinear
+    kernel rounds one class's map otherwise than a stack of all. nnU-Net's own values change in the last bit with
+    its thread count: torch's CPU softmax splits a map between threads and computes each part's last elements
+    otherwise than the rest. For the same reason ``chunk`` must be a multiple of 64, the block it computes alike
+    (``tests/unit/test_prediction.py`` checks all of it)."""
+    if chunk % 64:
+        raise ValueError(f"chunk={chunk} is not a multiple of 64")
+    import torch
+    from nnunetv2.configuration import default_num_processes
+
+    plans, manager, labels = predictor.plans_manager, predictor.configuration_manager, predictor.label_manager
+    if labels.has_regions:
+        raise ValueError("region-based (sigmoid) models are not supported by export_probabilities")
+    scan_spacing = [properties["spacing"][i] for i in plans.transpose_forward]
+    shape = properties["shape_after_cropping_and_before_resampling"]
+    spacing = manager.spacing if len(manager.spacing) == len(shape) else [scan_spacing[0], *manager.spacing]
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(default_num_processes)  # as nnU-Net's export
+    try:
+        probabilities = torch.empty((logits.shape[0], *shape), dtype=torch.float32)
+        for c in range(logits.shape[0]):  # one class's float32 copy at a time, not all of them
+            probabilities[c] = torch.as_tensor(manager.resampling_fn_probabilities(logits[c:c + 1], shape, spacing,
+                                                                                   scan_spacing))[0]
+        flat = probabilities.view(probabilities.shape[0], -1)
+        torch.set_num_threads(1)  # torch's softmax splits a row between threads, and each split rounds its ends
+        for start in range(0, flat.shape[1], chunk):
+            block = flat[:, start:start + chunk]
+            block.copy_(torch.softmax(block, 0))
+    finally:
+        torch.set_num_threads(old_threads)
+    full_shape, box = tuple(properties["shape_before_cropping"]), properties["bbox_used_for_cropping"]
+    probabilities = probabilities.numpy()
+    if tuple(shape) != full_shape:  # background where nnU-Net cropped, as its revert_cropping_on_probabilities
+        probabilities = labels.revert_cropping_on_probabilities(probabilities, box, full_shape)
+    return probabilities.transpose([0] + [i + 1 for i in plans.transpose_backward])
 
 
 def use_torch_resampling(predictor, step: str, threads: int, device) -> None:

@@ -124,10 +124,10 @@ def predict_new_cases(models: dict[str, dict], selection: dict, cases: list[str]
         reference = image_grid(image_path)  # nnU-Net's reader has the voxels
 
         def member(name):
-            _, probabilities = predictors[name].predict_single_npy_array(image, properties, None, None, True)
+            probabilities = predictors[name].predict_probabilities(image, properties)
             # As stored, kept or not: the ensemble and label maps of new cases come from the values the study's
             # out-of-fold and test stages read from their files, so a near tie breaks the same way on both.
-            probabilities = as_stored(np.asarray(probabilities), encoding)
+            probabilities = as_stored(probabilities, encoding)
             if box is not None:
                 probabilities = paste_probabilities(probabilities, box)
             write_prediction(probabilities, models[name]["labels"], reference, out_dir / name, case,

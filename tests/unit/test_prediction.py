@@ -143,6 +143,9 @@ class FixedPredictor:
         indices = np.argmax(self.probabilities, axis=0)
         return (indices, self.probabilities) if return_probabilities else indices
 
+    def predict_probabilities(self, image, properties):
+        return self.probabilities.copy()  # the workflow rounds and accumulates in place
+
 
 @pytest.mark.parametrize("encoding", ["float16", "uint8"])
 @pytest.mark.parametrize("keep", [True, False])
@@ -160,7 +163,7 @@ def test_new_cases_break_near_ties_as_the_stored_stages_do(tmp_path, monkeypatch
     voxels = np.array([near_tie, clear, background, near_tie], np.float32)  # (voxel, class)
     probabilities = voxels.T.reshape(3, *shape)
     assert labels_from_probabilities(probabilities, [0, 1, 2]).ravel().tolist() == [2, 2, 0, 2]  # unrounded
-    stored = as_stored(probabilities, encoding)
+    stored = as_stored(probabilities.copy(), encoding)
     assert stored[1, 0, 0, 0] == stored[2, 0, 0, 0]  # rounding made the near tie exact
     assert labels_from_probabilities(stored, [0, 1, 2]).ravel().tolist() == [1, 2, 0, 1]
     monkeypatch.setattr(prediction, "make_predictor", lambda *args: FixedPredictor(probabilities))
@@ -202,6 +205,8 @@ class OutOfMemoryPredictor(FixedPredictor):
         import torch
 
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    predict_probabilities = predict_single_npy_array
 
     def tiles_per_pass(self):
         return 2
@@ -266,3 +271,69 @@ def test_resampling_settings_choose_nnunets_function_per_direction(input_resampl
     data = np.random.default_rng(0).random((1, 8, 12, 12), dtype=np.float32)
     resampled = manager.resampling_fn_data(data, (6, 18, 18), (1.0, 0.8, 0.8), (1.33, 0.53, 0.53))
     assert np.asarray(resampled).shape == (1, 6, 18, 18)
+
+
+@pytest.mark.parametrize("export_resampling", ["nnunet", "torch"])
+@pytest.mark.parametrize("logits_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("cropped", [True, False])
+def test_the_lean_export_gives_nnunets_probabilities_bit_for_bit(export_resampling, logits_dtype, cropped):
+    """``export_probabilities`` (one class resampled at a time, the softmax in place by chunks, no label map) gives
+    the probabilities of nnU-Net's ``convert_predicted_logits_to_segmentation_with_correct_shape`` on one thread,
+    the same values bit for bit with the plans' resampling (within 1e-6 with torch's), with anisotropic spacings
+    (separate z), odd shapes, a crop to revert or none, and the float16 logits of the sliding window or float32
+    ones."""
+    from types import SimpleNamespace
+
+    import torch
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from workflow_scripts.nnunet_seam import export_probabilities
+    from workflow_scripts.prediction import with_resampling_settings
+
+    resampling = {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}
+    configuration = {"spacing": [2.5, 0.8, 0.8], "architecture": {}, "patch_size": [8, 16, 16], "batch_size": 2,
+                     **{f"resampling_fn_{step}": "resample_data_or_seg_to_shape" for step in
+                        ("data", "seg", "probabilities")},
+                     "resampling_fn_data_kwargs": {**resampling, "order": 3},
+                     "resampling_fn_seg_kwargs": {**resampling, "is_seg": True},
+                     "resampling_fn_probabilities_kwargs": resampling}
+    plans = PlansManager({"dataset_name": "Dataset999_x", "plans_name": "p", "transpose_forward": [0, 1, 2],
+                          "transpose_backward": [0, 1, 2], "original_median_spacing_after_transp": [2.5, 0.8, 0.8],
+                          "configurations": {"3d_fullres": configuration}, "label_manager": "LabelManager",
+                          "image_reader_writer": "SimpleITKIO"})
+    predictor = SimpleNamespace(plans_manager=plans, configuration_manager=plans.get_configuration("3d_fullres"),
+                                label_manager=plans.get_label_manager({"labels": {"background": 0, "a": 1, "b": 2}}),
+                                device=torch.device("cpu"))
+    with_resampling_settings(predictor, {"input_resampling": "nnunet", "export_resampling": export_resampling}, 2)
+    shape = (17, 21, 26)  # the cropped scan's grid at 1 x 0.7 x 0.7 mm
+    full, box = ((20, 25, 26), [[1, 18], [2, 23], [0, 26]]) if cropped else (shape, [[0, 17], [0, 21], [0, 26]])
+    properties = {"spacing": [1.0, 0.7, 0.7], "shape_after_cropping_and_before_resampling": shape,
+                  "shape_before_cropping": full, "bbox_used_for_cropping": box}
+    logits = torch.from_numpy(np.random.default_rng(3).normal(0, 4, (3, 7, 18, 23)).astype(logits_dtype))
+    expected = {threads: convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits.clone(), plans, predictor.configuration_manager, predictor.label_manager, properties,
+        return_probabilities=True, num_threads_torch=threads)[1] for threads in (1, 8)}
+    got = export_probabilities(logits.clone(), predictor, properties, chunk=128)  # many chunks, the last odd
+    assert got.dtype == expected[1].dtype == np.float32 and got.shape == expected[1].shape == (3, *full)
+    if export_resampling == "nnunet":
+        assert np.array_equal(got, expected[1])
+    else:  # torch's bilinear kernel rounds a map of one class otherwise than a stack of three (separate z)
+        np.testing.assert_allclose(got, expected[1], rtol=0, atol=1e-6)
+    # nnU-Net's own values on 8 threads: its softmax may round some voxels' last bit otherwise.
+    np.testing.assert_allclose(got, expected[8], rtol=0, atol=1e-6 if export_resampling == "torch" else 2.0 ** -23)
+    if cropped:  # background outside the crop, as nnU-Net's
+        assert (got[0, 0] == 1).all() and (got[1:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("encoding", ["float16", "uint8"])
+def test_rounding_to_the_stored_values_in_place_equals_a_round_trip_through_the_file_encoding(encoding):
+    from workflow_scripts.io import as_stored, decode_probabilities, encode_probabilities
+
+    probabilities = np.random.default_rng(4).dirichlet([1, 1, 1], (11, 5, 6)).transpose(3, 0, 1, 2)
+    probabilities = probabilities.astype(np.float32)
+    expected = decode_probabilities(encode_probabilities(probabilities, encoding))
+    rounded = as_stored(probabilities, encoding, slab=4)
+    assert rounded is probabilities and np.array_equal(rounded, expected)
+    with pytest.raises(ValueError, match="float32"):
+        as_stored(probabilities.astype(np.float64), encoding)
