@@ -32,7 +32,7 @@ class Moment:
 
 
 def moments(seed: int) -> list[Moment]:
-    """Seven kills: QC, planning, the preflight, training (a fold between its checkpoints), out-of-fold
+    """Eight kills: QC, planning, the preflight, training (a fold between its checkpoints), out-of-fold
     predictions, ensemble scoring, the test set's prediction parts and the tables and pictures at the end."""
     rng = random.Random(seed)
     return [

@@ -197,7 +197,8 @@ def test_the_study_killed_at_seeded_moments_lost_nothing(smoke_run):
     (tests/chaos.py) and recovered each time with `--unlock` and the same command. Every training killed after a
     checkpoint went on from it, nothing temporary or half-written is left, and Snakemake finds nothing to redo.
     The outputs equal the uninterrupted SLURM study's file for file (test_slurm.py) and, where both compute the
-    same thing, byte for byte; a resumed fold's weights equal its uninterrupted training's (test_resume.py)."""
+    same thing, byte for byte; a resumed fold's weights equal its uninterrupted training's (the twin test at the
+    end of this file)."""
     record = json.loads((smoke_run / "chaos.json").read_text())
     stages = [kill["stage"] for kill in record["kills"]]
     assert record["missed"] == [] and len(stages) >= 6 and record["runs"] == len(stages) + 1
