@@ -339,8 +339,8 @@ def tile_batch_predictor_class():
             return tiles_per_pass(self.tile_batch_size, self.configuration_manager.batch_size, self.tile_batch_divisor)
 
         def predict_probabilities(self, image, properties: dict):
-            """The probabilities of ``predict_single_npy_array(image, properties, None, None, True)``, the same
-            values, through ``export_probabilities``: no label map, and the preprocessed scan let go before the
+            """The probabilities ``predict_single_npy_array(image, properties, None, None, True)`` returns, as
+            ``export_probabilities`` makes them (no label map), with the preprocessed scan let go before the
             export."""
             from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 
