@@ -17,12 +17,15 @@ in its own process, so that its peak RSS is its own:
 - **nnU-Net**: ``nnUNetPredictor.predict_from_files`` per configuration with the same stub (probabilities saved,
   as its ensembling needs them; one preprocessing and one export worker, as 2 cores allow), then
   ``nnUNetv2_ensemble``'s ``ensemble_folders`` over the two multiclass configurations (nnU-Net's ensembling
-  averages folders with the same labels; the fusion of a metastasis-only model has no nnU-Net counterpart).
+  averages folders with the same labels; the fusion of a metastasis-only model has no nnU-Net counterpart);
+- **after-ensemble** (the phantom only): the stages after the ensemble as their rules run them, refinement with
+  the template's rules, the tumour burden, the picture and the meshes, on the phantom's own lesion map standing in
+  for the ensemble's and its anatomy map standing in for TotalSegmentator's (nnU-Net has no counterpart).
 
 Printed per path and scan: seconds and peak RSS per step (ours: preprocessing, sliding window, export, ensemble
 and writing, each step's peak from Linux's resettable VmHWM), the path's total, its ratio to the floor and to
-nnU-Net's path, and how many voxels of each configuration's label map equal nnU-Net's. TotalSegmentator and the
-stages after the ensemble (refinement, burden, pictures, meshes) are not in it. Nothing is asserted.
+nnU-Net's path, and how many voxels of each configuration's label map equal nnU-Net's. TotalSegmentator is not in
+it. Nothing is asserted.
 """
 from __future__ import annotations
 
@@ -154,8 +157,8 @@ def stub_predictor(predictor, name: str, index: int, patch_scale: float):
     return predictor
 
 
-def prediction_settings() -> dict:
-    """The template's ``prediction`` settings (config/config.yaml), on a CPU."""
+def template_settings() -> dict:
+    """The template's settings (config/config.yaml), validated."""
     import yaml
 
     from workflow_scripts.config import validate_config
@@ -164,7 +167,12 @@ def prediction_settings() -> dict:
     with tempfile.TemporaryDirectory() as base:
         for key in ("images_tr", "labels_tr", "images_ts"):
             (Path(base) / config["data"][key]).mkdir(parents=True)
-        return validate_config(config, base=base)["prediction"]
+        return validate_config(config, base=base)
+
+
+def prediction_settings() -> dict:
+    """The template's ``prediction`` settings, on a CPU."""
+    return template_settings()["prediction"]
 
 
 def run_floor(scan: Path, out: Path) -> dict:
@@ -251,7 +259,35 @@ def run_ours_torch(scan: Path, out: Path, threads: int, patch_scale: float) -> d
     return run_ours(scan, out, threads, patch_scale, resampling="torch")
 
 
-PATHS = {"floor": run_floor, "ours": run_ours, "ours-torch": run_ours_torch, "nnunet": run_nnunet}
+def run_after_ensemble(scan: Path, out: Path, threads: int, patch_scale: float) -> dict:
+    """The new-scan stages after the ensemble, as their rules run them one case at a time, on the phantom's own
+    lesion map (standing in for the ensemble's) and anatomy map (standing in for TotalSegmentator's): refinement
+    with the template's rules, the tumour burden, the picture and the meshes."""
+    from workflow_scripts import burden, meshes, overlays, refinement
+    from workflow_scripts.anatomy import anatomy_class_ids
+    from workflow_scripts.settings import lesion_classes
+
+    settings = template_settings()
+    classes, task = lesion_classes(settings), settings["anatomy"]["task"]
+    lesions, anatomy = (scan.with_name(f"{scan.name[:-7]}_{kind}.nii.gz") for kind in ("lesions", "anatomy"))
+    steps = Steps()
+    steps.wrap(refinement, "refine_case", "refinement (the template's 5 rules)")
+    steps.wrap(burden, "write_burden", "tumour burden (lesions.tsv, burden.tsv)")
+    steps.wrap(overlays, "plot_case", "picture (three views per class)")
+    steps.wrap(meshes, "write_meshes", "meshes (one STL per class)")
+    refinement.refine_case("scan", lesions, anatomy, scan, settings["refinement"]["rules"], task,
+                           out / "refined" / "scan.nii.gz", out / "removed.tsv")
+    names = {i: name for name, i in anatomy_class_ids(task).items()}
+    burden.write_burden(["scan"], out / "refined", {"scan": anatomy}, classes, names, out / "lesions.tsv",
+                        out / "burden.tsv")
+    overlays.plot_case("scan", scan, out / "refined" / "scan.nii.gz", None, classes, out / "scan.png",
+                       overlays.burden_notes(out / "burden.tsv", "scan", classes))
+    meshes.write_meshes(out / "refined" / "scan.nii.gz", classes, out / "meshes")
+    return steps.rows
+
+
+PATHS = {"floor": run_floor, "ours": run_ours, "ours-torch": run_ours_torch, "nnunet": run_nnunet,
+         "after-ensemble": run_after_ensemble}
 OURS = ("ours", "ours-torch")
 
 
@@ -272,23 +308,19 @@ def one_path(path: str, scan: Path, out: Path, threads: int, patch_scale: float)
 
 
 def make_scans(work: Path, shape: list[int], wanted: list[str]) -> dict[str, Path]:
-    import SimpleITK as sitk
-
     from workflow_scripts.io import write_image
     from workflow_scripts.toy_data import _to_image, make_phantom
 
     scans = {}
     if "phantom" not in wanted:
         return {**scans, **example_scan(work)}
-    phantom = make_phantom(np.random.default_rng(0), shape=tuple(shape), in_plane_mm=(0.8, 0.8))
-    image = _to_image(phantom.image, phantom.spacing)
-    z, y, x = image.GetSize()[::-1]
-    grid = sitk.Image([x, y, z], sitk.sitkInt16)
-    grid.SetSpacing(SPACING_MM[::-1])
-    grid.SetOrigin(image.GetOrigin())
-    grid.SetDirection(image.GetDirection())
+    # The whole phantom (liver, spine, hips and lesions) at the scans' spacing: no resampling.
+    phantom = make_phantom(np.random.default_rng(0), shape=tuple(shape), in_plane_mm=SPACING_MM[1:],
+                           slice_mm=(SPACING_MM[0], SPACING_MM[0]))
     scans["phantom"] = work / "phantom.nii.gz"
-    write_image(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1000, sitk.sitkInt16), scans["phantom"])
+    write_image(_to_image(phantom.image, phantom.spacing), scans["phantom"])
+    for name, labels in (("lesions", phantom.label), ("anatomy", phantom.anatomy)):  # for the after-ensemble path
+        write_image(_to_image(labels, phantom.spacing), work / f"phantom_{name}.nii.gz")
     return {**scans, **(example_scan(work) if "example CT" in wanted else {})}
 
 
@@ -348,6 +380,9 @@ def main() -> None:
             print(f"\n## {label}: {' x '.join(map(str, size))} voxels (z y x) at {SPACING_MM} mm")
             results = {}
             for path in args.paths:
+                if path == "after-ensemble" and not scan.with_name(f"{scan.name[:-7]}_lesions.nii.gz").exists():
+                    print(f"\n{path}: not run (no lesion map to stand in for the ensemble's)")
+                    continue
                 out = work / label.replace(" ", "_") / path
                 command = [sys.executable, "-m", "benchmarks.bench_new_scan", "--path", path, "--scan", str(scan),
                            "--out", str(out), "--threads", str(args.threads), "--patch-scale", str(args.patch_scale)]

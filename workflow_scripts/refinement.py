@@ -41,45 +41,59 @@ def refine(segmentation: np.ndarray, anatomy: np.ndarray | None, image: np.ndarr
     refined = segmentation.copy()
     voxel_mm3 = float(np.prod(spacing_xyz))
     removed = []
+    components_of = {}  # label: its components and their count, until a rule removes some of them
     for rule in rules:
         kind = rule["kind"]
         if kind not in RULE_KINDS:
             raise ValueError(f"unknown refinement rule kind '{kind}'; choose one of {RULE_KINDS}")
-        if kind == "drop_inside":
-            if anatomy is None:
-                raise ValueError(f"rule '{rule['name']}' needs an anatomy map for case {case}")
-            region = np.isin(anatomy, structure_ids(rule["structures"], class_ids))
-        elif kind == "keep_within_span":
-            if anatomy is None:
-                raise ValueError(f"rule '{rule['name']}' needs an anatomy map for case {case}")
-            region = span_region(anatomy, structure_ids(rule["structures"], class_ids), rule["margin_mm"],
-                                 spacing_xyz, cranio_caudal_axis(direction))
-        elif kind == "drop_outside_body":
-            if image is None:
-                raise ValueError(f"rule '{rule['name']}' needs the CT image for case {case}")
-            region = ~body_mask(image, rule["body_hu"])
+        if kind in ANATOMY_KINDS and anatomy is None:
+            raise ValueError(f"rule '{rule['name']}' needs an anatomy map for case {case}")
+        if kind == "drop_outside_body" and image is None:
+            raise ValueError(f"rule '{rule['name']}' needs the CT image for case {case}")
+        region = rule_region(rule, anatomy, image, spacing_xyz, class_ids, direction)
         labels = rule.get("labels") or [int(v) for v in np.unique(refined) if v != 0]
         for label in labels:
-            components, n = ndimage.label(refined == label, structure=_CONNECTIVITY_26)
+            if label not in components_of:
+                components_of[label] = ndimage.label(refined == label, structure=_CONNECTIVITY_26)
+            components, n = components_of[label]
             if n == 0:
                 continue
+            # Per component: its voxels and those inside the rule's region, counted over the lesions' voxels only.
+            lesion = components > 0
+            ids = components[lesion]
+            voxels = np.bincount(ids, minlength=n + 1)[1:].astype(float)
             index = np.arange(1, n + 1)
-            voxels = ndimage.sum_labels(np.ones_like(components), components, index)
             if kind == "drop_smaller_than":
                 fraction = np.zeros(n)
                 drop = voxels * voxel_mm3 < rule["min_volume_mm3"]
-            elif kind == "keep_within_span":
-                fraction = ndimage.sum_labels(region, components, index) / voxels
-                drop = fraction < rule["min_fraction"]
             else:
-                fraction = ndimage.sum_labels(region, components, index) / voxels
-                drop = fraction >= rule["min_fraction"]
+                fraction = np.bincount(ids, weights=region[lesion], minlength=n + 1)[1:] / voxels
+                keep = kind == "keep_within_span"
+                drop = fraction < rule["min_fraction"] if keep else fraction >= rule["min_fraction"]
+            if not drop.any():
+                continue
+            dropped = np.zeros(n + 1, dtype=bool)
+            dropped[index[drop]] = True
+            refined[dropped[components]] = 0  # one pass over the scan, however many components go
+            del components_of[label]
             for c in index[drop]:
-                refined[components == c] = 0
                 removed.append({"case": case, "rule": rule["name"], "label": int(label), "component": int(c),
                                 "voxels": int(voxels[c - 1]), "volume_mm3": float(voxels[c - 1] * voxel_mm3),
                                 "fraction": float(fraction[c - 1])})
     return refined, pd.DataFrame(removed, columns=REMOVED_COLUMNS)
+
+
+def rule_region(rule: dict, anatomy: np.ndarray | None, image: np.ndarray | None, spacing_xyz,
+                class_ids: dict[str, int] | None, direction: tuple[float, ...] | None) -> np.ndarray | None:
+    """The voxels a rule measures components against (None for ``drop_smaller_than``)."""
+    if rule["kind"] == "drop_smaller_than":
+        return None
+    if rule["kind"] == "drop_inside":
+        return np.isin(anatomy, structure_ids(rule["structures"], class_ids))
+    if rule["kind"] == "keep_within_span":
+        return span_region(anatomy, structure_ids(rule["structures"], class_ids), rule["margin_mm"], spacing_xyz,
+                           cranio_caudal_axis(direction))
+    return ~body_mask(image, rule["body_hu"])
 
 
 def refine_case(case: str, segmentation_path: Path, anatomy_path: Path | None, image_path: Path,

@@ -55,15 +55,17 @@ def _ellipsoid(coords, centre, radii) -> np.ndarray:
 # 2-core CPU (67-86 mm across). Real CT has 0.7-0.9 mm, the default for other shapes (benchmarks).
 TOY_SHAPE, TOY_IN_PLANE_MM = (32, 64, 64), (67 / 64, 86 / 64)
 CT_IN_PLANE_MM = (0.7, 0.9)
+CT_SLICE_MM = (2.0, 3.0)
 
 
 def make_phantom(rng: np.random.Generator, shape=TOY_SHAPE, with_metastases: bool = True,
-                 in_plane_mm: tuple[float, float] = CT_IN_PLANE_MM) -> Phantom:
-    """One phantom; ``shape`` is (z, y, x), its in-plane spacing drawn from ``in_plane_mm``. Positions are
-    fractions of the field of view, sizes in mm."""
+                 in_plane_mm: tuple[float, float] = CT_IN_PLANE_MM,
+                 slice_mm: tuple[float, float] = CT_SLICE_MM) -> Phantom:
+    """One phantom; ``shape`` is (z, y, x), its in-plane spacing drawn from ``in_plane_mm``, its slice spacing
+    from ``slice_mm``. Positions are fractions of the field of view, sizes in mm."""
     nz, ny, nx = shape
     sxy = float(rng.uniform(*in_plane_mm))
-    sz = float(rng.uniform(2.0, 3.0))
+    sz = float(rng.uniform(*slice_mm))
     fov_x, fov_y, fov_z = nx * sxy, ny * sxy, nz * sz
     zz, yy, xx = np.meshgrid((np.arange(nz) + 0.5) * sz - fov_z / 2, (np.arange(ny) + 0.5) * sxy - fov_y / 2,
                              (np.arange(nx) + 0.5) * sxy - fov_x / 2, indexing="ij")

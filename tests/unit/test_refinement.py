@@ -135,3 +135,22 @@ def test_anatomy_map_on_another_grid_stops_naming_the_case(painted_case, totalse
                     totalseg_example / "example_ct_sm.nii.gz", RULES, "total", tmp_path / "out.nii.gz",
                     tmp_path / "removed.tsv")
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_one_rule_removes_every_component_it_matches_and_only_those():
+    """Many components of one label dropped by one rule (removed in one pass over the scan): each small one goes,
+    each row of the table names one, and the large ones and the other label stay voxel for voxel."""
+    label = np.zeros((20, 40, 40), np.uint8)
+    small = [(2, 3, 3), (2, 3, 30), (10, 20, 5), (17, 35, 35), (17, 5, 20)]
+    for z, y, x in small:
+        label[z, y, x] = 2  # 1 voxel, 1 mm3
+    large = [paint_sphere(label, (8, 12, 12), 4, 2), paint_sphere(label, (12, 28, 28), 5, 2)]
+    primary = paint_sphere(label, (5, 30, 8), 1, 1)  # small too, but of label 1
+    rule = [{"name": "drop_tiny", "kind": "drop_smaller_than", "min_volume_mm3": 10, "labels": [2]}]
+    refined, removed = refine(label, None, None, (1.0, 1.0, 1.0), rule, None, "many")
+    expected = label.copy()
+    for voxel in small:
+        expected[voxel] = 0
+    assert np.array_equal(refined, expected)
+    assert len(removed) == len(small) and set(removed["voxels"]) == {1} and set(removed["label"]) == {2}
+    assert all((refined[sphere] == 2).all() for sphere in large) and (refined[primary] == 1).all()
